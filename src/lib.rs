@@ -1,0 +1,13 @@
+//! esa-wgpu: Llama/Mistral-family inference in hand-written WGSL on wgpu, with Efficient Selective
+//! Attention (ESA) for contexts far beyond the trained length.
+
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod quant;
+pub mod reference;
+pub mod tokenizer;
+pub mod chat_template;
+pub mod fetch;
+
+pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+pub mod config;
+pub mod host;
+pub mod safetensors_loader;
+pub mod gguf;
