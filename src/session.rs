@@ -120,6 +120,14 @@ impl Session {
         self.opts.max_context
     }
 
+    /// Keep only the first `n` tokens of the context (the rest of the cache is overwritten later).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.pos {
+            self.pos = n;
+            self.logit_rows = 0;
+        }
+    }
+
     /// Forget the context (the caches are reused).
     pub fn reset(&mut self) {
         self.pos = 0;

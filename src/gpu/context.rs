@@ -304,6 +304,14 @@ impl GpuContext {
         Ok(bytemuck::cast_slice(&b).to_vec())
     }
 
+    /// Block until all submitted work has finished.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
     /// Errors wgpu reported outside any scope (validation, device lost) since the last check.
     pub fn check(&self) -> Result<()> {
         let mut v = self.uncaptured.lock().unwrap();
