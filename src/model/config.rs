@@ -286,12 +286,14 @@ impl HfFields<'_> {
             "default" => Ok(None),
             "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
             "llama3" => {
+                let (factor, low_freq_factor, high_freq_factor) =
+                    (num("factor")?, num("low_freq_factor")?, num("high_freq_factor")?);
                 let name = "rope_scaling.original_max_position_embeddings";
-                let omp = rs.get("original_max_position_embeddings").ok_or_else(|| self.err(name, "missing"))?;
+                let omp = rs.get(name.split('.').nth(1).unwrap()).ok_or_else(|| self.err(name, "missing"))?;
                 Ok(Some(RopeScaling::Llama3 {
-                    factor: num("factor")?,
-                    low_freq_factor: num("low_freq_factor")?,
-                    high_freq_factor: num("high_freq_factor")?,
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
                     original_max_position_embeddings: self.usize_of(name, omp)?,
                 }))
             }
