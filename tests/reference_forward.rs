@@ -100,6 +100,11 @@ fn cache_overflow_and_bad_token_are_errors() {
     assert_eq!(cache.len, 4, "a refused chunk must leave the cache untouched");
     let e = model.forward(&mut cache, &[spec.vocab as u32]).unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+
+    // A cleared cache starts a fresh sequence.
+    let first = model.forward(&mut model.new_cache(6), &prompt(4, spec.vocab)).unwrap();
+    cache.clear();
+    assert_eq!(model.forward(&mut cache, &prompt(4, spec.vocab)).unwrap(), first);
 }
 
 #[test]

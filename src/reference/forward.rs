@@ -57,6 +57,14 @@ pub struct AttnInput<'a> {
     pub v: &'a [f32],
 }
 
+impl Cache {
+    /// Forget every cached position (start a new sequence).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+    }
+}
+
 impl Model {
     /// Dequantize every weight of `src` to f32, checking shapes against its config.
     pub fn load(src: &dyn WeightSource) -> Result<Model> {
@@ -104,7 +112,8 @@ impl Model {
 
     /// Run `tokens` as the next chunk (appending to `cache`); logits `[vocab]` for every position.
     pub fn forward(&self, cache: &mut Cache, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.forward_with(cache, tokens, &mut |a| self.dense_attention(&a, a.q_pos, &natural_positions(a.k.len() / self.config.kv_dim())))
+        let kv_dim = self.config.kv_dim();
+        self.forward_with(cache, tokens, &mut |a| self.dense_attention(&a, a.q_pos, &natural_positions(a.k.len() / kv_dim)))
     }
 
     /// Rotate queries and keys at the given positions and run causal attention
