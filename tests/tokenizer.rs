@@ -204,6 +204,26 @@ fn sentencepiece_merges_from_scores_and_byte_fallback() {
     assert!(tok.is_eos(2));
 }
 
+/// Ids from transformers 5.24's GGUF conversion (`sentencepiece_tokenizer` + special tokens from
+/// `integrations/gguf/gguf_tokenizer_mapping.py`) of the same spec, with the decoded text.
+const SPM_TRANSFORMERS_CASES: &[(&str, &[u32], &str)] = &[
+    ("hello world", &[270, 259, 264, 263, 265, 262, 266], "hello world"),
+    ("h€", &[267, 229, 133, 175], "h€"),
+    ("<s>hello</s>", &[1, 260, 261, 268, 263, 2], "hello"),
+    ("hello 日本 hello 😀", &[270, 259, 233, 154, 168, 233, 159, 175, 270, 259, 243, 162, 155, 131], "hello 日本 hello 😀"),
+    ("  hello", &[259, 270], " hello"),
+    (" a\n b", &[259, 100, 13, 259, 101], "a\n b"),
+];
+
+#[test]
+fn sentencepiece_matches_transformers_conversion() {
+    let tok = Tokenizer::from_gguf(&spm_spec()).unwrap();
+    for (text, ids, decoded) in SPM_TRANSFORMERS_CASES {
+        assert_eq!(&tok.encode(text, false).unwrap(), ids, "ids of {text:?}");
+        assert_eq!(tok.decode(ids), *decoded, "decode of {text:?}");
+    }
+}
+
 #[test]
 fn sentencepiece_without_space_prefix() {
     let mut spec = spm_spec();
