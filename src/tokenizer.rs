@@ -104,6 +104,9 @@ pub struct Tokenizer {
     prefix_ids: Vec<u32>,
     suffix_ids: Vec<u32>,
     chat_template: Option<String>,
+    /// Largest id + 1 (the model's embedding rows), which may exceed the number of distinct
+    /// token strings when a GGUF vocabulary spells two ids the same.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -253,7 +256,9 @@ impl Tokenizer {
         let add_eos = spec.add_eos.unwrap_or(false) && spec.eos_id.is_some();
         let prefix_ids = if add_bos { bos_id.into_iter().collect() } else { vec![] };
         let suffix_ids = if add_eos { spec.eos_id.into_iter().collect() } else { vec![] };
-        Ok(Self::assemble(inner, bos_id, eos_ids, prefix_ids, suffix_ids, spec.chat_template.clone()))
+        let mut tok = Self::assemble(inner, bos_id, eos_ids, prefix_ids, suffix_ids, spec.chat_template.clone());
+        tok.vocab_size = tok.vocab_size.max(n);
+        Ok(tok)
     }
 
     /// Common tail of the constructors: add the end-of-turn special tokens to the EOS set.
@@ -281,7 +286,8 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
-        Self { inner, bos_id, eos_ids, prefix_ids, suffix_ids, chat_template }
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
+        Self { inner, bos_id, eos_ids, prefix_ids, suffix_ids, chat_template, vocab_size }
     }
 
     /// Text to ids. `add_special` adds BOS (and EOS) as the model's config asks; special-token
@@ -347,9 +353,9 @@ impl Tokenizer {
         self.eos_ids.first().and_then(|&id| self.inner.id_to_token(id))
     }
 
-    /// Number of ids, added tokens included.
+    /// Number of ids (largest id + 1), added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

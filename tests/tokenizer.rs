@@ -419,6 +419,17 @@ fn smollm2_gguf_vocabulary_matches_reference_ids() {
         let ids = tok.encode(text, true).unwrap();
         assert_eq!(&ids, expect, "ids of {text:?}");
         assert_eq!(tok.decode_with_special(&ids), *text);
+        // Streaming gives the same text, in whole characters.
+        let mut stream = tok.stream();
+        let mut out = String::new();
+        for &i in &ids {
+            if let Some(p) = stream.push(i) {
+                assert!(!p.contains('\u{FFFD}'), "broken char in {p:?} streaming {text:?}");
+                out.push_str(&p);
+            }
+        }
+        out.extend(stream.flush());
+        assert_eq!(out, tok.decode(&ids));
     }
     let rendered = tok
         .chat_template()
