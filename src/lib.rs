@@ -12,3 +12,9 @@ pub mod fetch;
 
 pub use error::{Error, Result};
 pub mod session;
+pub mod engine;
+
+pub use chat_template::{ChatTemplate, Message};
+pub use engine::{Chat, Engine, FinishReason, Model, Reply};
+pub use gpu::{GpuContext, GpuOptions};
+pub use session::{Sampling, Session, SessionOptions};
