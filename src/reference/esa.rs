@@ -253,25 +253,39 @@ pub fn select_tokens(n_prev: usize, chunk_len: usize, cfg: &EsaConfig) -> EsaLay
 // Attention
 // ---------------------------------------------------------------------------------------------
 
-/// Rotates one head vector in place to position `pos` (HF rotate_half pairing).
-fn rotate(x: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let half = x.len() / 2;
-    for i in 0..half {
-        let angle = pos as f64 * inv_freq[i] as f64;
-        let (s, c) = angle.sin_cos();
-        let (a, b) = (x[i] as f64, x[i + half] as f64);
-        x[i] = (a * c - b * s) as f32;
-        x[i + half] = (b * c + a * s) as f32;
-    }
+/// Rotates every head of a `[heads * head_dim]` row to `pos` (the crate's reference RoPE:
+/// angle = f32(pos) * inv_freq[i], as HF computes it).
+pub fn rotate_row(row: &[f32], head_dim: usize, pos: usize, inv_freq: &[f32]) -> Vec<f32> {
+    debug_assert_eq!(inv_freq.len() * 2, head_dim);
+    let mut out = row.to_vec();
+    super::ops::rope(&mut out, &[pos as u32], inv_freq);
+    out
 }
 
-/// Rotates every head of a `[heads * head_dim]` row to `pos`.
-pub fn rotate_row(row: &[f32], head_dim: usize, pos: usize, inv_freq: &[f32]) -> Vec<f32> {
-    let mut out = row.to_vec();
-    for h in out.chunks_exact_mut(head_dim) {
-        rotate(h, pos, inv_freq);
+/// Folds the rotation of the queries to `w` into a query map: returns `f_q R_w` (`[d'][q_dim]`),
+/// so the compressed queries are one matmul of the UN-rotated queries (`f_q (R_w q) = (f_q R_w) q`).
+pub fn fold_query_rotation(f_q: &[f32], shape: HeadShape, w: usize, inv_freq: &[f32]) -> Result<Vec<f32>> {
+    let qd = shape.q_dim();
+    if qd == 0 || f_q.len() % qd != 0 {
+        return Err(Error::arg("f_q", format!("{} elements is not d' x q_dim {qd}", f_q.len())));
     }
-    out
+    check_len("inv_freq", inv_freq.len(), shape.head_dim / 2)?;
+    // Row r of f_q R_w is R_w^T applied to row r, i.e. the row rotated by -w.
+    let half = shape.head_dim / 2;
+    let mut out = f_q.to_vec();
+    for row in out.chunks_exact_mut(qd) {
+        for head in row.chunks_exact_mut(shape.head_dim) {
+            for i in 0..half {
+                let angle = (w as f32 * inv_freq[i]) as f64;
+                let (s, c) = angle.sin_cos();
+                let (a, b) = (head[i] as f64, head[i + half] as f64);
+                // (R^T x)_i = c a + s b ; (R^T x)_{i+half} = -s a + c b
+                head[i] = (a * c + b * s) as f32;
+                head[i + half] = (b * c - a * s) as f32;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -522,6 +536,18 @@ mod tests {
         let k = rand_vec(&mut rng, SHAPE.kv_dim());
         let approx = dot(&compress(&f_q, &q).unwrap(), &compress(&f_k, &k).unwrap()) as f32;
         assert!((approx - full_score(&q, &k, SHAPE)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn folded_query_map_equals_rotate_then_compress() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let inv = inv_freq(SHAPE.head_dim);
+        let f_q = rand_vec(&mut rng, 3 * SHAPE.q_dim());
+        let q = rand_vec(&mut rng, SHAPE.q_dim());
+        let folded = fold_query_rotation(&f_q, SHAPE, 77, &inv).unwrap();
+        let a = compress(&f_q, &rotate_row(&q, SHAPE.head_dim, 77, &inv)).unwrap();
+        let b = compress(&folded, &q).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-5);
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! ESA kernels against the plain-Rust reference (src/reference/esa.rs) on random inputs of odd
+//! sizes. Outputs are poisoned (NaN / u32::MAX) before each run, so an element the kernel forgot to
+//! write fails.
+
+use std::sync::{Arc, OnceLock};
+
+use esa_wgpu::gpu::ops::{esa_pool, esa_score, esa_topk};
+use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
+use esa_wgpu::reference::esa as r;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let c = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+        eprintln!("adapter: {}", c.describe());
+        c
+    })
+    .clone()
+}
+
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+fn upload_f32(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
+}
+
+fn poisoned_f32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    upload_f32(ctx, &vec![f32::NAN; n.max(1)])
+}
+
+fn poisoned_u32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    ctx.upload("out", bytemuck::cast_slice(&vec![u32::MAX; n.max(1)])).unwrap()
+}
+
+/// Rounds to f16 and packs pairs into u32 words (even element low), the compressed-key cache layout.
+fn pack_f16(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let words = h.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0, |x| x.to_bits()) as u32) << 16).collect();
+    (words, h.iter().map(|x| x.to_f32()).collect())
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}[{i}]: gpu {g} vs reference {w}");
+    }
+}
+
+#[test]
+fn score_chunk_and_decode() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(11);
+    // (n_q, n_m, d', m0): odd sizes, tiles part-filled, several pass-1 splits, decode.
+    for &(n_q, n_m, d, m0) in &[(1usize, 1usize, 2usize, 0usize), (1, 1000, 128, 7), (3, 5, 6, 2), (70, 333, 38, 5), (129, 4100, 16, 0), (2, 64, 128, 64)] {
+        let cq = rand_vec(&mut rng, n_q * d, 1.0);
+        let ck = rand_vec(&mut rng, (m0 + n_m) * d, 1.0);
+        let (ck_words, ck_h) = pack_f16(&ck);
+        let (cqb, ckb) = (upload_f32(&ctx, &cq), ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap());
+        let rowmax = poisoned_u32(&ctx, n_q);
+        let out = poisoned_f32(&ctx, n_m);
+        let mut rec = Recorder::new(&ctx);
+        let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0 }).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32(&out, 0, n_m).unwrap();
+        let want = r::chunk_scores(&cq, &ck_h[m0 * d..], d).unwrap();
+        // Scores are O(sqrt(d)); f32 accumulation order differs from the reference's f64.
+        assert_close(&format!("score n_q={n_q} n_m={n_m} d={d}"), &got, &want, 1e-4 * d as f32, 0.0);
+        assert!(got.iter().any(|&x| x == 0.0), "some token is the best of some query");
+    }
+}
+
+#[test]
+fn pool_windows() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(12);
+    for &(n, eps) in &[(1usize, 0usize), (1, 3), (5, 1), (300, 0), (777, 1), (1000, 5), (13, 100)] {
+        let x = rand_vec(&mut rng, n, 10.0);
+        let (xb, out) = (upload_f32(&ctx, &x), poisoned_f32(&ctx, n));
+        let mut rec = Recorder::new(&ctx);
+        esa_pool::pool(&mut rec, &BufRef::from(&xb), &BufRef::from(&out), n, eps).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(ctx.read_f32(&out, 0, n).unwrap(), r::proximity_pool(&x, eps), "pool n={n} eps={eps}");
+    }
+}
+
+fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32) -> Vec<u32> {
+    let n = scores.len();
+    let sb = upload_f32(ctx, scores);
+    let out = poisoned_u32(ctx, k.min(n));
+    let scratch = esa_topk::TopkScratch::new(ctx, n).unwrap();
+    let mut rec = Recorder::new(ctx);
+    esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset }).unwrap();
+    rec.submit().unwrap();
+    let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
+    let got = ctx.read_u32(&out, 0, k.min(n).max(1)).unwrap();
+    // Entries past the count must be untouched.
+    assert!(got[count.min(got.len())..].iter().all(|&x| x == u32::MAX), "wrote past count {count}");
+    got[..count].to_vec()
+}
+
+fn check_top_k(ctx: &GpuContext, what: &str, scores: &[f32], k: usize) {
+    let got = gpu_top_k(ctx, scores, k, 0);
+    assert_eq!(got, r::top_k_indices(scores, k), "top-k {what} n={} k={k}", scores.len());
+}
+
+#[test]
+fn top_k_cases() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(13);
+    let n = 5003; // not a multiple of the block or workgroup
+    let random = rand_vec(&mut rng, n, 100.0);
+    let sorted: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let reversed: Vec<f32> = sorted.iter().rev().copied().collect();
+    let equal = vec![1.25f32; n];
+    let coarse: Vec<f32> = (0..n).map(|_| rng.random_range(0..7) as f32 - 3.0).collect(); // many ties
+    let mut specials = rand_vec(&mut rng, n, 1.0);
+    for i in (0..n).step_by(3) {
+        specials[i] = f32::NEG_INFINITY;
+    }
+    for i in (1..n).step_by(7) {
+        specials[i] = f32::NAN;
+    }
+    specials[10] = f32::INFINITY;
+    specials[11] = -0.0;
+    specials[12] = 0.0;
+    let mostly_nan: Vec<f32> = (0..n).map(|i| if i % 100 == 5 { i as f32 } else { f32::NAN }).collect();
+    for (what, s) in [("random", &random), ("sorted", &sorted), ("reversed", &reversed), ("all-equal", &equal), ("ties", &coarse), ("-inf/NaN", &specials), ("mostly NaN", &mostly_nan)] {
+        for k in [1, 2, 100, 2048, n - 1, n, n + 10] {
+            check_top_k(&ctx, what, s, k);
+        }
+    }
+    for &(n, k) in &[(1usize, 1usize), (1, 5), (257, 3), (4096, 4096), (4097, 8192), (70_001, 8192), (70_001, 4095)] {
+        check_top_k(&ctx, "random", &rand_vec(&mut rng, n, 1.0), k);
+    }
+    check_top_k(&ctx, "k=0", &random, 0);
+    // Offset is added to each index.
+    let got = gpu_top_k(&ctx, &[3.0, 1.0, 2.0], 2, 100);
+    assert_eq!(got, vec![100, 102]);
+}
+
+#[test]
+fn top_k_large() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(14);
+    let n = 1 << 20;
+    // Quantised values: many exact ties at the threshold.
+    let s: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 5000.0).floor()).collect();
+    check_top_k(&ctx, "1M", &s, 8192);
+    check_top_k(&ctx, "1M", &s, 2048);
+}
