@@ -152,3 +152,155 @@ fn top_k_large() {
     check_top_k(&ctx, "1M", &s, 8192);
     check_top_k(&ctx, "1M", &s, 2048);
 }
+
+const SHAPE: r::HeadShape = r::HeadShape { num_heads: 6, num_kv_heads: 2, head_dim: 12 };
+
+fn inv_freq(d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect()
+}
+
+/// GPU-side copies of a random un-rotated K/V cache (f16) and the f16-rounded host values.
+struct Cache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kb: wgpu::Buffer,
+    vb: wgpu::Buffer,
+}
+
+fn random_cache(ctx: &GpuContext, rng: &mut StdRng, rows: usize) -> Cache {
+    let (kw, k) = pack_f16(&rand_vec(rng, rows * SHAPE.kv_dim(), 1.0));
+    let (vw, v) = pack_f16(&rand_vec(rng, rows * SHAPE.kv_dim(), 1.0));
+    let kb = ctx.upload("k", bytemuck::cast_slice(&kw)).unwrap();
+    let vb = ctx.upload("v", bytemuck::cast_slice(&vw)).unwrap();
+    Cache { k, v, kb, vb }
+}
+
+/// Un-rotated queries `[n_q][q_stride]` with junk in the padding columns.
+fn strided_queries(rng: &mut StdRng, n_q: usize, q_stride: usize) -> (Vec<f32>, Vec<f32>) {
+    let padded = rand_vec(rng, n_q * q_stride, 1.0);
+    let dense = padded.chunks(q_stride).flat_map(|r| r[..SHAPE.q_dim()].to_vec()).collect();
+    (padded, dense)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_attend(ctx: &GpuContext, cache: &Cache, qp: &[f32], q_stride: usize, layout: &r::EsaLayout, sel: Option<(&wgpu::Buffer, &wgpu::Buffer, usize, usize)>, w: usize, invb: &wgpu::Buffer) -> Vec<f32> {
+    use esa_wgpu::gpu::ops::esa_attention as ea;
+    let n_q = layout.chunk.len();
+    let qb = upload_f32(ctx, qp);
+    let part = poisoned_f32(ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.head_dim));
+    let out = poisoned_f32(ctx, n_q * SHAPE.q_dim());
+    let refs = sel.map(|(i, s, ci, m)| (BufRef::from(i), BufRef::from(s), ci, m));
+    let selection = refs.as_ref().map(|(i, s, ci, m)| ea::Selection { indices: i, state: s, count_index: *ci, max_sel: *m });
+    let mut rec = Recorder::new(ctx);
+    let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
+    ea::attend(&mut rec, &ea::EsaAttend {
+        q: &qr, q_stride, k_cache: &kr, v_cache: &vr, inv_freq: invb, selection, part: &pr, out: &or,
+        n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
+        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w,
+    })
+    .unwrap();
+    rec.submit().unwrap();
+    ctx.read_f32(&out, 0, n_q * SHAPE.q_dim()).unwrap()
+}
+
+#[test]
+fn attention_gathered_and_dense() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(15);
+    let inv = inv_freq(SHAPE.head_dim);
+    let invb = upload_f32(&ctx, &inv);
+    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) };
+    let q_stride = SHAPE.q_dim() + 2 * SHAPE.kv_dim();
+    let cache = random_cache(&ctx, &mut rng, 400);
+    // Sparse: n_prev past the dense limit, a random selection of the middle, count below max_sel.
+    for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5)] {
+        let layout = r::select_tokens(n_prev, n_q, &cfg);
+        assert!(!layout.is_dense());
+        let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
+        sel.truncate(cfg.top_k);
+        let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; 8]].concat())).unwrap();
+        let state_b = ctx.upload("state", bytemuck::cast_slice(&[0u32, 0, 0, sel.len() as u32])).unwrap();
+        let (qp, q) = strided_queries(&mut rng, n_q, q_stride);
+        let got = gpu_attend(&ctx, &cache, &qp, q_stride, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb);
+        let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &sel, 40, &inv, SHAPE).unwrap();
+        assert_close(&format!("esa attention n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, 2e-3, 2e-3);
+    }
+    // Dense: everything local, no selection: plain causal attention.
+    for &(n_prev, n_q) in &[(0usize, 7usize), (30, 1), (39, 16)] {
+        let layout = r::select_tokens(n_prev, n_q, &cfg);
+        assert!(layout.is_dense());
+        let (qp, q) = strided_queries(&mut rng, n_q, q_stride);
+        let got = gpu_attend(&ctx, &cache, &qp, q_stride, &layout, None, 40, &invb);
+        let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &[], 40, &inv, SHAPE).unwrap();
+        assert_close(&format!("dense attention n_prev={n_prev} n_q={n_q}"), &got, &want, 2e-3, 2e-3);
+    }
+}
+
+/// The whole per-layer ESA step on the GPU (score -> pool -> top-k -> attention, no read-back in
+/// between) over a growing cache in chunks, against `reference::esa::esa_layer_attention`: same
+/// selected indices, same output within tolerance.
+#[test]
+fn layer_step_matches_reference() {
+    use esa_wgpu::gpu::ops::esa_attention as ea;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(16);
+    let inv = inv_freq(SHAPE.head_dim);
+    let invb = upload_f32(&ctx, &inv);
+    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None };
+    let w = cfg.long_distance_query_pos();
+    let dc = cfg.d_compressed;
+    let total = 230;
+    let cache = random_cache(&ctx, &mut rng, total);
+    let f_q = rand_vec(&mut rng, dc * SHAPE.q_dim(), 0.3);
+    let f_k = rand_vec(&mut rng, dc * SHAPE.kv_dim(), 0.3);
+    let folded = r::fold_query_rotation(&f_q, SHAPE, w, &inv).unwrap();
+    // Compressed-key cache in f16, as the engine stores it.
+    let (ck_words, ck) = pack_f16(&r::compress_rows(&f_k, &cache.k, SHAPE.kv_dim()).unwrap());
+    let ckb = ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap();
+    let scratch = esa_topk::TopkScratch::new(&ctx, total).unwrap();
+    let mut n_prev = 0;
+    let mut sparse_steps = 0;
+    while n_prev < total {
+        let n_q = if n_prev < 200 { cfg.chunk.min(total - n_prev) } else { 1 }; // prefill, then decode
+        let q = rand_vec(&mut rng, n_q * SHAPE.q_dim(), 1.0);
+        let want = r::esa_layer_attention(&q, &cache.k, &cache.v, &ck, &f_q, n_prev, &inv, SHAPE, &cfg).unwrap();
+        let layout = &want.layout;
+        // Compressed queries: one matmul of the un-rotated queries with the folded map (the engine
+        // uses its linear op; here the host does it).
+        let cq = r::compress_rows(&folded, &q, SHAPE.q_dim()).unwrap();
+        let (cqb, qb) = (upload_f32(&ctx, &cq), upload_f32(&ctx, &q));
+        let n_m = layout.middle.len();
+        let scores = poisoned_f32(&ctx, n_m);
+        let pooled = poisoned_f32(&ctx, n_m);
+        let rowmax = poisoned_u32(&ctx, n_q);
+        let sel = poisoned_u32(&ctx, cfg.top_k);
+        let part = poisoned_f32(&ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.head_dim));
+        let out = poisoned_f32(&ctx, n_q * SHAPE.q_dim());
+        let (cqr, ckr, rmr, scr, plr, selr, str_) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&sel), BufRef::from(&scratch.state));
+        let mut rec = Recorder::new(&ctx);
+        if !layout.is_dense() {
+            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start }).unwrap();
+            esa_pool::pool(&mut rec, &scr, &plr, n_m, cfg.eps).unwrap();
+            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32 }).unwrap();
+        }
+        let selection = (!layout.is_dense()).then(|| ea::Selection { indices: &selr, state: &str_, count_index: esa_topk::STATE_COUNT, max_sel: cfg.top_k });
+        let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
+        ea::attend(&mut rec, &ea::EsaAttend {
+            q: &qr, q_stride: SHAPE.q_dim(), k_cache: &kr, v_cache: &vr, inv_freq: &invb, selection, part: &pr, out: &or,
+            n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
+            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w,
+        })
+        .unwrap();
+        rec.submit().unwrap();
+        if !layout.is_dense() {
+            let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
+            let got_sel = ctx.read_u32(&sel, 0, count).unwrap();
+            assert_eq!(got_sel, want.selected, "selected tokens, chunk at {n_prev}");
+            sparse_steps += 1;
+        }
+        let got = ctx.read_f32(&out, 0, n_q * SHAPE.q_dim()).unwrap();
+        assert_close(&format!("layer output, chunk at {n_prev}"), &got, &want.output, 2e-3, 2e-3);
+        n_prev += n_q;
+    }
+    assert!(sparse_steps > 20);
+}
