@@ -304,3 +304,22 @@ fn layer_step_matches_reference() {
     }
     assert!(sparse_steps > 20);
 }
+
+#[test]
+fn pack_appends_f16_rows() {
+    use esa_wgpu::gpu::ops::esa_pack;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(17);
+    let (d, stride, n_tok, pos0, rows) = (6usize, 9usize, 5usize, 3usize, 10usize);
+    let x = rand_vec(&mut rng, n_tok * stride, 2.0);
+    let xb = upload_f32(&ctx, &x);
+    let cache = poisoned_u32(&ctx, rows * d / 2);
+    let mut rec = Recorder::new(&ctx);
+    esa_pack::append(&mut rec, &BufRef::from(&xb), stride, &BufRef::from(&cache), d, n_tok, pos0).unwrap();
+    rec.submit().unwrap();
+    let got = ctx.read_u32(&cache, 0, rows * d / 2).unwrap();
+    let dense: Vec<f32> = x.chunks(stride).flat_map(|r| r[..d].to_vec()).collect();
+    let (want, _) = pack_f16(&dense);
+    assert!(got[..pos0 * d / 2].iter().chain(&got[(pos0 + n_tok) * d / 2..]).all(|&w| w == u32::MAX), "rows outside the chunk untouched");
+    assert_eq!(&got[pos0 * d / 2..(pos0 + n_tok) * d / 2], &want[..]);
+}

@@ -10,6 +10,7 @@ pub mod esa_score;
 pub mod esa_pool;
 pub mod esa_topk;
 pub mod esa_attention;
+pub mod esa_pack;
 
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
@@ -25,4 +26,5 @@ pub mod src {
     pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
     pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
     pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
+    pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
 }
