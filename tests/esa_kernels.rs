@@ -218,7 +218,7 @@ fn attention_gathered_and_dense() {
         assert!(!layout.is_dense());
         let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
         sel.truncate(cfg.top_k);
-        let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; 8]].concat())).unwrap();
+        let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; cfg.top_k - sel.len()]].concat())).unwrap(); // junk past the count
         let state_b = ctx.upload("state", bytemuck::cast_slice(&[0u32, 0, 0, sel.len() as u32])).unwrap();
         let (qp, q) = strided_queries(&mut rng, n_q, q_stride);
         let got = gpu_attend(&ctx, &cache, &qp, q_stride, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb);
@@ -322,4 +322,20 @@ fn pack_appends_f16_rows() {
     let (want, _) = pack_f16(&dense);
     assert!(got[..pos0 * d / 2].iter().chain(&got[(pos0 + n_tok) * d / 2..]).all(|&w| w == u32::MAX), "rows outside the chunk untouched");
     assert_eq!(&got[pos0 * d / 2..(pos0 + n_tok) * d / 2], &want[..]);
+}
+
+#[test]
+fn undersized_buffers_are_errors() {
+    let ctx = ctx();
+    let small = upload_f32(&ctx, &[0.0; 4]);
+    let big = upload_f32(&ctx, &[0.0; 4096]);
+    let (s, b) = (BufRef::from(&small), BufRef::from(&big));
+    let mut rec = Recorder::new(&ctx);
+    let err = esa_pool::pool(&mut rec, &s, &b, 100, 1).unwrap_err().to_string();
+    assert!(err.contains("esa_pool.x"), "{err}");
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0 }).unwrap_err().to_string();
+    assert!(err.contains("ck_cache"), "{err}");
+    let scratch = esa_topk::TopkScratch::new(&ctx, 64).unwrap();
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0 }).is_err());
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 64, k: 10, offset: 0 }).is_err());
 }

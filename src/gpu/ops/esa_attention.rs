@@ -93,6 +93,17 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     if a.local_start > a.pos0 || a.n_init > a.local_start || a.q_stride < a.n_heads * a.head_dim {
         return Err(Error::arg("esa_attention", format!("n_init {} <= local_start {} <= pos0 {} and q_stride {} >= q_dim", a.n_init, a.local_start, a.pos0, a.q_stride)));
     }
+    use super::esa_common::check_words;
+    let (q_dim, kv_words) = (a.n_heads * a.head_dim, a.n_kv * a.head_dim / 2);
+    check_words("esa_attention", "q", a.q, (a.n_q - 1) * a.q_stride + q_dim)?;
+    check_words("esa_attention", "k_cache", a.k_cache, (a.pos0 + a.n_q) * kv_words)?;
+    check_words("esa_attention", "v_cache", a.v_cache, (a.pos0 + a.n_q) * kv_words)?;
+    check_words("esa_attention", "part", a.part, scratch_floats(a.n_q, a.n_heads, a.head_dim))?;
+    check_words("esa_attention", "out", a.out, a.n_q * q_dim)?;
+    if let Some(s) = &a.selection {
+        check_words("esa_attention", "selection.indices", s.indices, s.max_sel)?;
+        check_words("esa_attention", "selection.state", s.state, s.count_index + 1)?;
+    }
     let ctx = rec.ctx();
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;

@@ -29,6 +29,8 @@ pub fn append(rec: &mut Recorder, x: &BufRef, x_stride: usize, cache: &BufRef, d
     if n_tok == 0 {
         return Ok(());
     }
+    super::esa_common::check_words("esa_pack", "x", x, (n_tok - 1) * x_stride + d)?;
+    super::esa_common::check_words("esa_pack", "cache", cache, (pos0 + n_tok) * d / 2)?;
     let ctx = rec.ctx();
     let k = ctx.kernel("esa_pack", super::src::ESA_PACK, "main", &[])?;
     let g = grid(ctx, (n_tok * d / 2).div_ceil(256) as u32);

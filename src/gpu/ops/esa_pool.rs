@@ -22,6 +22,8 @@ pub fn pool(rec: &mut Recorder, x: &BufRef, out: &BufRef, n: usize, eps: usize) 
     if n == 0 {
         return Ok(());
     }
+    super::esa_common::check_words("esa_pool", "x", x, n)?;
+    super::esa_common::check_words("esa_pool", "out", out, n)?;
     let ctx = rec.ctx();
     let k = ctx.kernel("esa_pool", super::src::ESA_POOL, "main", &[])?;
     let g = grid(ctx, n.div_ceil(256) as u32);

@@ -52,6 +52,11 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     if a.n_m == 0 {
         return Ok(());
     }
+    use super::esa_common::check_words;
+    check_words("esa_score", "cq", a.cq, a.n_q * a.d)?;
+    check_words("esa_score", "ck_cache", a.ck_cache, (a.m0 + a.n_m) * a.d / 2)?;
+    check_words("esa_score", "rowmax", a.rowmax, a.n_q)?;
+    check_words("esa_score", "out", a.out, a.n_m)?;
     let ctx = rec.ctx();
     let kernel = |entry: &str| ctx.kernel("esa_score", super::src::ESA_SCORE, entry, &[]);
     let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];

@@ -78,6 +78,8 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
     if n_blocks > rec.ctx().caps.max_workgroups_per_dim as usize || a.n > u32::MAX as usize / 2 {
         return Err(Error::arg("esa_topk n", format!("{} scores is more than one dispatch can cover", a.n)));
     }
+    super::esa_common::check_words("esa_topk", "scores", a.scores, a.n)?;
+    super::esa_common::check_words("esa_topk", "out", a.out, a.k.min(a.n))?;
     let ctx = rec.ctx();
     let kernel = |entry: &str| ctx.kernel("esa_topk", super::src::ESA_TOPK, entry, &[]);
     let hist_groups = n_blocks.clamp(1, MAX_HIST_GROUPS);

@@ -11,6 +11,7 @@ pub mod esa_pool;
 pub mod esa_topk;
 pub mod esa_attention;
 pub mod esa_pack;
+mod esa_common;
 
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
