@@ -130,7 +130,7 @@ fn bench_attention(c: &mut Criterion) {
     let state = ctx.upload("state", bytemuck::cast_slice(&[TOP_K as u32])).unwrap();
     for &n_q in chunks {
         let q = ctx.upload("q", bytemuck::cast_slice(&noise(n_q * nh * d, 7))).unwrap();
-        let part = ctx.storage("part", (ea::scratch_floats(n_q, nh, d) * 4) as u64).unwrap();
+        let part = ctx.storage("part", (ea::scratch_floats(n_q, nh, nkv, d) * 4) as u64).unwrap();
         let out = ctx.storage("out", (n_q * nh * d * 4) as u64).unwrap();
         let pos0 = n_init + n_middle + n_local;
         let keys = n_init + TOP_K + n_local + n_q; // per query, roughly (causal chunk: + t)

@@ -167,72 +167,76 @@ struct Cache {
     vb: wgpu::Buffer,
 }
 
-fn random_cache(ctx: &GpuContext, rng: &mut StdRng, rows: usize) -> Cache {
-    let (kw, k) = pack_f16(&rand_vec(rng, rows * SHAPE.kv_dim(), 1.0));
-    let (vw, v) = pack_f16(&rand_vec(rng, rows * SHAPE.kv_dim(), 1.0));
+fn random_cache(ctx: &GpuContext, rng: &mut StdRng, rows: usize, shape: r::HeadShape) -> Cache {
+    let (kw, k) = pack_f16(&rand_vec(rng, rows * shape.kv_dim(), 1.0));
+    let (vw, v) = pack_f16(&rand_vec(rng, rows * shape.kv_dim(), 1.0));
     let kb = ctx.upload("k", bytemuck::cast_slice(&kw)).unwrap();
     let vb = ctx.upload("v", bytemuck::cast_slice(&vw)).unwrap();
     Cache { k, v, kb, vb }
 }
 
 /// Un-rotated queries `[n_q][q_stride]` with junk in the padding columns.
-fn strided_queries(rng: &mut StdRng, n_q: usize, q_stride: usize) -> (Vec<f32>, Vec<f32>) {
+fn strided_queries(rng: &mut StdRng, n_q: usize, q_stride: usize, shape: r::HeadShape) -> (Vec<f32>, Vec<f32>) {
     let padded = rand_vec(rng, n_q * q_stride, 1.0);
-    let dense = padded.chunks(q_stride).flat_map(|r| r[..SHAPE.q_dim()].to_vec()).collect();
+    let dense = padded.chunks(q_stride).flat_map(|r| r[..shape.q_dim()].to_vec()).collect();
     (padded, dense)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gpu_attend(ctx: &GpuContext, cache: &Cache, qp: &[f32], q_stride: usize, layout: &r::EsaLayout, sel: Option<(&wgpu::Buffer, &wgpu::Buffer, usize, usize)>, w: usize, invb: &wgpu::Buffer) -> Vec<f32> {
+fn gpu_attend(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], q_stride: usize, layout: &r::EsaLayout, sel: Option<(&wgpu::Buffer, &wgpu::Buffer, usize, usize)>, w: usize, invb: &wgpu::Buffer) -> Vec<f32> {
     use esa_wgpu::gpu::ops::esa_attention as ea;
     let n_q = layout.chunk.len();
     let qb = upload_f32(ctx, qp);
-    let part = poisoned_f32(ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.head_dim));
-    let out = poisoned_f32(ctx, n_q * SHAPE.q_dim());
+    let part = poisoned_f32(ctx, ea::scratch_floats(n_q, shape.num_heads, shape.num_kv_heads, shape.head_dim));
+    let out = poisoned_f32(ctx, n_q * shape.q_dim());
     let refs = sel.map(|(i, s, ci, m)| (BufRef::from(i), BufRef::from(s), ci, m));
     let selection = refs.as_ref().map(|(i, s, ci, m)| ea::Selection { indices: i, state: s, count_index: *ci, max_sel: *m });
     let mut rec = Recorder::new(ctx);
     let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
     ea::attend(&mut rec, &ea::EsaAttend {
         q: &qr, q_stride, k_cache: &kr, v_cache: &vr, inv_freq: invb, selection, part: &pr, out: &or,
-        n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
+        n_q, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim,
         pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w,
     })
     .unwrap();
     rec.submit().unwrap();
-    ctx.read_f32(&out, 0, n_q * SHAPE.q_dim()).unwrap()
+    ctx.read_f32(&out, 0, n_q * shape.q_dim()).unwrap()
 }
 
 #[test]
 fn attention_gathered_and_dense() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(15);
-    let inv = inv_freq(SHAPE.head_dim);
-    let invb = upload_f32(&ctx, &inv);
     let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) };
-    let q_stride = SHAPE.q_dim() + 2 * SHAPE.kv_dim();
-    let cache = random_cache(&ctx, &mut rng, 400);
-    // Sparse: n_prev past the dense limit, a random selection of the middle, count below max_sel.
-    for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5)] {
-        let layout = r::select_tokens(n_prev, n_q, &cfg);
-        assert!(!layout.is_dense());
-        let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
-        sel.truncate(cfg.top_k);
-        let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; cfg.top_k - sel.len()]].concat())).unwrap(); // junk past the count
-        let state_b = ctx.upload("state", bytemuck::cast_slice(&[0u32, 0, 0, sel.len() as u32])).unwrap();
-        let (qp, q) = strided_queries(&mut rng, n_q, q_stride);
-        let got = gpu_attend(&ctx, &cache, &qp, q_stride, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb);
-        let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &sel, 40, &inv, SHAPE).unwrap();
-        assert_close(&format!("esa attention n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, 2e-3, 2e-3);
-    }
-    // Dense: everything local, no selection: plain causal attention.
-    for &(n_prev, n_q) in &[(0usize, 7usize), (30, 1), (39, 16)] {
-        let layout = r::select_tokens(n_prev, n_q, &cfg);
-        assert!(layout.is_dense());
-        let (qp, q) = strided_queries(&mut rng, n_q, q_stride);
-        let got = gpu_attend(&ctx, &cache, &qp, q_stride, &layout, None, 40, &invb);
-        let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &[], 40, &inv, SHAPE).unwrap();
-        assert_close(&format!("dense attention n_prev={n_prev} n_q={n_q}"), &got, &want, 2e-3, 2e-3);
+    // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
+    let shapes = [SHAPE, r::HeadShape { num_heads: 10, num_kv_heads: 1, head_dim: 16 }, r::HeadShape { num_heads: 3, num_kv_heads: 3, head_dim: 64 }];
+    for shape in shapes {
+        let inv = inv_freq(shape.head_dim);
+        let invb = upload_f32(&ctx, &inv);
+        let q_stride = shape.q_dim() + 2 * shape.kv_dim();
+        let cache = random_cache(&ctx, &mut rng, 400, shape);
+        // Sparse: n_prev past the dense limit, a random selection of the middle, count below max_sel.
+        for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5)] {
+            let layout = r::select_tokens(n_prev, n_q, &cfg);
+            assert!(!layout.is_dense());
+            let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
+            sel.truncate(cfg.top_k);
+            let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; cfg.top_k - sel.len()]].concat())).unwrap(); // junk past the count
+            let state_b = ctx.upload("state", bytemuck::cast_slice(&[0u32, 0, 0, sel.len() as u32])).unwrap();
+            let (qp, q) = strided_queries(&mut rng, n_q, q_stride, shape);
+            let got = gpu_attend(&ctx, shape, &cache, &qp, q_stride, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb);
+            let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &sel, 40, &inv, shape).unwrap();
+            assert_close(&format!("esa attention {shape:?} n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, 2e-3, 2e-3);
+        }
+        // Dense: everything local, no selection: plain causal attention.
+        for &(n_prev, n_q) in &[(0usize, 7usize), (30, 1), (39, 16)] {
+            let layout = r::select_tokens(n_prev, n_q, &cfg);
+            assert!(layout.is_dense());
+            let (qp, q) = strided_queries(&mut rng, n_q, q_stride, shape);
+            let got = gpu_attend(&ctx, shape, &cache, &qp, q_stride, &layout, None, 40, &invb);
+            let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &[], 40, &inv, shape).unwrap();
+            assert_close(&format!("dense attention {shape:?} n_prev={n_prev} n_q={n_q}"), &got, &want, 2e-3, 2e-3);
+        }
     }
 }
 
@@ -250,7 +254,7 @@ fn layer_step_matches_reference() {
     let w = cfg.long_distance_query_pos();
     let dc = cfg.d_compressed;
     let total = 230;
-    let cache = random_cache(&ctx, &mut rng, total);
+    let cache = random_cache(&ctx, &mut rng, total, SHAPE);
     let f_q = rand_vec(&mut rng, dc * SHAPE.q_dim(), 0.3);
     let f_k = rand_vec(&mut rng, dc * SHAPE.kv_dim(), 0.3);
     let folded = r::fold_query_rotation(&f_q, SHAPE, w, &inv).unwrap();
@@ -274,7 +278,7 @@ fn layer_step_matches_reference() {
         let pooled = poisoned_f32(&ctx, n_m);
         let rowmax = poisoned_u32(&ctx, n_q);
         let sel = poisoned_u32(&ctx, cfg.top_k);
-        let part = poisoned_f32(&ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.head_dim));
+        let part = poisoned_f32(&ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.num_kv_heads, SHAPE.head_dim));
         let out = poisoned_f32(&ctx, n_q * SHAPE.q_dim());
         let (cqr, ckr, rmr, scr, plr, selr, str_) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&sel), BufRef::from(&scratch.state));
         let mut rec = Recorder::new(&ctx);

@@ -1,7 +1,8 @@
 //! ESA gathered sparse attention (shaders/esa_attention.wgsl, merged by attention_merge.wgsl): a
 //! chunk of queries attends to the initial tokens and the selected middle tokens (keys at position
 //! 0, queries at `w`) and to the local window plus the causal chunk (ordinary RoPE), with one
-//! softmax over all of them; GQA; split over keys for long lists.
+//! softmax over all of them; GQA (each key loaded and rotated once for up to 4 query heads of its
+//! group); split over keys for long lists.
 //!
 //! Queries are read UN-rotated (e.g. straight from the fused QKV projection, `q_stride` apart) and
 //! rotated in the kernel both ways. KV cache layout as in `ops::attention`: `[rows][n_kv][d/2]` u32
@@ -12,7 +13,6 @@
 use crate::gpu::{grid, BufRef, Recorder};
 use crate::{Error, Result};
 
-pub use super::attention::scratch_floats;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -45,6 +45,22 @@ struct MergeParams {
 
 /// Target number of workgroups when choosing the key split (as `ops::attention`).
 const TARGET_GROUPS: usize = 1024;
+/// Query heads sharing one KV head that one workgroup serves (`HG` in the kernel).
+const HEADS_PER_GROUP: usize = 4;
+
+/// Workgroups per key split: one per (query, KV head, chunk of up to HEADS_PER_GROUP heads).
+fn rows_per_split(n_q: usize, n_heads: usize, n_kv: usize) -> usize {
+    n_q * n_kv * (n_heads / n_kv).div_ceil(HEADS_PER_GROUP)
+}
+
+fn max_split(n_q: usize, n_heads: usize, n_kv: usize) -> usize {
+    (TARGET_GROUPS / rows_per_split(n_q, n_heads, n_kv).max(1)).max(1)
+}
+
+/// Floats of scratch the partial results need for a chunk of `n_q` queries.
+pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) -> usize {
+    n_q * n_heads * max_split(n_q, n_heads, n_kv) * (head_dim + 2)
+}
 
 /// The selected middle tokens on the GPU.
 pub struct Selection<'a> {
@@ -66,7 +82,7 @@ pub struct EsaAttend<'a> {
     pub inv_freq: &'a wgpu::Buffer,
     /// `None`: no selected tokens (dense case, or only sinks + local).
     pub selection: Option<Selection<'a>>,
-    /// Scratch of `scratch_floats(n_q, n_heads, head_dim)` floats.
+    /// Scratch of `scratch_floats(n_q, n_heads, n_kv, head_dim)` floats.
     pub part: &'a BufRef,
     /// Output `[n_q][n_heads][head_dim]` f32.
     pub out: &'a BufRef,
@@ -98,7 +114,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     check_words("esa_attention", "q", a.q, (a.n_q - 1) * a.q_stride + q_dim)?;
     check_words("esa_attention", "k_cache", a.k_cache, (a.pos0 + a.n_q) * kv_words)?;
     check_words("esa_attention", "v_cache", a.v_cache, (a.pos0 + a.n_q) * kv_words)?;
-    check_words("esa_attention", "part", a.part, scratch_floats(a.n_q, a.n_heads, a.head_dim))?;
+    check_words("esa_attention", "part", a.part, scratch_floats(a.n_q, a.n_heads, a.n_kv, a.head_dim))?;
     check_words("esa_attention", "out", a.out, a.n_q * q_dim)?;
     if let Some(s) = &a.selection {
         check_words("esa_attention", "selection.indices", s.indices, s.max_sel)?;
@@ -114,7 +130,9 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     };
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
     let qh = a.n_q * a.n_heads;
-    let n_split = (TARGET_GROUPS / qh).clamp(1, n_keys.div_ceil(64).max(1));
+    // Workgroups per split: one per (query, KV head, chunk of up to HEADS_PER_GROUP query heads).
+    let rows = rows_per_split(a.n_q, a.n_heads, a.n_kv);
+    let n_split = max_split(a.n_q, a.n_heads, a.n_kv).min(n_keys.div_ceil(64).max(1));
     let split_len = n_keys.div_ceil(n_split).next_multiple_of(64);
     let n_split = n_keys.div_ceil(split_len);
     let p = Params {
@@ -135,7 +153,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         _pad: [0; 2],
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
-    rec.dispatch(&k, &p, &bufs, [qh as u32, n_split as u32, 1]);
+    rec.dispatch(&k, &p, &bufs, [rows as u32, n_split as u32, 1]);
     let g = grid(ctx, qh as u32);
     let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
