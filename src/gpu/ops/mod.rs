@@ -6,6 +6,12 @@ pub mod norm;
 pub mod rope_kv;
 pub mod attention;
 pub mod sampling;
+pub mod esa_score;
+pub mod esa_pool;
+pub mod esa_topk;
+pub mod esa_attention;
+pub mod esa_pack;
+mod esa_common;
 
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
@@ -17,4 +23,9 @@ pub mod src {
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
+    pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
+    pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
+    pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
+    pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
+    pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
 }
