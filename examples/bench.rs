@@ -66,7 +66,7 @@ fn main() -> esa_wgpu::Result<()> {
     eprintln!("loaded in {:.1}s", t_load.elapsed().as_secs_f64());
     let c = gpu.cfg.clone();
     let max_context = args.prompt_tokens + args.decode_tokens + 1;
-    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false })?;
+    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, ..Default::default() })?;
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| (i * 7919 + 11) % c.vocab_size as u32).collect();
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;

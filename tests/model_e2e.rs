@@ -41,7 +41,7 @@ fn check_model(spec: TinySpec) {
     let src = SafetensorsModel::open(dir.path()).unwrap();
     let reference = RefModel::load(&src).unwrap();
     let mut cache = reference.new_cache(128);
-    let mut session = model.session(SessionOptions { max_context: 128, prefill_chunk: 16, all_logits: true }).unwrap();
+    let mut session = model.session(SessionOptions { max_context: 128, prefill_chunk: 16, all_logits: true, ..Default::default() }).unwrap();
     // A 37-token prompt in chunks of 16, 16, 5 (the matmul path).
     let prompt: Vec<u32> = (0..37u32).map(|i| (i * 7919 + 13) % spec.vocab as u32).collect();
     for chunk in prompt.chunks(16) {
@@ -102,7 +102,7 @@ fn sharded_f32_checkpoint() {
 fn prompt_longer_than_context_is_refused() {
     let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
-    let mut session = model.session(SessionOptions { max_context: 20, prefill_chunk: 8, all_logits: false }).unwrap();
+    let mut session = model.session(SessionOptions { max_context: 20, prefill_chunk: 8, all_logits: false, ..Default::default() }).unwrap();
     let err = session.feed(&[1u32; 21]).unwrap_err().to_string();
     assert!(err.contains("21 tokens") && err.contains("max_context is 20"), "{err}");
     assert_eq!(session.position(), 0, "nothing was fed");

@@ -18,6 +18,7 @@ pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
+    pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
     pub const RMSNORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
     pub const ROPE_KV: &str = include_str!("../../../shaders/rope_kv.wgsl");
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
