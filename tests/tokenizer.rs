@@ -386,19 +386,30 @@ fn smollm2_gguf() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Expected ids for SmolLM2-135M-Instruct, from the `tokenizers` Python package (0.23) with HF
-/// SmolLM2's pre-tokenizer (Digits(individual) + ByteLevel) over the GGUF's vocab and merges, and
-/// checked against llama.cpp's tokenizer (llama-cpp-python, pre-tokenizer "smollm").
+/// Expected ids for SmolLM2-135M-Instruct from llama.cpp's own tokenizer (llama-cpp-python 0.3.36,
+/// `Llama(path, vocab_only=True).tokenize(text, add_bos=False, special=True)`, pre-tokenizer
+/// "smollm"), identical for every case to the `tokenizers` Python package (0.23) with HF SmolLM2's
+/// pre-tokenizer (Digits(individual) + ByteLevel) over the GGUF's vocab and merges.
 const SMOLLM2_CASES: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),
     ("The year 2024 had 366 days; pi is 3.14159.", &[504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 43, 16916, 314, 216, 35, 30, 33, 36, 33, 37, 41, 30]),
     ("  two  spaces\tand\ttabs\n\nnewlines  ", &[216, 827, 216, 5600, 197, 397, 197, 100, 7366, 198, 198, 2241, 5110, 256]),
     ("naïve café — Ünïcödé", &[3546, 46494, 37366, 1841, 5549, 246, 94, 25972, 83, 7466, 84, 2756]),
     ("日本語のテキスト", &[23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226]),
-    ("emoji 😀👍🏽 and ❤️", &[391, 33777, 40303, 218, 10813, 235, 231, 10813, 233, 138, 284, 4636, 247, 114, 31752]),
+    ("emoji \u{1f600}\u{1f44d}\u{1f3fd} and ❤\u{fe0f}", &[391, 33777, 40303, 218, 10813, 235, 231, 10813, 233, 138, 284, 4636, 247, 114, 31752]),
     ("<|im_start|>user\nWhat is 12+30?<|im_end|>\n<|im_start|>assistant\n", &[1, 4093, 198, 1780, 314, 216, 33, 34, 27, 35, 32, 47, 2, 198, 1, 520, 9531, 198]),
     ("I'm sure they'll say it's fine, don't you?", &[57, 5248, 2090, 502, 3060, 1643, 357, 506, 4979, 28, 1326, 982, 346, 47]),
     ("def f(x):\n    return x ** 2\n", &[1604, 275, 24, 104, 727, 472, 1003, 1792, 1903, 216, 34, 198]),
+    ("", &[]),
+    ("   ", &[333]),
+    ("a  \n\n  b\t", &[81, 256, 8866, 278, 197]),
+    ("1,000,000 and x=-3.5e10", &[33, 28, 32, 32, 32, 28, 32, 32, 32, 284, 1792, 15196, 35, 30, 37, 85, 33, 32]),
+    ("Don't STOP!! ...", &[8084, 982, 5022, 7627, 10095, 4563]),
+    ("hi<|im_end|>there<|endoftext|>", &[6004, 2, 11527, 0]),
+    ("non\u{a0}breaking\u{2009}thin", &[9033, 15442, 11194, 321, 227, 39200]),
+    ("Ελληνικά, русский, العربية", &[153, 239, 17162, 17162, 25723, 11517, 12001, 21118, 26112, 28, 216, 9175, 14714, 9382, 39511, 7872, 24958, 28, 27819, 34966, 20602, 31462, 23339, 43463]),
+    ("中文，标点！", &[28589, 29184, 12831, 46781, 44083, 8083, 219]),
+    ("\u{1f3f3}\u{fe0f}\u{200d}\u{1f308} family: \u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}", &[10813, 233, 128, 31752, 321, 231, 10813, 230, 226, 1564, 42, 15107, 235, 118, 321, 231, 10813, 235, 119, 321, 231, 10813, 235, 117]),
 ];
 
 #[test]
