@@ -16,9 +16,10 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -500,8 +501,11 @@ fn build_byte_level_bpe(spec: &GgufTokenizerSpec, pre: &str) -> Result<tokenizer
 }
 
 /// SentencePiece-style BPE with byte fallback, shaped like HF's Llama-2/Mistral tokenizer.json:
-/// Metaspace pre-tokenizer (prepend "▁" to the first piece, no split on spaces), decoders
-/// Replace("▁" -> " "), ByteFallback, Fuse, Strip(one leading space).
+/// normalizer Prepend("▁") + Replace(" " -> "▁") (the space prefix goes before every text segment,
+/// also right after a special token, as llama.cpp does), decoders Replace("▁" -> " "),
+/// ByteFallback, Fuse, Strip(one leading space). (transformers' own GGUF conversion uses a
+/// Metaspace pre-tokenizer with prepend_scheme "first" instead, which differs from llama.cpp on text
+/// that follows a special token or starts with a space.)
 fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer> {
     let vocab = vocab_map(&spec.tokens);
     let merges = if spec.merges.is_empty() {
@@ -522,7 +526,12 @@ fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Token
         .map_err(|e| gguf_err("tokenizer.ggml.tokens", format!("do not make a SentencePiece BPE: {e}")))?;
 
     let space_prefix = spec.add_space_prefix.unwrap_or(true);
-    let scheme = if space_prefix { PrependScheme::First } else { PrependScheme::Never };
+    let spaces = Replace::new(" ", SPM_SPACE.to_string()).map_err(|e| Error::Tokenizer(format!("normalizer: {e}")))?;
+    let normalizer: NormalizerWrapper = if space_prefix {
+        NormalizerSequence::new(vec![Prepend::new(SPM_SPACE.to_string()).into(), spaces.into()]).into()
+    } else {
+        spaces.into()
+    };
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new(SPM_SPACE.to_string(), " ")
             .map_err(|e| Error::Tokenizer(format!("decoder: {e}")))?
@@ -534,7 +543,7 @@ fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Token
         decoders.push(Strip::new(' ', 1, 0).into());
     }
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(Metaspace::new(SPM_SPACE, scheme, false)));
+    tok.with_normalizer(Some(normalizer));
     tok.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tok)
 }

@@ -204,21 +204,30 @@ fn sentencepiece_merges_from_scores_and_byte_fallback() {
     assert!(tok.is_eos(2));
 }
 
-/// Ids from transformers 5.24's GGUF conversion (`sentencepiece_tokenizer` + special tokens from
-/// `integrations/gguf/gguf_tokenizer_mapping.py`) of the same spec, with the decoded text.
-const SPM_TRANSFORMERS_CASES: &[(&str, &[u32], &str)] = &[
+/// Ids from llama.cpp's tokenizer for the same vocabulary written as a GGUF file (llama-cpp-python
+/// 0.3.36, `tokenize(text, add_bos=False, special=True)`), with the text `decode` gives back.
+/// (transformers 5.24's GGUF conversion agrees except where a text segment starts with a space or
+/// follows a special token: it prepends "▁" only to the first segment, and not to one that already
+/// starts with a space.)
+const SPM_LLAMA_CPP_CASES: &[(&str, &[u32], &str)] = &[
     ("hello world", &[270, 259, 264, 263, 265, 262, 266], "hello world"),
     ("h€", &[267, 229, 133, 175], "h€"),
-    ("<s>hello</s>", &[1, 260, 261, 268, 263, 2], "hello"),
-    ("hello 日本 hello 😀", &[270, 259, 233, 154, 168, 233, 159, 175, 270, 259, 243, 162, 155, 131], "hello 日本 hello 😀"),
-    ("  hello", &[259, 270], " hello"),
-    (" a\n b", &[259, 100, 13, 259, 101], "a\n b"),
+    ("<s>hello</s>", &[1, 270, 2], "hello"),
+    ("hello 日本 hello \u{1f600}", &[270, 259, 233, 154, 168, 233, 159, 175, 270, 259, 243, 162, 155, 131], "hello 日本 hello \u{1f600}"),
+    ("  hello", &[259, 259, 270], "  hello"),
+    (" a\n b", &[259, 259, 100, 13, 259, 101], " a\n b"),
+    ("", &[], ""),
+    (" ", &[259, 259], " "),
+    ("hello\n\nhello", &[270, 13, 13, 260, 261, 268, 263], "hello\n\nhello"),
+    ("[INST] hello [/INST]", &[259, 94, 76, 81, 86, 87, 96, 270, 259, 94, 50, 76, 81, 86, 87, 96], "[INST] hello [/INST]"),
+    ("he<s> hello", &[271, 1, 259, 270], "he  hello"),
+    ("ab€c", &[259, 100, 101, 229, 133, 175, 102], "ab€c"),
 ];
 
 #[test]
-fn sentencepiece_matches_transformers_conversion() {
+fn sentencepiece_matches_llama_cpp() {
     let tok = Tokenizer::from_gguf(&spm_spec()).unwrap();
-    for (text, ids, decoded) in SPM_TRANSFORMERS_CASES {
+    for (text, ids, decoded) in SPM_LLAMA_CPP_CASES {
         assert_eq!(&tok.encode(text, false).unwrap(), ids, "ids of {text:?}");
         assert_eq!(tok.decode(ids), *decoded, "decode of {text:?}");
     }
@@ -232,6 +241,9 @@ fn sentencepiece_without_space_prefix() {
     let ids = tok.encode("hello", false).unwrap();
     assert_eq!(ids, ["h", "e", "ll", "o"].iter().map(|p| id(&tok, p)).collect::<Vec<_>>());
     assert_eq!(tok.decode(&ids), "hello");
+    // Same ids as llama.cpp with add_space_prefix = false.
+    assert_eq!(tok.encode("  hello", false).unwrap(), vec![259, 270]);
+    assert_eq!(tok.encode("<s>hello</s>", false).unwrap(), vec![1, 260, 261, 268, 263, 2]);
 }
 
 #[test]
