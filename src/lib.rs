@@ -11,3 +11,4 @@ pub mod chat_template;
 pub mod fetch;
 
 pub use error::{Error, Result};
+pub mod session;

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 /// Storage format of a tensor. Block formats are GGUF's (ggml) layouts, row-major, blocks along a row.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TensorFormat {
     F32,

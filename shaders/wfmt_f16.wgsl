@@ -1,0 +1,45 @@
+// Weight format: 16-bit floats, f16 or bf16 (override BF16), two per u32 (even column in the low
+// half). Rows are padded with zeros to a multiple of 8 values, so a block of 8 is one vec4<u32>.
+// `w_stride` counts vec4<u32> per row. unpack2x16float and the bf16 shift are core WGSL: no
+// SHADER_F16 needed.
+
+override BF16: bool = false;
+
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
+
+const FMT_BLOCK: u32 = 8u;
+
+fn unpack2(u: u32) -> vec2<f32> {
+    if (BF16) {
+        return vec2<f32>(bitcast<f32>(u << 16u), bitcast<f32>(u & 0xffff0000u));
+    }
+    return unpack2x16float(u);
+}
+
+fn fmt_block_dot(row: u32, blk: u32) -> f32 {
+    let q = w[row * p.w_stride + blk];
+    let c = blk * 8u;
+    let a = unpack2(q.x);
+    let b = unpack2(q.y);
+    let d = unpack2(q.z);
+    let e = unpack2(q.w);
+    if (c + 8u <= p.cols) {
+        return a.x * xin(c) + a.y * xin(c + 1u) + b.x * xin(c + 2u) + b.y * xin(c + 3u)
+             + d.x * xin(c + 4u) + d.y * xin(c + 5u) + e.x * xin(c + 6u) + e.y * xin(c + 7u);
+    }
+    // Last, partial block: the input past `cols` may be anything (even NaN), so never touch it.
+    let vals = array<f32, 8>(a.x, a.y, b.x, b.y, d.x, d.y, e.x, e.y);
+    var s = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        if (c + j < p.cols) { s += vals[j] * xin(c + j); }
+    }
+    return s;
+}
+
+// One element, for the tiled matmul.
+fn fmt_load(row: u32, col: u32) -> f32 {
+    let q = w[row * p.w_stride + col / 8u];
+    let j = col % 8u;
+    let v = unpack2(q[j / 2u]);
+    return select(v.x, v.y, (j & 1u) == 1u);
+}

@@ -1,0 +1,37 @@
+// Weight format: ggml Q4_1, stored as in the file (20-byte blocks are u32-aligned).
+// Block of 32 values = 5 u32: word 0 = (d: f16 low half, m: f16 high half); words 1..4 = 16 bytes of
+// nibbles: byte j holds value j in its low nibble and value j + 16 in its high nibble.
+// value = d * q + m. `w_stride` counts u32 per row (cols / 32 * 5).
+
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+
+const FMT_BLOCK: u32 = 32u;
+
+fn fmt_block_dot(row: u32, blk: u32) -> f32 {
+    let base = row * p.w_stride + blk * 5u;
+    let dm = unpack2x16float(w[base]);
+    let c = blk * 32u;
+    var qx = 0.0;
+    var sx = 0.0;
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        for (var k = 0u; k < 4u; k++) {
+            let lo = f32((q >> (8u * k)) & 0xfu);
+            let hi = f32((q >> (8u * k + 4u)) & 0xfu);
+            let x0 = xin(c + 4u * i + k);
+            let x1 = xin(c + 16u + 4u * i + k);
+            qx += lo * x0 + hi * x1;
+            sx += x0 + x1;
+        }
+    }
+    return dm.x * qx + dm.y * sx;
+}
+
+fn fmt_load(row: u32, col: u32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let dm = unpack2x16float(w[base]);
+    let j = col % 32u;
+    let byte_i = j % 16u;
+    let q = (w[base + 1u + byte_i / 4u] >> (8u * (byte_i % 4u) + 4u * (j / 16u))) & 0xfu;
+    return dm.x * f32(q) + dm.y;
+}

@@ -1,0 +1,28 @@
+// Weight format: ggml Q8_0, each 34-byte block padded to 36 bytes on upload so blocks are
+// u32-aligned: word 0 = d (f16, low half); words 1..8 = 32 signed bytes, value j in byte j.
+// value = d * q. `w_stride` counts u32 per row (cols / 32 * 9).
+
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+
+const FMT_BLOCK: u32 = 32u;
+
+fn fmt_block_dot(row: u32, blk: u32) -> f32 {
+    let base = row * p.w_stride + blk * 9u;
+    let d = unpack2x16float(w[base]).x;
+    let c = blk * 32u;
+    var acc = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        let q = unpack4xI8(w[base + 1u + i]);
+        acc += f32(q.x) * xin(c + 4u * i) + f32(q.y) * xin(c + 4u * i + 1u)
+             + f32(q.z) * xin(c + 4u * i + 2u) + f32(q.w) * xin(c + 4u * i + 3u);
+    }
+    return d * acc;
+}
+
+fn fmt_load(row: u32, col: u32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 9u;
+    let d = unpack2x16float(w[base]).x;
+    let j = col % 32u;
+    let q = unpack4xI8(w[base + 1u + j / 4u]);
+    return d * f32(q[j % 4u]);
+}

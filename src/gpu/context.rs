@@ -1,0 +1,326 @@
+//! GPU context: adapter choice, device with the optional features the kernels can use, capability
+//! report, pipeline cache and error capture. One per process is typical; it is `Send + Sync`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::{Error, Result};
+
+/// How to pick the adapter. Environment variables override the fields (handy for users of apps):
+/// `ESA_WGPU_BACKEND` (vulkan, metal, dx12, gl) and `ESA_WGPU_ADAPTER` (substring of the adapter name).
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    pub backend: Option<String>,
+    pub adapter: Option<String>,
+    /// Ask for cooperative-matrix (tensor core) support where the adapter offers it.
+    pub allow_experimental: bool,
+    /// Pretend the adapter's storage binding limit is at most this (tests the row-shard path on
+    /// small models; also `ESA_WGPU_MAX_BINDING`).
+    pub max_binding: Option<u64>,
+}
+
+/// What the device offers; ops pick kernel variants from this, never from vendor names.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_min: u32,
+    pub subgroup_max: u32,
+    pub timestamps: bool,
+    pub coop_matrix: bool,
+    /// Largest storage binding (bytes). Tensors larger than this are split into row shards.
+    pub max_binding: u64,
+    pub max_buffer: u64,
+    pub max_workgroup_storage: u32,
+    pub max_workgroups_per_dim: u32,
+    pub max_storage_buffers_per_stage: u32,
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Caps,
+    pipelines: Mutex<HashMap<String, Arc<Kernel>>>,
+    uncaptured: Arc<Mutex<Vec<String>>>,
+    pub(crate) bind_cache: Mutex<super::recorder::BindCache>,
+    pub(crate) params_arena: Mutex<Option<wgpu::Buffer>>,
+}
+
+/// A compiled compute pipeline plus the bind group layout the recorder binds against.
+pub struct Kernel {
+    pub name: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub id: usize,
+}
+
+/// Kernel limits we cannot work without.
+const MIN_STORAGE_BUFFERS: u32 = 8;
+const MIN_BINDING: u64 = 16 << 20;
+
+fn parse_backend(s: &str) -> Result<wgpu::Backends> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "metal" | "mtl" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+        other => return Err(Error::arg("backend", format!("unknown backend `{other}` (vulkan, metal, dx12, gl)"))),
+    })
+}
+
+impl GpuContext {
+    pub fn new(opts: &GpuOptions) -> Result<Arc<GpuContext>> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    pub async fn new_async(opts: &GpuOptions) -> Result<Arc<GpuContext>> {
+        let backend = std::env::var("ESA_WGPU_BACKEND").ok().or(opts.backend.clone());
+        let wanted = std::env::var("ESA_WGPU_ADAPTER").ok().or(opts.adapter.clone());
+        let backends = match &backend {
+            Some(b) => parse_backend(b)?,
+            None => wgpu::Backends::PRIMARY | wgpu::Backends::GL,
+        };
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapters = instance.enumerate_adapters(backends).await;
+        if adapters.is_empty() {
+            return Err(Error::Gpu(format!(
+                "no GPU adapter found for backends {backends:?}; install a Vulkan/Metal/DX12 driver \
+                 (on Linux without a GPU: `apt-get install mesa-vulkan-drivers libvulkan1` for lavapipe)"
+            )));
+        }
+        let names: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+        let adapter = match &wanted {
+            Some(w) => adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w.to_lowercase()))
+                .ok_or_else(|| Error::arg("adapter", format!("no adapter matches `{w}`; available: {}", names.join(", "))))?,
+            None => {
+                // Prefer discrete, then integrated, then anything (software last).
+                let rank = |t: wgpu::DeviceType| match t {
+                    wgpu::DeviceType::DiscreteGpu => 0,
+                    wgpu::DeviceType::IntegratedGpu => 1,
+                    wgpu::DeviceType::VirtualGpu => 2,
+                    wgpu::DeviceType::Other => 3,
+                    wgpu::DeviceType::Cpu => 4,
+                };
+                let mut v = adapters;
+                v.sort_by_key(|a| (rank(a.get_info().device_type), a.get_info().backend != wgpu::Backend::Vulkan));
+                v.into_iter().next().unwrap()
+            }
+        };
+        Self::from_adapter(adapter, opts).await
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter, opts: &GpuOptions) -> Result<Arc<GpuContext>> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let have = adapter.features();
+        if limits.max_storage_buffers_per_shader_stage < MIN_STORAGE_BUFFERS || (limits.max_storage_buffer_binding_size as u64) < MIN_BINDING {
+            return Err(Error::Gpu(format!(
+                "adapter `{}` is too small: {} storage buffers per stage (need {MIN_STORAGE_BUFFERS}), \
+                 max storage binding {} bytes (need {MIN_BINDING})",
+                info.name, limits.max_storage_buffers_per_shader_stage, limits.max_storage_buffer_binding_size
+            )));
+        }
+        let mut features = wgpu::Features::empty();
+        for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY] {
+            if have.contains(f) {
+                features |= f;
+            }
+        }
+        let mut experimental = wgpu::ExperimentalFeatures::disabled();
+        if opts.allow_experimental && have.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: only the cooperative-matrix kernels use the experimental feature, and they are
+            // chosen only when the adapter reports it.
+            experimental = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("esa-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: experimental,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("adapter `{}`: request_device failed: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+        let caps = Caps {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_min: info.subgroup_min_size,
+            subgroup_max: info.subgroup_max_size,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            max_binding: {
+                let cap = std::env::var("ESA_WGPU_MAX_BINDING").ok().and_then(|v| v.parse::<u64>().ok()).or(opts.max_binding);
+                let hw = limits.max_storage_buffer_binding_size as u64;
+                cap.map_or(hw, |c| c.clamp(256, hw))
+            },
+            max_buffer: limits.max_buffer_size,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+        };
+        Ok(Arc::new(GpuContext {
+            device,
+            queue,
+            info,
+            caps,
+            pipelines: Mutex::new(HashMap::new()),
+            uncaptured,
+            bind_cache: Mutex::new(Default::default()),
+            params_arena: Mutex::new(None),
+        }))
+    }
+
+    /// One line saying what was chosen, for logs.
+    pub fn describe(&self) -> String {
+        let c = &self.caps;
+        format!(
+            "{} ({:?}, {:?}, driver {}) f16={} subgroups={}({}..{}) timestamps={} coop_matrix={} max_binding={} MiB",
+            self.info.name, self.info.backend, self.info.device_type, self.info.driver, c.shader_f16, c.subgroups,
+            c.subgroup_min, c.subgroup_max, c.timestamps, c.coop_matrix, c.max_binding >> 20
+        )
+    }
+
+    /// Compile (once) and return the kernel `entry` of `source`, specialised by WGSL `override`
+    /// constants. The cache key is name + entry + constants.
+    pub fn kernel(&self, name: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+        let mut key = format!("{name}:{entry}");
+        for (k, v) in constants {
+            key.push_str(&format!(":{k}={v}"));
+        }
+        if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
+            return Ok(k.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("compiling kernel {key}: {e}")));
+        }
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut map = self.pipelines.lock().unwrap();
+        let id = map.len();
+        let k = Arc::new(Kernel { name: key.clone(), pipeline, layout, id });
+        map.insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// A storage buffer of `size` bytes (at least 4). Out-of-memory is an error, not a panic.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        if size > self.caps.max_buffer {
+            return Err(Error::Gpu(format!("buffer `{label}` of {size} bytes exceeds the adapter's max_buffer_size {}", self.caps.max_buffer)));
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("out of GPU memory allocating `{label}` ({size} bytes): {e}")));
+        }
+        Ok(b)
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn upload(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let b = self.storage(label, data.len() as u64)?;
+        self.write(&b, 0, data);
+        Ok(b)
+    }
+
+    /// Write bytes at `offset`; pads to a multiple of 4 as wgpu requires.
+    pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        if data.len() % 4 == 0 {
+            self.queue.write_buffer(buf, offset, data);
+        } else {
+            let mut v = data.to_vec();
+            v.resize(data.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(buf, offset, &v);
+        }
+    }
+
+    /// Copy `size` bytes from `buf` at `offset` back to the host (blocking). Used for results and
+    /// tests; a decode step reads back only the sampled token id.
+    pub fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let padded = size.next_multiple_of(4).max(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, padded);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("map callback dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e}")))?;
+        let out = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e:?}")))?.to_vec();
+        staging.unmap();
+        self.check()?;
+        Ok(out[..size as usize].to_vec())
+    }
+
+    pub fn read_f32(&self, buf: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
+        let b = self.read(buf, offset_elems as u64 * 4, n as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&b).to_vec())
+    }
+
+    pub fn read_u32(&self, buf: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
+        let b = self.read(buf, offset_elems as u64 * 4, n as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&b).to_vec())
+    }
+
+    /// Block until all submitted work has finished.
+    pub fn sync(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Errors wgpu reported outside any scope (validation, device lost) since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut v = self.uncaptured.lock().unwrap();
+        if v.is_empty() {
+            Ok(())
+        } else {
+            let msg = v.join("; ");
+            v.clear();
+            Err(Error::Gpu(msg))
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The model's weights on the GPU, built from any `WeightSource` (safetensors folder or GGUF file).
+//! Immutable after loading and shared by sessions.
+
+use std::sync::Arc;
+
+use crate::gpu::tensor::{concat_rows, interleave_rows, GpuMatrix};
+use crate::gpu::GpuContext;
+use crate::model::config::Config;
+use crate::model::host::{HostTensor, TensorFormat, WeightSource};
+use crate::{Error, Result};
+
+/// A linear layer whose output rows may come from several matrices (fused Q/K/V when the formats
+/// agree: one matrix; otherwise one per part, each writing its own row range).
+pub struct Linear {
+    pub parts: Vec<(GpuMatrix, usize)>,
+    pub rows: usize,
+}
+
+
+pub struct Layer {
+    pub attn_norm: wgpu::Buffer,
+    pub qkv: Linear,
+    pub o: GpuMatrix,
+    pub mlp_norm: wgpu::Buffer,
+    /// gate and up projections with interleaved rows (SwiGLU runs in the matvec/matmul epilogue).
+    pub gate_up: GpuMatrix,
+    pub down: GpuMatrix,
+}
+
+pub struct GpuModel {
+    pub ctx: Arc<GpuContext>,
+    pub cfg: Config,
+    pub layers: Vec<Layer>,
+    pub final_norm: wgpu::Buffer,
+    pub lm_head: GpuMatrix,
+    pub inv_freq: wgpu::Buffer,
+    /// The embedding table stays in the (memory-mapped) source; rows are gathered on the host.
+    pub source: Box<dyn WeightSource + Send + Sync>,
+    embed_format: TensorFormat,
+    embed_row_bytes: usize,
+    /// Total bytes of weights on the GPU (bandwidth accounting).
+    pub gpu_bytes: usize,
+}
+
+fn expect<'a>(src: &'a dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor<'a>> {
+    let t = src.tensor(name)?;
+    if t.shape != shape {
+        return Err(Error::tensor(name, format!("expected shape {shape:?}, found {:?} in {}", t.shape, src.origin().display())));
+    }
+    Ok(t)
+}
+
+fn upload_vector(ctx: &GpuContext, src: &dyn WeightSource, name: &str, n: usize) -> Result<wgpu::Buffer> {
+    let t = expect(src, name, &[n])?;
+    let v = crate::quant::dequantize(name, t.format, &t.data, n)?;
+    ctx.upload(name, bytemuck::cast_slice(&v))
+}
+
+impl GpuModel {
+    pub fn load(ctx: Arc<GpuContext>, source: Box<dyn WeightSource + Send + Sync>) -> Result<GpuModel> {
+        let cfg = source.config().clone();
+        let src: &dyn WeightSource = source.as_ref();
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        if d % 4 != 0 || d > 256 {
+            return Err(Error::Unsupported(format!("head_dim {d} (the attention kernels need a multiple of 4, at most 256)")));
+        }
+        if cfg.num_heads % cfg.num_kv_heads != 0 {
+            return Err(Error::Unsupported(format!("{} heads not a multiple of {} KV heads", cfg.num_heads, cfg.num_kv_heads)));
+        }
+        let mut gpu_bytes = 0;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}.");
+            let q = expect(src, &format!("{p}self_attn.q_proj.weight"), &[cfg.q_dim(), h])?;
+            let k = expect(src, &format!("{p}self_attn.k_proj.weight"), &[cfg.kv_dim(), h])?;
+            let v = expect(src, &format!("{p}self_attn.v_proj.weight"), &[cfg.kv_dim(), h])?;
+            let qkv = if q.format == k.format && k.format == v.format {
+                let fused = concat_rows(&format!("{p}qkv"), &[&q, &k, &v])?;
+                Linear { parts: vec![(GpuMatrix::upload(&ctx, &fused, false)?, 0)], rows: fused.shape[0] }
+            } else {
+                let mut parts = Vec::new();
+                let mut off = 0;
+                for t in [&q, &k, &v] {
+                    parts.push((GpuMatrix::upload(&ctx, t, false)?, off));
+                    off += t.shape[0];
+                }
+                Linear { parts, rows: off }
+            };
+            let o = GpuMatrix::upload(&ctx, &expect(src, &format!("{p}self_attn.o_proj.weight"), &[h, cfg.q_dim()])?, false)?;
+            let gate = expect(src, &format!("{p}mlp.gate_proj.weight"), &[cfg.intermediate_size, h])?;
+            let up = expect(src, &format!("{p}mlp.up_proj.weight"), &[cfg.intermediate_size, h])?;
+            // interleave_rows refuses gate/up of different formats with an error naming them.
+            let gate_up = GpuMatrix::upload(&ctx, &interleave_rows(&gate, &up)?, true)?;
+            let down = GpuMatrix::upload(&ctx, &expect(src, &format!("{p}mlp.down_proj.weight"), &[h, cfg.intermediate_size])?, false)?;
+            gpu_bytes += qkv.parts.iter().map(|m| m.0.bytes()).sum::<usize>() + o.bytes() + down.bytes();
+            gpu_bytes += gate_up.bytes();
+            layers.push(Layer {
+                attn_norm: upload_vector(&ctx, src, &format!("{p}input_layernorm.weight"), h)?,
+                qkv,
+                o,
+                mlp_norm: upload_vector(&ctx, src, &format!("{p}post_attention_layernorm.weight"), h)?,
+                gate_up,
+                down,
+            });
+        }
+        let final_norm = upload_vector(&ctx, src, "model.norm.weight", h)?;
+        let embed = expect(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed_format = embed.format;
+        let embed_row_bytes = embed.format.row_bytes(h).ok_or_else(|| Error::tensor("model.embed_tokens.weight", "row not a whole number of blocks"))?;
+        let lm_head = if cfg.tie_word_embeddings || !src.has_tensor("lm_head.weight") {
+            GpuMatrix::upload(&ctx, &embed, false)?
+        } else {
+            GpuMatrix::upload(&ctx, &expect(src, "lm_head.weight", &[cfg.vocab_size, h])?, false)?
+        };
+        gpu_bytes += lm_head.bytes();
+        drop(embed);
+        let inv_freq = ctx.upload("rope inv_freq", bytemuck::cast_slice(&cfg.rope_inv_freqs()))?;
+        ctx.check()?;
+        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes })
+    }
+
+    /// Embedding rows of `tokens`, concatenated, f32.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let name = "model.embed_tokens.weight";
+        let t = self.source.tensor(name)?;
+        let h = self.cfg.hidden_size;
+        let mut out = Vec::with_capacity(tokens.len() * h);
+        for &tok in tokens {
+            if tok as usize >= self.cfg.vocab_size {
+                return Err(Error::arg("tokens", format!("token id {tok} is outside the vocabulary of {}", self.cfg.vocab_size)));
+            }
+            let r = tok as usize * self.embed_row_bytes;
+            out.extend(crate::quant::dequantize(name, self.embed_format, &t.data[r..r + self.embed_row_bytes], h)?);
+        }
+        Ok(out)
+    }
+}

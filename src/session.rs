@@ -1,0 +1,288 @@
+//! A session owns one sequence's state: KV caches, scratch buffers sized once from `max_context`
+//! and the prefill chunk, and the position. Recording a step allocates nothing on the GPU.
+
+use std::sync::Arc;
+
+use crate::gpu::ops::{attention, linear, norm, rope_kv, sampling};
+use crate::gpu::ops::linear::{Epilogue, LinearIo, MATVEC_MAX_TOKENS};
+use crate::gpu::{BufRef, Recorder};
+use crate::model::gpu_model::GpuModel;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Tokens the KV cache holds (prompt + generated). Longer input is refused, never truncated.
+    pub max_context: usize,
+    /// Prompt tokens processed per forward pass.
+    pub prefill_chunk: usize,
+    /// Keep the logits of every position of a chunk (evaluation and tests), not only the last.
+    pub all_logits: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { max_context: 4096, prefill_chunk: 256, all_logits: false }
+    }
+}
+
+/// How the next token is chosen. `temperature <= 0` is greedy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub fn greedy() -> Self {
+        Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.7, top_p: 0.9, seed: 42 }
+    }
+}
+
+struct Scratch {
+    x: wgpu::Buffer,
+    xn: wgpu::Buffer,
+    qkv: wgpu::Buffer,
+    q: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    mlp: wgpu::Buffer,
+    part: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    token: wgpu::Buffer,
+}
+
+pub struct Session {
+    model: Arc<GpuModel>,
+    opts: SessionOptions,
+    kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    s: Scratch,
+    pos: usize,
+    /// Logit rows available after the last `feed` (1, or the chunk length with `all_logits`).
+    logit_rows: usize,
+    rng: u64,
+}
+
+impl Session {
+    pub fn new(model: Arc<GpuModel>, opts: SessionOptions) -> Result<Session> {
+        if opts.max_context == 0 {
+            return Err(Error::arg("max_context", "must be at least 1"));
+        }
+        if opts.prefill_chunk == 0 {
+            return Err(Error::arg("prefill_chunk", "must be at least 1"));
+        }
+        let ctx = &model.ctx;
+        let c = &model.cfg;
+        let chunk = opts.prefill_chunk.min(opts.max_context);
+        let kv_bytes = (opts.max_context * c.kv_dim() * 2) as u64;
+        if kv_bytes > ctx.caps.max_binding {
+            return Err(Error::arg(
+                "max_context",
+                format!("{} tokens need a {kv_bytes}-byte KV cache per layer, over the adapter's {}-byte binding limit; lower max_context", opts.max_context, ctx.caps.max_binding),
+            ));
+        }
+        let mut kv = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            kv.push((ctx.storage(&format!("k cache {l}"), kv_bytes)?, ctx.storage(&format!("v cache {l}"), kv_bytes)?));
+        }
+        let qkv_rows = c.q_dim() + 2 * c.kv_dim();
+        let logit_rows = if opts.all_logits { chunk } else { 1 };
+        let f = |label: &str, n: usize| ctx.storage(label, (n * 4) as u64);
+        let s = Scratch {
+            x: f("x", chunk * c.hidden_size)?,
+            xn: f("x normed", chunk * c.hidden_size)?,
+            qkv: f("qkv", chunk * qkv_rows)?,
+            q: f("q", chunk * c.q_dim())?,
+            attn: f("attention out", chunk * c.q_dim())?,
+            mlp: f("mlp", chunk * c.intermediate_size)?,
+            part: f("attention partials", attention::scratch_floats(chunk, c.num_heads, c.head_dim))?,
+            logits: f("logits", logit_rows * c.vocab_size)?,
+            token: f("token", 4)?,
+        };
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: 0 })
+    }
+
+    pub fn model(&self) -> &Arc<GpuModel> {
+        &self.model
+    }
+
+    /// Tokens in the context so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.opts.max_context
+    }
+
+    /// Keep only the first `n` tokens of the context (the rest of the cache is overwritten later).
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.pos {
+            self.pos = n;
+            self.logit_rows = 0;
+        }
+    }
+
+    /// Forget the context (the caches are reused).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.logit_rows = 0;
+    }
+
+    /// Append `tokens` to the context, running them through the model in chunks. Afterwards the
+    /// logits of the last token (or of every token of the last chunk, with `all_logits`) are ready.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        self.check_room(tokens.len())?;
+        for chunk in tokens.chunks(self.opts.prefill_chunk) {
+            let ctx = self.model.ctx.clone();
+            let mut rec = Recorder::new(&ctx);
+            self.record_chunk(&mut rec, chunk)?;
+            rec.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Feed `tokens` and choose the next token, in one submission per chunk; returns its id.
+    pub fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
+        self.check_room(tokens.len())?;
+        if tokens.is_empty() {
+            return Err(Error::arg("tokens", "empty"));
+        }
+        let chunks: Vec<&[u32]> = tokens.chunks(self.opts.prefill_chunk).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let ctx = self.model.ctx.clone();
+            let mut rec = Recorder::new(&ctx);
+            self.record_chunk(&mut rec, chunk)?;
+            if i + 1 == chunks.len() {
+                self.record_sample(&mut rec, sampling)?;
+            }
+            rec.submit()?;
+        }
+        Ok(self.model.ctx.read_u32(&self.s.token, 0, 1)?[0])
+    }
+
+    /// Logits of the last token.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        if self.logit_rows == 0 {
+            return Err(Error::arg("logits", "no tokens fed yet"));
+        }
+        let v = self.model.cfg.vocab_size;
+        self.model.ctx.read_f32(&self.s.logits, (self.logit_rows - 1) * v, v)
+    }
+
+    /// Logits of every position of the last chunk fed (needs `all_logits`).
+    pub fn chunk_logits(&self) -> Result<Vec<Vec<f32>>> {
+        let v = self.model.cfg.vocab_size;
+        let all = self.model.ctx.read_f32(&self.s.logits, 0, self.logit_rows * v)?;
+        Ok(all.chunks(v).map(|c| c.to_vec()).collect())
+    }
+
+    fn check_room(&self, n: usize) -> Result<()> {
+        if self.pos + n > self.opts.max_context {
+            return Err(Error::ContextFull { tokens: n, used: self.pos, max_context: self.opts.max_context });
+        }
+        Ok(())
+    }
+
+    fn record_sample(&mut self, rec: &mut Recorder, s: &Sampling) -> Result<()> {
+        if self.rng == 0 {
+            self.rng = s.seed ^ 0x9E37_79B9_7F4A_7C15;
+        }
+        // splitmix64: one uniform per sampled token, reproducible from the seed.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+        let v = self.model.cfg.vocab_size;
+        sampling::sample(rec, &BufRef::from(&self.s.logits), (self.logit_rows - 1) * v, v, s.temperature, s.top_p, u, &BufRef::from(&self.s.token))
+    }
+
+    fn record_chunk(&mut self, rec: &mut Recorder, tokens: &[u32]) -> Result<()> {
+        let m = self.model.clone();
+        let c = &m.cfg;
+        let n = tokens.len();
+        let (h, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let qkv_rows = qd + 2 * kvd;
+        let emb = m.embed(tokens)?;
+        m.ctx.write(&self.s.x, 0, bytemuck::cast_slice(&emb));
+        let small = n <= MATVEC_MAX_TOKENS;
+        let (x, xn, qkv, q, attn, mlp) = (
+            BufRef::from(&self.s.x),
+            BufRef::from(&self.s.xn),
+            BufRef::from(&self.s.qkv),
+            BufRef::from(&self.s.q),
+            BufRef::from(&self.s.attn),
+            BufRef::from(&self.s.mlp),
+        );
+        let io = |x: &BufRef, xs: usize, y: &BufRef, ys: usize, row0: usize| LinearIo { x: x.clone(), x_off: 0, x_stride: xs, y: y.clone(), y_stride: ys, y_row0: row0, n_tok: n };
+        for (l, layer) in m.layers.iter().enumerate() {
+            // Attention block: x += O(attn(rope(QKV(norm(x)))))
+            if !small {
+                norm::rmsnorm(rec, &x, &xn, &layer.attn_norm, h, h, n, c.rms_norm_eps)?;
+            }
+            for (w, row0) in &layer.qkv.parts {
+                if small {
+                    linear::matvec(rec, w, &io(&x, h, &qkv, qkv_rows, *row0), Epilogue::Store, Some((&layer.attn_norm, c.rms_norm_eps)))?;
+                } else {
+                    linear::matmul(rec, w, &io(&xn, h, &qkv, qkv_rows, *row0), Epilogue::Store)?;
+                }
+            }
+            let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
+            rope_kv::rope_kv(rec, &rope_kv::RopeKv {
+                qkv: &qkv,
+                qkv_stride: qkv_rows,
+                q_out: &q,
+                k_cache: &kc,
+                v_cache: &vc,
+                inv_freq: &m.inv_freq,
+                n_tok: n,
+                n_heads: c.num_heads,
+                n_kv: c.num_kv_heads,
+                head_dim: c.head_dim,
+                pos0: self.pos,
+            })?;
+            attention::attend(rec, &attention::Attend {
+                q: &q,
+                k_cache: &kc,
+                v_cache: &vc,
+                inv_freq: &m.inv_freq,
+                part: &BufRef::from(&self.s.part),
+                out: &attn,
+                n_q: n,
+                n_heads: c.num_heads,
+                n_kv: c.num_kv_heads,
+                head_dim: c.head_dim,
+                pos0: self.pos,
+            })?;
+            linear::linear(rec, &layer.o, &io(&attn, qd, &x, h, 0), Epilogue::Accumulate)?;
+            // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
+            if small {
+                linear::matvec(rec, &layer.gate_up, &io(&x, h, &mlp, c.intermediate_size, 0), Epilogue::SwiGlu, Some((&layer.mlp_norm, c.rms_norm_eps)))?;
+            } else {
+                norm::rmsnorm(rec, &x, &xn, &layer.mlp_norm, h, h, n, c.rms_norm_eps)?;
+                linear::matmul(rec, &layer.gate_up, &io(&xn, h, &mlp, c.intermediate_size, 0), Epilogue::SwiGlu)?;
+            }
+            linear::linear(rec, &layer.down, &io(&mlp, c.intermediate_size, &x, h, 0), Epilogue::Accumulate)?;
+        }
+        // Final norm + LM head: the last token, or all of them for evaluation.
+        let logits = BufRef::from(&self.s.logits);
+        if self.opts.all_logits {
+            norm::rmsnorm(rec, &x, &xn, &m.final_norm, h, h, n, c.rms_norm_eps)?;
+            linear::linear(rec, &m.lm_head, &io(&xn, h, &logits, c.vocab_size, 0), Epilogue::Store)?;
+            self.logit_rows = n;
+        } else {
+            let last = LinearIo { x: x.clone(), x_off: (n - 1) * h, x_stride: h, y: logits, y_stride: c.vocab_size, y_row0: 0, n_tok: 1 };
+            linear::matvec(rec, &m.lm_head, &last, Epilogue::Store, Some((&m.final_norm, c.rms_norm_eps)))?;
+            self.logit_rows = 1;
+        }
+        self.pos += n;
+        Ok(())
+    }
+}

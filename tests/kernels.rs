@@ -1,0 +1,263 @@
+//! Every dense-path kernel against the plain-Rust reference on random inputs of odd sizes.
+//! Outputs are poisoned with NaN before each run, so an element the kernel forgot to write fails.
+
+use std::sync::{Arc, OnceLock};
+
+use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo};
+use esa_wgpu::gpu::ops::{attention, norm, rope_kv, sampling};
+use esa_wgpu::gpu::tensor::GpuMatrix;
+use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
+use esa_wgpu::model::host::{HostTensor, TensorFormat};
+use esa_wgpu::reference::ops as r;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        // A small binding limit forces weights into several row shards.
+        let c = GpuContext::new(&GpuOptions { max_binding: Some(4096), ..Default::default() }).expect("GPU context");
+        eprintln!("adapter: {}", c.describe());
+        c
+    })
+    .clone()
+}
+
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    ctx.upload("out", bytemuck::cast_slice(&vec![f32::NAN; n])).unwrap()
+}
+
+fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
+}
+
+/// Quantise to the 16-bit format and back, so the reference sees exactly the GPU's weights.
+fn host_16(name: &str, w: &[f32], rows: usize, cols: usize, fmt: TensorFormat) -> (HostTensor<'static>, Vec<f32>) {
+    let (bytes, back): (Vec<u8>, Vec<f32>) = match fmt {
+        TensorFormat::F16 => {
+            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        TensorFormat::BF16 => {
+            let h: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|v| v.to_f32()).collect())
+        }
+        _ => unreachable!(),
+    };
+    (HostTensor { name: name.into(), shape: vec![rows, cols], format: fmt, data: bytes.into() }, back)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}[{i}]: gpu {g} vs reference {w}");
+    }
+}
+
+#[test]
+fn matvec_all_epilogues_and_formats() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(1);
+    for fmt in [TensorFormat::F16, TensorFormat::BF16] {
+        for &(rows, cols, n_tok) in &[(37usize, 45usize, 1usize), (74, 203, 3), (130, 8, 4), (2, 1, 1)] {
+            let w = rand_vec(&mut rng, rows * cols, 0.5);
+            let (host, wq) = host_16("w", &w, rows, cols, fmt);
+            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+            let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let gamma = rand_vec(&mut rng, cols, 1.0);
+            let xb = upload(&ctx, &x);
+            let gb = upload(&ctx, &gamma);
+            for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                for use_norm in [false, true] {
+                    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                    let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                    let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
+                    let mut rec = Recorder::new(&ctx);
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
+                    rec.submit().unwrap();
+                    let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                    let mut want = Vec::new();
+                    for t in 0..n_tok {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
+                        let y = r::matvec(&wq, rows, cols, &xt);
+                        match epi {
+                            Epilogue::Store => want.extend(y),
+                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
+                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
+                        }
+                    }
+                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_tiles_and_shards() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(2);
+    for &(rows, cols, n_tok) in &[(130usize, 45usize, 70usize), (66, 203, 5), (3, 17, 129)] {
+        let w = rand_vec(&mut rng, rows * cols, 0.5);
+        let (host, wq) = host_16("w", &w, rows, cols, TensorFormat::F16);
+        let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+        assert!(m.shards.len() > 1 || rows * cols * 2 < 4096, "expected several shards");
+        let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+        let xb = upload(&ctx, &x);
+        for epi in [Epilogue::Store, Epilogue::SwiGlu] {
+            if epi == Epilogue::SwiGlu && rows % 2 == 1 {
+                continue; // SwiGLU weights are (gate, up) row pairs
+            }
+            let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+            let yb = poisoned(&ctx, n_tok * out_rows);
+            let mut rec = Recorder::new(&ctx);
+            let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+            linear::matmul(&mut rec, &m, &io, epi).unwrap();
+            rec.submit().unwrap();
+            let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+            let y = r::matmul(&wq, rows, cols, &x);
+            let want: Vec<f32> = match epi {
+                Epilogue::SwiGlu => (0..n_tok).flat_map(|t| (0..rows / 2).map(move |i| (t, i))).map(|(t, i)| r::silu(y[t * rows + 2 * i]) * y[t * rows + 2 * i + 1]).collect(),
+                _ => y,
+            };
+            assert_close(&format!("matmul {rows}x{cols} n{n_tok} {epi:?}"), &got, &want, 1e-3, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_matches() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(3);
+    let (n, stride, n_tok) = (301, 301, 5);
+    let x = rand_vec(&mut rng, n_tok * stride, 3.0);
+    let g = rand_vec(&mut rng, n, 1.0);
+    let (xb, gb, yb) = (upload(&ctx, &x), upload(&ctx, &g), poisoned(&ctx, n_tok * stride));
+    let mut rec = Recorder::new(&ctx);
+    norm::rmsnorm(&mut rec, &BufRef::from(&xb), &BufRef::from(&yb), &gb, n, stride, n_tok, 1e-6).unwrap();
+    rec.submit().unwrap();
+    let got = ctx.read_f32(&yb, 0, n_tok * stride).unwrap();
+    let want: Vec<f32> = x.chunks(stride).flat_map(|t| r::rmsnorm(t, &g, 1e-6)).collect();
+    assert_close("rmsnorm", &got, &want, 1e-5, 1e-4);
+}
+
+/// rope_kv then attention, for a prefill chunk and decode steps after it, against rotating
+/// (f16-rounded) keys in plain Rust and reference attention.
+#[test]
+fn rope_kv_and_attention_prefill_then_decode() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(4);
+    let (nh, nkv, d) = (6usize, 2usize, 12usize);
+    let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+    let max_ctx = 300;
+    let qkv_rows = (nh + 2 * nkv) * d;
+    let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
+    let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
+    let invb = upload(&ctx, &inv);
+    let mut all_k = Vec::new();
+    let mut all_v = Vec::new();
+    let mut pos0 = 0;
+    for n in [150usize, 3, 1, 1, 70] {
+        let qkv = rand_vec(&mut rng, n * qkv_rows, 1.0);
+        let qkvb = upload(&ctx, &qkv);
+        let qb = poisoned(&ctx, n * nh * d);
+        let part = poisoned(&ctx, attention::scratch_floats(n, nh, d));
+        let out = poisoned(&ctx, n * nh * d);
+        let mut rec = Recorder::new(&ctx);
+        let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
+        rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+        attention::attend(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &BufRef::from(&part), out: &BufRef::from(&out), n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+        rec.submit().unwrap();
+        // Reference.
+        let mut q = Vec::new();
+        for t in 0..n {
+            let row = &qkv[t * qkv_rows..(t + 1) * qkv_rows];
+            q.extend_from_slice(&row[..nh * d]);
+            let f16r = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+            all_k.extend(f16r(&row[nh * d..(nh + nkv) * d]));
+            all_v.extend(f16r(&row[(nh + nkv) * d..]));
+        }
+        let q_pos: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        r::rope(&mut q, &q_pos, &inv);
+        let got_q = ctx.read_f32(&qb, 0, n * nh * d).unwrap();
+        assert_close("rotated q", &got_q, &q, 1e-4, 1e-4);
+        let k_pos: Vec<u32> = (0..pos0 + n).map(|p| p as u32).collect();
+        let mut k = all_k.clone();
+        r::rope(&mut k, &k_pos, &inv);
+        let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
+        let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
+        assert_close(&format!("attention chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        pos0 += n;
+    }
+}
+
+/// Reference for the GPU sampler's definition (nucleus by probability threshold, inverse CDF in
+/// vocabulary order). Returns None when `uniform` falls too close to a boundary to call.
+fn sample_ref(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> Option<u32> {
+    let mx = logits.iter().cloned().filter(|v| !v.is_nan()).fold(f32::MIN, f32::max);
+    let p: Vec<f64> = logits.iter().map(|&v| if v.is_nan() { 0.0 } else { (((v - mx) / temperature) as f64).exp() }).collect();
+    let z: f64 = p.iter().sum();
+    let p: Vec<f64> = p.iter().map(|v| v / z).collect();
+    let mut sorted = p.clone();
+    sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let mut cum = 0.0;
+    let mut tau = 0.0;
+    for &v in &sorted {
+        cum += v;
+        tau = v;
+        if cum >= top_p as f64 {
+            break;
+        }
+    }
+    let mass: f64 = p.iter().filter(|&&v| v >= tau).sum();
+    let target = u as f64 * mass;
+    let mut acc = 0.0;
+    for (i, &v) in p.iter().enumerate() {
+        if v >= tau {
+            if (acc - target).abs() < 1e-4 || (acc + v - target).abs() < 1e-4 {
+                return None;
+            }
+            acc += v;
+            if acc > target {
+                return Some(i as u32);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn sampling_greedy_and_top_p() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(5);
+    let vocab = 1001;
+    let mut logits = rand_vec(&mut rng, vocab, 4.0);
+    logits[17] = f32::NAN;
+    logits[500] = 9.0;
+    logits[501] = 9.0; // tie: the lower index wins
+    let lb = upload(&ctx, &logits);
+    let out = ctx.upload("tok", &[0xff; 4]).unwrap();
+    let run = |t: f32, p: f32, u: f32| {
+        let mut rec = Recorder::new(&ctx);
+        sampling::sample(&mut rec, &BufRef::from(&lb), 0, vocab, t, p, u, &BufRef::from(&out)).unwrap();
+        rec.submit().unwrap();
+        ctx.read_u32(&out, 0, 1).unwrap()[0]
+    };
+    assert_eq!(run(0.0, 1.0, 0.5), 500);
+    let mut checked = 0;
+    for i in 0..40 {
+        let u = (i as f32 + 0.37) / 40.0;
+        for (t, p) in [(1.0, 0.9), (0.7, 1.0), (2.0, 0.5)] {
+            if let Some(want) = sample_ref(&logits, t, p, u) {
+                assert_eq!(run(t, p, u), want, "t={t} p={p} u={u}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100);
+}
