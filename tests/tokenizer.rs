@@ -2,9 +2,9 @@
 //! vocabularies, HF folders, streaming detokenisation, and (when the file is present) the real
 //! SmolLM2 GGUF vocabulary against ids from an independent tokenizer.
 
-use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use esa_wgpu::model::gguf::GgufModel;
 use esa_wgpu::tokenizer::{GgufTokenizerSpec, Tokenizer};
 use esa_wgpu::Error;
 
@@ -619,12 +619,25 @@ fn hf_dir_errors_name_the_file() {
 // ---------------------------------------------------------------------------------------------
 // The real SmolLM2 vocabulary
 
-/// Where the SmolLM2 GGUF may be: `ESA_WGPU_SMOLLM2_GGUF`, else the development cache.
+const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where the SmolLM2 GGUF may be: `ESA_WGPU_SMOLLM2_GGUF`, else the model cache the README names
+/// (`$ESA_WGPU_CACHE`, `$XDG_CACHE_HOME/esa-wgpu`, `~/.cache/esa-wgpu`), else the development cache.
 fn smollm2_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("ESA_WGPU_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/cache/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    path.is_file().then_some(path)
+    if let Some(p) = std::env::var_os("ESA_WGPU_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let env_dir = |var: &str, sub: &str| std::env::var_os(var).map(|d| PathBuf::from(d).join(sub));
+    [
+        env_dir("ESA_WGPU_CACHE", ""),
+        env_dir("XDG_CACHE_HOME", "esa-wgpu"),
+        env_dir("HOME", ".cache/esa-wgpu"),
+        Some(PathBuf::from("/work/cache")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| d.join(SMOLLM2_FILE))
+    .find(|p| p.is_file())
 }
 
 /// Expected ids for SmolLM2-135M-Instruct from llama.cpp's own tokenizer (llama-cpp-python 0.3.36,
@@ -721,7 +734,7 @@ fn smollm2_gguf_vocabulary_matches_reference_ids() {
         eprintln!("skipped: SmolLM2 GGUF not found (set ESA_WGPU_SMOLLM2_GGUF)");
         return;
     };
-    let spec = read_gguf_tokenizer(&path);
+    let spec = GgufModel::open(&path).unwrap().tokenizer_spec().unwrap();
     assert_eq!(spec.model, "gpt2");
     assert_eq!(spec.pre.as_deref(), Some("smollm"));
     let tok = Tokenizer::from_gguf(&spec).unwrap();
@@ -757,109 +770,4 @@ fn smollm2_gguf_vocabulary_matches_reference_ids() {
         rendered,
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
-}
-
-/// Test-only GGUF metadata reader: just the `tokenizer.*` keys, enough to fill the spec. (The
-/// crate's own GGUF reader is tested elsewhere.)
-fn read_gguf_tokenizer(path: &Path) -> GgufTokenizerSpec {
-    enum V {
-        U(u64),
-        I(i64),
-        F(f64),
-        B(bool),
-        S(String),
-        A(Vec<V>),
-    }
-    fn u32_(r: &mut impl Read) -> u32 {
-        let mut b = [0; 4];
-        r.read_exact(&mut b).unwrap();
-        u32::from_le_bytes(b)
-    }
-    fn u64_(r: &mut impl Read) -> u64 {
-        let mut b = [0; 8];
-        r.read_exact(&mut b).unwrap();
-        u64::from_le_bytes(b)
-    }
-    fn string(r: &mut impl Read) -> String {
-        let n = u64_(r) as usize;
-        let mut b = vec![0; n];
-        r.read_exact(&mut b).unwrap();
-        String::from_utf8(b).unwrap()
-    }
-    fn value(r: &mut impl Read, ty: u32) -> V {
-        let mut n = |k: usize| {
-            let mut b = [0u8; 8];
-            r.read_exact(&mut b[..k]).unwrap();
-            u64::from_le_bytes(b)
-        };
-        match ty {
-            0 | 2 | 4 | 10 => V::U(n([1, 0, 2, 0, 4, 0, 0, 0, 0, 0, 8][ty as usize])),
-            1 => V::I(n(1) as u8 as i8 as i64),
-            3 => V::I(n(2) as u16 as i16 as i64),
-            5 => V::I(n(4) as u32 as i32 as i64),
-            11 => V::I(n(8) as i64),
-            6 => V::F(f32::from_bits(n(4) as u32) as f64),
-            12 => V::F(f64::from_bits(n(8))),
-            7 => V::B(n(1) != 0),
-            8 => V::S(string(r)),
-            9 => {
-                let ety = u32_(r);
-                let len = u64_(r);
-                V::A((0..len).map(|_| value(r, ety)).collect())
-            }
-            _ => panic!("bad GGUF value type {ty}"),
-        }
-    }
-    let mut r = BufReader::new(std::fs::File::open(path).unwrap());
-    assert_eq!(u32_(&mut r), u32::from_le_bytes(*b"GGUF"));
-    assert!(u32_(&mut r) >= 2);
-    let _tensors = u64_(&mut r);
-    let kvs = u64_(&mut r);
-    let mut spec = GgufTokenizerSpec::default();
-    let as_u32 = |v: &V| match v {
-        V::U(x) => *x as u32,
-        V::I(x) => *x as u32,
-        _ => panic!("not an integer"),
-    };
-    for _ in 0..kvs {
-        let key = string(&mut r);
-        let ty = u32_(&mut r);
-        let v = value(&mut r, ty);
-        match (key.as_str(), v) {
-            ("tokenizer.ggml.model", V::S(s)) => spec.model = s,
-            ("tokenizer.ggml.pre", V::S(s)) => spec.pre = Some(s),
-            ("tokenizer.chat_template", V::S(s)) => spec.chat_template = Some(s),
-            ("tokenizer.ggml.tokens", V::A(a)) => {
-                spec.tokens = a
-                    .into_iter()
-                    .map(|v| if let V::S(s) = v { s } else { panic!() })
-                    .collect()
-            }
-            ("tokenizer.ggml.merges", V::A(a)) => {
-                spec.merges = a
-                    .into_iter()
-                    .map(|v| if let V::S(s) = v { s } else { panic!() })
-                    .collect()
-            }
-            ("tokenizer.ggml.scores", V::A(a)) => {
-                spec.scores = a
-                    .into_iter()
-                    .map(|v| if let V::F(f) = v { f as f32 } else { panic!() })
-                    .collect()
-            }
-            ("tokenizer.ggml.token_type", V::A(a)) => {
-                spec.token_types = a.iter().map(|v| as_u32(v) as i32).collect()
-            }
-            ("tokenizer.ggml.bos_token_id", v) => spec.bos_id = Some(as_u32(&v)),
-            ("tokenizer.ggml.eos_token_id", v) => spec.eos_id = Some(as_u32(&v)),
-            ("tokenizer.ggml.unknown_token_id", v) => spec.unk_id = Some(as_u32(&v)),
-            ("tokenizer.ggml.padding_token_id", v) => spec.pad_id = Some(as_u32(&v)),
-            ("tokenizer.ggml.eot_token_id", v) => spec.eot_id = Some(as_u32(&v)),
-            ("tokenizer.ggml.add_bos_token", V::B(b)) => spec.add_bos = Some(b),
-            ("tokenizer.ggml.add_eos_token", V::B(b)) => spec.add_eos = Some(b),
-            ("tokenizer.ggml.add_space_prefix", V::B(b)) => spec.add_space_prefix = Some(b),
-            _ => {}
-        }
-    }
-    spec
 }
