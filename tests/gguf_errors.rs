@@ -383,6 +383,17 @@ fn rope_scaling_from_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let m = GgufModel::open(b.write(dir.path(), "linear.gguf")).unwrap();
     assert_eq!(m.config().rope_scaling, Some(esa_wgpu::model::config::RopeScaling::Linear { factor: 4.0 }));
+    // Llama 3.x style: a per-frequency divisor tensor (head_dim / 2 = 2 values).
+    let mut b3 = tiny_llama();
+    b3.tensors.push(Tensor { name: "rope_freqs.weight".into(), dims: vec![2], ggml_type: 0, data: [1.0f32, 8.0].iter().flat_map(|v| v.to_le_bytes()).collect() });
+    let m = GgufModel::open(b3.write(dir.path(), "llama3.gguf")).unwrap();
+    assert_eq!(m.config().rope_scaling, Some(esa_wgpu::model::config::RopeScaling::Factors(vec![1.0, 8.0])));
+    let f = m.config().rope_inv_freqs();
+    assert!((f[0] - 1.0).abs() < 1e-6 && (f[1] - 1.0 / 50_000f32.sqrt() / 8.0).abs() < 1e-7, "{f:?}");
+    b3.tensors.last_mut().unwrap().dims = vec![1];
+    b3.tensors.last_mut().unwrap().data.truncate(4);
+    let (_, msg) = open_err(&b3, "freqs.gguf");
+    assert!(msg.contains("rope_freqs.weight"), "{msg}");
     b.set("llama.rope.scaling.type", s("yarn"));
     let (e, msg) = open_err(&b, "yarn.gguf");
     assert!(matches!(e, Error::Unsupported(_)) && msg.contains("yarn"), "{msg}");
