@@ -589,6 +589,8 @@ impl GgufModel {
             add_eos: md.bool("tokenizer.ggml.add_eos_token")?,
             chat_template: md.str("tokenizer.chat_template")?.map(str::to_string),
             tokens,
+            eot_id: id("tokenizer.ggml.eot_token_id")?,
+            add_space_prefix: md.bool("tokenizer.ggml.add_space_prefix")?,
         })
     }
 }
