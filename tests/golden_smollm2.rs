@@ -2,7 +2,9 @@
 //! transformers on the CPU in f32 from the same dequantized weights
 //! (tests/fixtures/smollm2_golden.json, made by scripts/make_golden.py).
 //!
-//! Checked here against the crate's CPU reference forward pass (`reference::forward`):
+//! Checked here: the prompts' token ids exactly (GGUF tokenizer) and the ChatML prompt rendered by
+//! the GGUF chat template exactly; and, with the crate's CPU reference forward pass
+//! (`reference::forward`):
 //! - dequantized weight samples (catches a wrong Q/K row un-permutation or block decode), 1e-5;
 //! - the top-20 logits at the last prompt position and at a few greedy decode steps, within
 //!   `LOGIT_TOL` absolute;
@@ -45,6 +47,27 @@ fn fixture() -> Value {
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn tokenization_and_chat_template_match_transformers() {
+    let Some(path) = model_path() else { return };
+    let m = GgufModel::open(&path).unwrap();
+    let tok = esa_wgpu::tokenizer::Tokenizer::from_gguf(&m.tokenizer_spec().unwrap()).unwrap();
+    let fx = fixture();
+    for p in fx["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text, true).unwrap(), ids(&p["ids"]), "token ids of {text:?}");
+        assert_eq!(tok.decode_with_special(&ids(&p["ids"])), text, "decoding {text:?}");
+    }
+    let messages: Vec<esa_wgpu::chat_template::Message> = fx["chat_messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| esa_wgpu::chat_template::Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    let chat = fx["prompts"].as_array().unwrap().iter().find(|p| p["label"] == "chat").unwrap();
+    assert_eq!(tok.chat_template().unwrap().render(&messages, true).unwrap(), chat["text"].as_str().unwrap());
 }
 
 #[test]
