@@ -417,3 +417,41 @@ fn smollm2_config_from_metadata() {
     assert_eq!((spec.tokens.len(), spec.merges.len(), spec.pre.as_deref()), (49152, 48900, Some("smollm")));
     assert!(spec.chat_template.unwrap().contains("<|im_start|>"));
 }
+
+/// A file written by llama.cpp's own writer (gguf-py; scripts/make_gguf_fixture.py), with Q/K rows
+/// permuted as llama.cpp's converter does: HF row r of every 2-D tensor holds r * 1000 + column.
+#[test]
+fn reads_file_written_by_gguf_py() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_llama_ggufpy.gguf");
+    let m = GgufModel::open(&path).unwrap();
+    let c = m.config();
+    assert_eq!((c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size), (32, 4, 2, 8, 64, 12));
+    assert!(!c.tie_word_embeddings);
+    assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(10), vec![11]));
+    for (name, rows) in [
+        ("model.layers.0.self_attn.q_proj.weight", 32),
+        ("model.layers.0.self_attn.k_proj.weight", 16),
+        ("model.layers.0.self_attn.v_proj.weight", 16),
+        ("model.embed_tokens.weight", 12),
+        ("lm_head.weight", 12),
+    ] {
+        let t = m.tensor(name).unwrap();
+        assert_eq!(t.shape, [rows, 32], "{name}");
+        let v = esa_wgpu::quant::dequantize(name, t.format, &t.data, rows * 32).unwrap();
+        for r in 0..rows {
+            for col in [0, 5, 31] {
+                assert_eq!(v[r * 32 + col], (r * 1000 + col) as f32, "{name}[{r}][{col}]");
+            }
+        }
+    }
+    let down = m.tensor("model.layers.0.mlp.down_proj.weight").unwrap();
+    assert_eq!((down.format, down.shape.clone()), (TensorFormat::Q8_0, vec![32, 64]));
+    let v = esa_wgpu::quant::dequantize("down", down.format, &down.data, 32 * 64).unwrap();
+    for (i, x) in v.iter().enumerate() {
+        let want = (i / 64) as f32 * 0.01 + (i % 64) as f32 * 0.001;
+        assert!((x - want).abs() < 0.003, "down[{i}] = {x}, want {want}");
+    }
+    let spec = m.tokenizer_spec().unwrap();
+    assert_eq!((spec.tokens[3].as_str(), spec.token_types[11], spec.merges.len()), ("tok3", 3, 2));
+    assert_eq!((spec.add_bos, spec.pre.as_deref()), (Some(true), Some("default")));
+}
