@@ -843,12 +843,14 @@ fn config_from_metadata(file: &GgufFile, names: &HashMap<String, usize>) -> Resu
             return Err(field_err(path, "tokenizer.ggml.tokens", format!("{} tokens but the embedding has {vocab_size} rows", tokens.len())));
         }
     }
-    let bos_token_id = md.u64("tokenizer.ggml.bos_token_id")?.map(|v| v as u32);
+    // Saturate so an out-of-range id fails `Config::validate` instead of wrapping into range.
+    let id32 = |v: u64| v.min(u32::MAX as u64) as u32;
+    let bos_token_id = md.u64("tokenizer.ggml.bos_token_id")?.map(id32);
     let mut eos_token_ids = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
         if let Some(v) = md.u64(key)? {
-            if !eos_token_ids.contains(&(v as u32)) {
-                eos_token_ids.push(v as u32);
+            if !eos_token_ids.contains(&id32(v)) {
+                eos_token_ids.push(id32(v));
             }
         }
     }
