@@ -1,5 +1,10 @@
-//! Quantized matvec/matmul kernels against dequantize-then-multiply in plain Rust, on random
-//! blocks with odd row counts; outputs NaN-poisoned. Tolerance 1e-3 abs + 1e-3 rel (f32 sums).
+//! Quantized weights on the GPU: the matvec (decode) and matmul (prefill) kernels for every ggml
+//! block format against `quant::dequantize` + the plain-Rust matvec/matmul, on random valid blocks
+//! (`quant::random_blocks`) with odd row counts, several row shards, every epilogue, and outputs
+//! poisoned with NaN so an element a kernel forgot to write fails.
+//!
+//! Tolerance 1e-3 absolute + 1e-3 relative: the GPU dequantizes exactly (f16 scales, small
+//! integers) and differs from the reference only in f32 summation order over up to 768 products.
 
 use std::sync::{Arc, OnceLock};
 
@@ -7,49 +12,119 @@ use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo};
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
-use esa_wgpu::quant;
+use esa_wgpu::quant::{dequantize, random_blocks};
 use esa_wgpu::reference::ops as r;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const FORMATS: [TensorFormat; 6] =
+    [TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1, TensorFormat::Q4_K, TensorFormat::Q5_K, TensorFormat::Q6_K];
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| GpuContext::new(&GpuOptions { max_binding: Some(4096), ..Default::default() }).expect("GPU context")).clone()
+    CTX.get_or_init(|| {
+        // A small binding limit forces weights into several row shards.
+        let c = GpuContext::new(&GpuOptions { max_binding: Some(4096), ..Default::default() }).expect("GPU context");
+        eprintln!("adapter: {}", c.describe());
+        c
+    })
+    .clone()
 }
 
-fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0).collect()
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
 }
 
-pub fn formats_with_kernels() -> Vec<TensorFormat> {
-    [TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1, TensorFormat::Q4_K, TensorFormat::Q5_K, TensorFormat::Q6_K]
-        .into_iter()
-        .filter(|f| esa_wgpu::gpu::ops::quant_pack::quant_format_shader(*f).is_ok())
-        .collect()
+fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
+}
+
+fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    upload(ctx, &vec![f32::NAN; n])
+}
+
+/// Random `rows x cols` weights in `fmt`, as a host tensor and dequantized for the reference.
+fn weights(fmt: TensorFormat, rows: usize, cols: usize, seed: u64) -> (HostTensor<'static>, Vec<f32>) {
+    let bytes = random_blocks(fmt, rows, cols, seed);
+    let deq = dequantize("w", fmt, &bytes, rows * cols).unwrap();
+    (HostTensor { name: format!("w {fmt:?}"), shape: vec![rows, cols], format: fmt, data: bytes.into() }, deq)
+}
+
+/// Columns for a format: whole blocks, K-quants in super-blocks of 256.
+fn cols_for(fmt: TensorFormat, n_blocks_32: usize) -> usize {
+    let be = fmt.block().0;
+    (n_blocks_32 * 32).div_ceil(be) * be
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-3 + 1e-3 * w.abs(), "{what}[{i}]: gpu {g} vs reference {w}");
+    }
 }
 
 #[test]
-fn quant_matvec_and_matmul_match_dequantized_reference() {
+fn quant_matvec_every_format_and_epilogue() {
     let ctx = ctx();
-    let fmts = formats_with_kernels();
-    assert!(fmts.len() >= 3, "Q8_0, Q4_0 and Q4_1 kernels exist");
-    for fmt in fmts {
-        let (be, _) = fmt.block();
-        for &(rows, cols, n_tok) in &[(37usize, be, 1usize), (75, 3 * be, 3), (10, 2 * be, 70)] {
-            let data = quant::random_blocks(fmt, rows, cols, rows as u64 * 31 + cols as u64);
-            let t = HostTensor { name: format!("{fmt:?}"), shape: vec![rows, cols], format: fmt, data: data.clone().into() };
-            let m = GpuMatrix::upload(&ctx, &t, true).unwrap();
-            let wf = quant::dequantize("w", fmt, &data, rows * cols).unwrap();
-            let x = xs(n_tok * cols, 7);
-            let xb = ctx.upload("x", bytemuck::cast_slice(&x)).unwrap();
-            let yb = ctx.upload("y", bytemuck::cast_slice(&vec![f32::NAN; n_tok * rows])).unwrap();
-            let mut rec = Recorder::new(&ctx);
+    let mut rng = StdRng::seed_from_u64(11);
+    for (fi, fmt) in FORMATS.into_iter().enumerate() {
+        for &(rows, blocks, n_tok) in &[(37usize, 3usize, 1usize), (74, 24, 3), (130, 9, 4), (1, 8, 1)] {
+            let cols = cols_for(fmt, blocks);
+            let (host, wq) = weights(fmt, rows, cols, (fi * 100 + rows) as u64);
+            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+            let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let gamma = rand_vec(&mut rng, cols, 1.0);
+            let (xb, gb) = (upload(&ctx, &x), upload(&ctx, &gamma));
+            for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                if epi == Epilogue::SwiGlu && rows % 2 == 1 {
+                    continue; // SwiGLU weights are (gate, up) row pairs
+                }
+                for use_norm in [false, true] {
+                    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                    let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                    let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    let mut rec = Recorder::new(&ctx);
+                    linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
+                    rec.submit().unwrap();
+                    let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                    let mut want = Vec::new();
+                    for t in 0..n_tok {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
+                        let y = r::matvec(&wq, rows, cols, &xt);
+                        match epi {
+                            Epilogue::Store => want.extend(y),
+                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
+                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
+                        }
+                    }
+                    let shards = m.shards.len();
+                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quant_matmul_every_format() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(12);
+    for (fi, fmt) in FORMATS.into_iter().enumerate() {
+        for &(rows, blocks, n_tok) in &[(67usize, 9usize, 70usize), (130, 16, 5)] {
+            let cols = cols_for(fmt, blocks);
+            let (host, wq) = weights(fmt, rows, cols, (fi * 1000 + rows) as u64);
+            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+            assert!(m.shards.len() > 1, "{fmt:?}: expected several shards");
+            let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let xb = upload(&ctx, &x);
+            let yb = poisoned(&ctx, n_tok * rows);
             let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok };
-            linear::linear(&mut rec, &m, &io, Epilogue::Store).unwrap();
+            let mut rec = Recorder::new(&ctx);
+            linear::matmul(&mut rec, &m, &io, Epilogue::Store).unwrap();
             rec.submit().unwrap();
             let got = ctx.read_f32(&yb, 0, n_tok * rows).unwrap();
-            let want = r::matmul(&wf, rows, cols, &x);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-3 + 1e-3 * w.abs(), "{fmt:?} {rows}x{cols} n{n_tok} [{i}]: gpu {g} vs {w}");
-            }
+            assert_close(&format!("matmul {fmt:?} {rows}x{cols} n{n_tok}"), &got, &r::matmul(&wq, rows, cols, &x));
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum RopeScaling {
     Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f32 },
+    /// One divisor per frequency (`head_dim / 2` of them): how GGUF files of Llama 3.x store their
+    /// scaling (tensor `rope_freqs.weight`, llama.cpp's `freq_factors`).
+    Factors(Vec<f32>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +58,7 @@ impl Config {
         match &self.rope_scaling {
             None => base.iter().map(|&f| f as f32).collect(),
             Some(RopeScaling::Linear { factor }) => base.iter().map(|&f| (f / *factor as f64) as f32).collect(),
+            Some(RopeScaling::Factors(div)) => base.iter().zip(div).map(|(&f, &d)| (f / d as f64) as f32).collect(),
             Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
                 let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
                 let old = *original_max_position_embeddings as f64;

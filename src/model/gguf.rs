@@ -624,7 +624,7 @@ impl WeightSource for GgufModel {
         };
         let data = match heads {
             None => Cow::Borrowed(bytes),
-            Some(heads) => Cow::Owned(unpermute_rows(name, bytes, shape[0], heads)?),
+            Some(heads) => Cow::Owned(unpermute_rows(name, bytes, shape.first().copied().unwrap_or(1), heads)?),
         };
         Ok(HostTensor { name: name.to_string(), shape, format, data })
     }
@@ -633,7 +633,7 @@ impl WeightSource for GgufModel {
 /// Undo llama.cpp's Q/K row permutation. Within each head of `hd` rows, GGUF row `2i + s` holds HF
 /// row `s * hd/2 + i` (s in {0, 1}).
 fn unpermute_rows(name: &str, bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
-    if heads == 0 || rows % (2 * heads) != 0 || bytes.len() % rows != 0 {
+    if heads == 0 || rows == 0 || rows % (2 * heads) != 0 || bytes.len() % rows != 0 {
         return Err(Error::tensor(name, format!("{rows} rows cannot be split into {heads} heads of paired rows")));
     }
     let row_bytes = bytes.len() / rows;
@@ -827,7 +827,7 @@ fn config_from_metadata(file: &GgufFile, names: &HashMap<String, usize>) -> Resu
     if !(rope_theta.is_finite() && rope_theta > 1.0) {
         return Err(field_err(path, "llama.rope.freq_base", format!("{rope_theta} is not a valid RoPE base")));
     }
-    let rope_scaling = rope_scaling(file, &md)?;
+    let rope_scaling = rope_scaling(file, &md, head_dim)?;
 
     // The embedding matrix decides the logit count; the token list must fit inside it.
     let embd = names
@@ -843,19 +843,21 @@ fn config_from_metadata(file: &GgufFile, names: &HashMap<String, usize>) -> Resu
             return Err(field_err(path, "tokenizer.ggml.tokens", format!("{} tokens but the embedding has {vocab_size} rows", tokens.len())));
         }
     }
-    let bos_token_id = md.u64("tokenizer.ggml.bos_token_id")?.map(|v| v as u32);
+    // Saturate so an out-of-range id fails `Config::validate` instead of wrapping into range.
+    let id32 = |v: u64| v.min(u32::MAX as u64) as u32;
+    let bos_token_id = md.u64("tokenizer.ggml.bos_token_id")?.map(id32);
     let mut eos_token_ids = Vec::new();
     for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
         if let Some(v) = md.u64(key)? {
-            if !eos_token_ids.contains(&(v as u32)) {
-                eos_token_ids.push(v as u32);
+            if !eos_token_ids.contains(&id32(v)) {
+                eos_token_ids.push(id32(v));
             }
         }
     }
     let name = [md.str("general.name")?, md.str("general.basename")?].into_iter().flatten().collect::<Vec<_>>().join(" ");
     let arch = if name.to_ascii_lowercase().contains("mistral") { Arch::Mistral } else { Arch::Llama };
 
-    Ok(Config {
+    let config = Config {
         arch,
         hidden_size,
         intermediate_size,
@@ -871,18 +873,24 @@ fn config_from_metadata(file: &GgufFile, names: &HashMap<String, usize>) -> Resu
         max_position_embeddings,
         bos_token_id,
         eos_token_ids,
-    })
+    };
+    config.validate(path)?;
+    Ok(config)
 }
 
-fn rope_scaling(file: &GgufFile, md: &Meta) -> Result<Option<RopeScaling>> {
+fn rope_scaling(file: &GgufFile, md: &Meta, head_dim: usize) -> Result<Option<RopeScaling>> {
     let path = file.path();
-    if file.tensor_info("rope_freqs.weight").is_some() {
-        // Llama 3.x files carry their frequency scaling as a per-frequency factor tensor rather than
-        // metadata; the crate's Config has no variant for an arbitrary table yet.
-        return Err(Error::Unsupported(format!(
-            "{}: per-frequency RoPE factors (tensor rope_freqs.weight, Llama 3.1-style scaling) in GGUF files",
-            path.display()
-        )));
+    if let Some(t) = file.tensor_info("rope_freqs.weight") {
+        // Llama 3.x files carry their frequency scaling as one divisor per frequency.
+        let bad = |msg: String| Error::tensor("rope_freqs.weight", format!("{}: {msg}", path.display()));
+        if t.ggml_type.code != 0 || t.dims.len() != 1 || t.dims[0] as usize != head_dim / 2 {
+            return Err(bad(format!("expected {} F32 values, found {} with dims {:?}", head_dim / 2, t.ggml_type.name, t.dims)));
+        }
+        let factors = crate::quant::dequantize("rope_freqs.weight", TensorFormat::F32, file.tensor_bytes(t), head_dim / 2)?;
+        if let Some(f) = factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            return Err(bad(format!("factor {f} is not a positive number")));
+        }
+        return Ok(Some(RopeScaling::Factors(factors)));
     }
     let factor = md.f64("llama.rope.scaling.factor")?;
     match md.str("llama.rope.scaling.type")? {

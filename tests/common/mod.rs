@@ -288,6 +288,7 @@ pub fn config_json(spec: &TinySpec) -> serde_json::Value {
                 "original_max_position_embeddings": original_max_position_embeddings,
             })
         }
+        Some(RopeScaling::Factors(_)) => panic!("config.json has no per-frequency RoPE factors (a GGUF-only form)"),
     };
     let mut c = json!({
         "architectures": [arch],
