@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
-use esa_wgpu::{Engine, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
+use esa_wgpu::{Attention, Engine, EsaConfig, EsaOptions, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chat with a Llama/Mistral-family model on any GPU through wgpu")]
@@ -41,6 +41,30 @@ struct Args {
     /// Substring of the adapter name to use (also ESA_WGPU_ADAPTER).
     #[arg(long)]
     adapter: Option<String>,
+    /// Attention policy: dense, or esa (Efficient Selective Attention for long contexts).
+    #[arg(long, default_value = "dense")]
+    attention: String,
+    /// ESA: initial tokens always attended.
+    #[arg(long, default_value_t = 128)]
+    esa_init: usize,
+    /// ESA: local window.
+    #[arg(long, default_value_t = 4096)]
+    esa_local: usize,
+    /// ESA: middle tokens selected per chunk and layer.
+    #[arg(long, default_value_t = 2048)]
+    esa_top_k: usize,
+    /// ESA: prefill chunk.
+    #[arg(long, default_value_t = 512)]
+    esa_chunk: usize,
+    /// ESA: proximity pooling radius.
+    #[arg(long, default_value_t = 1)]
+    esa_eps: usize,
+    /// ESA: position of long-distance queries (default: --esa-local).
+    #[arg(long)]
+    esa_w: Option<usize>,
+    /// ESA: calibrated compression maps (safetensors); default: exact maps.
+    #[arg(long)]
+    esa_maps: Option<PathBuf>,
 }
 
 fn main() {
@@ -64,8 +88,31 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
         "model: {:?}, {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {:.1} MiB of weights on the GPU",
         c.arch, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size, model.gpu.gpu_bytes as f64 / (1 << 20) as f64
     );
-    let max_context = args.max_context.min(c.max_position_embeddings.max(1));
-    let mut chat = model.chat(SessionOptions { max_context, ..Default::default() })?;
+    let attention = match args.attention.as_str() {
+        "dense" => Attention::Dense,
+        "esa" => Attention::Esa(EsaOptions {
+            config: EsaConfig {
+                n_init: args.esa_init,
+                n_local: args.esa_local,
+                top_k: args.esa_top_k,
+                chunk: args.esa_chunk,
+                eps: args.esa_eps,
+                w: args.esa_w,
+                ..Default::default()
+            },
+            maps: args.esa_maps.clone(),
+        }),
+        other => return Err(esa_wgpu::Error::arg("--attention", format!("`{other}`: use dense or esa"))),
+    };
+    // Dense attention stays within the trained context; ESA is what goes past it.
+    let max_context = match attention {
+        Attention::Dense if args.max_context > c.max_position_embeddings => {
+            eprintln!("note: --max-context {} is past the trained {}; use --attention esa to go further", args.max_context, c.max_position_embeddings);
+            c.max_position_embeddings
+        }
+        _ => args.max_context,
+    };
+    let mut chat = model.chat(SessionOptions { max_context, attention, ..Default::default() })?;
     let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
     let mut messages = Vec::new();
     if let Some(s) = &args.system {

@@ -5,7 +5,7 @@
 // (dot of block `blk` of local row `row` with the input, read through `xin`).
 //
 // Dispatch: one workgroup per ROWS output rows of this weight shard (flat index wg.x + wg.y * grid_x),
-// 256 threads = ROWS rows x LANES lanes; lanes stride over the blocks of their row, then reduce in
+// 256 threads = ROWS rows x LANES lanes (override constants); lanes stride over the blocks of their row, then reduce in
 // workgroup memory.
 // Layout: x [n_tok][x_stride] f32 from float x_off; y [n_tok][y_stride] f32, this shard writes rows row0 .. row0 + rows;
 // gamma [cols] f32 (RMSNorm weight, read when norm = 1).
@@ -32,8 +32,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<f32>;
 
-const ROWS: u32 = 4u;
-const LANES: u32 = 64u;
+// ROWS x LANES = 256. GPUs: 4 x 64 (wide coalesced rows); CPU adapters: 32 x 8 (fewer workgroups).
+override ROWS: u32 = 4u;
+override LANES: u32 = 64u;
 
 var<private> x_base: u32;
 var<private> x_scale: f32;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::gpu::ops::{attention, linear, norm, rope_kv, sampling};
-use crate::gpu::ops::linear::{Epilogue, LinearIo, MATVEC_MAX_TOKENS};
+use crate::gpu::ops::linear::{Epilogue, LinearIo};
 use crate::attention::esa::EsaState;
 use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
@@ -230,7 +230,7 @@ impl Session {
         let qkv_rows = qd + 2 * kvd;
         let emb = m.embed(tokens)?;
         m.ctx.write(&self.s.x, 0, bytemuck::cast_slice(&emb));
-        let small = n <= MATVEC_MAX_TOKENS;
+        let small = n <= linear::max_matvec_tokens(&m.ctx);
         let (x, xn, qkv, q, attn, mlp) = (
             BufRef::from(&self.s.x),
             BufRef::from(&self.s.xn),

@@ -22,6 +22,12 @@ fn ctx() -> Arc<GpuContext> {
     .clone()
 }
 
+/// The same adapter without subgroups: the portable shared-memory kernels.
+fn ctx_portable() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| GpuContext::new(&GpuOptions { max_binding: Some(4096), no_subgroups: true, ..Default::default() }).expect("GPU context")).clone()
+}
+
 fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
 }
@@ -59,7 +65,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
 
 #[test]
 fn matvec_all_epilogues_and_formats() {
-    let ctx = ctx();
+  for ctx in [ctx(), ctx_portable()] {
     let mut rng = StdRng::seed_from_u64(1);
     for fmt in [TensorFormat::F16, TensorFormat::BF16] {
         for &(rows, cols, n_tok) in &[(37usize, 45usize, 1usize), (74, 203, 3), (130, 8, 4), (2, 1, 1)] {
@@ -91,11 +97,12 @@ fn matvec_all_epilogues_and_formats() {
                             Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
                         }
                     }
-                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
+                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} subgroups={}", ctx.caps.subgroups), &got, &want, 1e-3, 1e-3);
                 }
             }
         }
     }
+  }
 }
 
 #[test]

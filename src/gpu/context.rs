@@ -17,6 +17,9 @@ pub struct GpuOptions {
     /// Pretend the adapter's storage binding limit is at most this (tests the row-shard path on
     /// small models; also `ESA_WGPU_MAX_BINDING`).
     pub max_binding: Option<u64>,
+    /// Do not use subgroup operations even if offered (tests the portable kernels; also
+    /// `ESA_WGPU_NO_SUBGROUPS=1`).
+    pub no_subgroups: bool,
 }
 
 /// What the device offers; ops pick kernel variants from this, never from vendor names.
@@ -126,8 +129,9 @@ impl GpuContext {
             )));
         }
         let mut features = wgpu::Features::empty();
+        let no_sg = opts.no_subgroups || std::env::var("ESA_WGPU_NO_SUBGROUPS").is_ok_and(|v| v == "1");
         for f in [wgpu::Features::SHADER_F16, wgpu::Features::SUBGROUP, wgpu::Features::TIMESTAMP_QUERY] {
-            if have.contains(f) {
+            if have.contains(f) && !(no_sg && f == wgpu::Features::SUBGROUP) {
                 features |= f;
             }
         }

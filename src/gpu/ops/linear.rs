@@ -54,10 +54,40 @@ fn format_shader(fmt: TensorFormat) -> Result<(&'static str, &'static str, usize
     })
 }
 
+/// Rows per matvec workgroup: CPU adapters (lavapipe, SwiftShader) pay per workgroup, so they
+/// get 32 rows x 8 lanes; GPUs get 4 rows x 64 lanes for long coalesced row reads.
+pub fn matvec_rows(ctx: &GpuContext) -> u32 {
+    if ctx.info.device_type == wgpu::DeviceType::Cpu { 32 } else { 4 }
+}
+
+/// The subgroup size the subgroup matvec can rely on (adapters whose size is fixed), if any.
+pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
+    let c = &ctx.caps;
+    (c.subgroups && c.subgroup_min == c.subgroup_max && c.subgroup_min >= 4 && c.subgroup_min <= 64
+        )
+        .then_some(c.subgroup_min)
+}
+
+/// Token counts up to this run through matvec; larger chunks through the tiled matmul. CPU
+/// adapters run barrier-heavy tiles slowly, so they keep the subgroup matvec for every chunk.
+pub fn max_matvec_tokens(ctx: &GpuContext) -> usize {
+    if ctx.info.device_type == wgpu::DeviceType::Cpu && fixed_subgroup(ctx).is_some() { usize::MAX } else { MATVEC_MAX_TOKENS }
+}
+
 fn kernel(ctx: &GpuContext, driver: &str, driver_src: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
-    let (fname, fsrc, unit, consts) = format_shader(fmt)?;
+    let (fname, fsrc, unit, mut consts) = format_shader(fmt)?;
+    if driver == "matvec_sg" {
+        consts.push(("SG", fixed_subgroup(ctx).unwrap_or(32) as f64));
+    }
+    if driver == "matvec" {
+        let rows = matvec_rows(ctx);
+        consts.push(("ROWS", rows as f64));
+        consts.push(("LANES", (256 / rows) as f64));
+    }
     let name = format!("{driver}+{fname}");
-    let source = format!("{fsrc}\n{driver_src}");
+    // WGSL directives (`enable ...;`) must precede every declaration.
+    let (directives, body): (Vec<&str>, Vec<&str>) = driver_src.lines().partition(|l| l.trim_start().starts_with("enable "));
+    let source = format!("{}\n{fsrc}\n{}", directives.join("\n"), body.join("\n"));
     Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
 }
 
@@ -78,13 +108,21 @@ pub struct LinearIo {
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
 pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>) -> Result<()> {
     let ctx = rec.ctx();
-    let (k, unit) = kernel(ctx, "matvec", src::MATVEC, w.format)?;
+    let sg = fixed_subgroup(ctx);
+    let (k, unit) = match sg {
+        Some(_) => kernel(ctx, "matvec_sg", src::MATVEC_SG, w.format)?,
+        None => kernel(ctx, "matvec", src::MATVEC, w.format)?,
+    };
     let gamma = match norm {
         Some((g, _)) => BufRef::from(g),
         None => io.x.clone(), // bound but unread
     };
     for s in &w.shards {
-        let groups = (s.rows as u32).div_ceil(4);
+        let groups = match sg {
+            // one output row per subgroup; SwiGLU outputs are row pairs
+            Some(sg) => ((if epi == Epilogue::SwiGlu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg),
+            None => (s.rows as u32).div_ceil(matvec_rows(ctx)),
+        };
         let g = grid(ctx, groups);
         let p = Params {
             rows: s.rows as u32,
@@ -133,7 +171,7 @@ pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -
 /// Picks matvec or matmul by token count. With `norm`, the matmul path expects the caller to have
 /// normalised x already (see `norm::rmsnorm`), so pass `norm` only when n_tok <= MATVEC_MAX_TOKENS.
 pub fn linear(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -> Result<()> {
-    if io.n_tok <= MATVEC_MAX_TOKENS {
+    if io.n_tok <= max_matvec_tokens(rec.ctx()) {
         matvec(rec, w, io, epi, None)
     } else {
         matmul(rec, w, io, epi)

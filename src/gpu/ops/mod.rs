@@ -16,6 +16,7 @@ mod esa_common;
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
+    pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
     pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
