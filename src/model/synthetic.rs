@@ -12,6 +12,8 @@ pub struct SyntheticModel {
     cfg: Config,
     format: TensorFormat,
     origin: PathBuf,
+    /// The embedding table is read every step (row gather): make it once.
+    embed: std::sync::OnceLock<HostTensor<'static>>,
 }
 
 /// Named shapes: "smollm2-135m", "llama3-8b", "tiny".
@@ -58,7 +60,7 @@ impl SyntheticModel {
         if !matches!(format, TensorFormat::F16 | TensorFormat::BF16 | TensorFormat::Q8_0 | TensorFormat::Q4_0 | TensorFormat::Q4_1) {
             return Err(Error::Unsupported(format!("synthetic weights in {format:?}")));
         }
-        Ok(SyntheticModel { cfg: preset(name)?, format, origin: PathBuf::from(format!("synthetic:{name}:{format:?}")) })
+        Ok(SyntheticModel { cfg: preset(name)?, format, origin: PathBuf::from(format!("synthetic:{name}:{format:?}")), embed: Default::default() })
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -113,6 +115,23 @@ impl WeightSource for SyntheticModel {
         self.shape(name).is_some()
     }
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        if name == "model.embed_tokens.weight" {
+            let t = match self.embed.get() {
+                Some(t) => t,
+                None => {
+                    let _ = self.embed.set(self.make(name)?);
+                    self.embed.get().unwrap()
+                }
+            };
+            // Borrow: no copy of the table per step.
+            return Ok(HostTensor { name: t.name.clone(), shape: t.shape.clone(), format: t.format, data: std::borrow::Cow::Borrowed(&t.data) });
+        }
+        self.make(name)
+    }
+}
+
+impl SyntheticModel {
+    fn make(&self, name: &str) -> Result<HostTensor<'static>> {
         let shape = self.shape(name).ok_or_else(|| Error::tensor(name, "not in the synthetic model"))?;
         let mut rng = Rng(name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1);
         let n: usize = shape.iter().product();
