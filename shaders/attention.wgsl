@@ -6,7 +6,7 @@
 // Dispatch: (n_q * n_heads, n_split) workgroups of 64 threads. Workgroup (qh, s) handles query
 // qh / n_heads, head qh % n_heads, keys [s * split_len, min((s+1) * split_len, pos0 + t + 1)).
 // In each tile of 64 keys, thread j scores key j; then thread i accumulates value pairs i and
-// i + 64 (head_dim <= 256, head_dim % 4 == 0).
+// i + 64 (head_dim even, <= 256).
 // Layout: q [n_q][n_heads][d] f32, rotated at position pos0 + t; k_cache, v_cache
 // [max_ctx][n_kv][d/2] u32 (f16 pairs); inv_freq [d/2];
 // part [n_q * n_heads][n_split][d + 2] f32 = (running max m, sum l, unnormalised output o[d]).
@@ -61,15 +61,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let kpos = f32(key);
             let row = key * words + kvh * half;
             var acc = 0.0;
-            for (var e = 0u; e < half; e += 2u) {
-                let lo = unpack2x16float(k_cache[row + e / 2u]);
-                let hi = unpack2x16float(k_cache[row + (e + half) / 2u]);
-                let a0 = kpos * inv_freq[e];
-                let a1 = kpos * inv_freq[e + 1u];
-                let c0 = cos(a0); let s0 = sin(a0);
-                let c1 = cos(a1); let s1 = sin(a1);
-                acc += qs[e] * (lo.x * c0 - hi.x * s0) + qs[e + half] * (hi.x * c0 + lo.x * s0);
-                acc += qs[e + 1u] * (lo.y * c1 - hi.y * s1) + qs[e + 1u + half] * (hi.y * c1 + lo.y * s1);
+            if ((half & 1u) == 0u) {
+                // Fast path: element pairs (e, e+1) and (e+half, e+half+1) are whole u32 words.
+                for (var e = 0u; e < half; e += 2u) {
+                    let lo = unpack2x16float(k_cache[row + e / 2u]);
+                    let hi = unpack2x16float(k_cache[row + (e + half) / 2u]);
+                    let a0 = kpos * inv_freq[e];
+                    let a1 = kpos * inv_freq[e + 1u];
+                    let c0 = cos(a0); let s0 = sin(a0);
+                    let c1 = cos(a1); let s1 = sin(a1);
+                    acc += qs[e] * (lo.x * c0 - hi.x * s0) + qs[e + half] * (hi.x * c0 + lo.x * s0);
+                    acc += qs[e + 1u] * (lo.y * c1 - hi.y * s1) + qs[e + 1u + half] * (hi.y * c1 + lo.y * s1);
+                }
+            } else {
+                // head_dim / 2 odd: rotation partners straddle words; read element by element.
+                for (var e = 0u; e < half; e++) {
+                    let lo = unpack2x16float(k_cache[row + e / 2u])[e & 1u];
+                    let hi = unpack2x16float(k_cache[row + (e + half) / 2u])[(e + half) & 1u];
+                    let a = kpos * inv_freq[e];
+                    let c = cos(a); let sn = sin(a);
+                    acc += qs[e] * (lo * c - hi * sn) + qs[e + half] * (hi * c + lo * sn);
+                }
             }
             s = acc;
         }
@@ -90,7 +102,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let pj = sc[j];
             psum += pj;
             let vrow = (base + j) * words + kvh * half;
-            if (li < half / 1u && 2u * li < d) {
+            if (li < half) {
                 o0 += pj * unpack2x16float(v_cache[vrow + li]);
             }
             if (li + 64u < half) {

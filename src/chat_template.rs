@@ -24,7 +24,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -63,8 +66,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(template_err)?;
-        Ok(Self { env, source: source.to_string(), bos: bos.to_string(), eos: eos.to_string() })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(template_err)?;
+        Ok(Self {
+            env,
+            source: source.to_string(),
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
     }
 
     /// Read `chat_template` (a string, or a list of `{name, template}` from which "default" is
@@ -72,9 +81,13 @@ impl ChatTemplate {
     pub fn from_tokenizer_config(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Json =
-            serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-        let config_err = |msg: String| Error::Config { path: path.into(), field: "chat_template".into(), msg };
+        let cfg: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+        let config_err = |msg: String| Error::Config {
+            path: path.into(),
+            field: "chat_template".into(),
+            msg,
+        };
         let source = match cfg.get("chat_template") {
             Some(v) => template_from_json(v).map_err(config_err)?,
             None => None,
@@ -115,9 +128,11 @@ pub(crate) fn template_from_json(v: &Json) -> std::result::Result<Option<String>
         Json::String(s) => Ok(Some(s.clone())),
         Json::Array(list) => {
             let named = |name: &str| {
-                list.iter().find(|t| t.get("name").and_then(Json::as_str) == Some(name))
+                list.iter()
+                    .find(|t| t.get("name").and_then(Json::as_str) == Some(name))
             };
-            let entry = named("default").ok_or("is a list of templates without one named \"default\"")?;
+            let entry =
+                named("default").ok_or("is a list of templates without one named \"default\"")?;
             entry
                 .get("template")
                 .and_then(Json::as_str)
@@ -158,10 +173,28 @@ fn strftime_now(format: String) -> std::result::Result<Value, minijinja::Error> 
 /// A small strftime over a Unix time (UTC): %Y %y %m %d %e %j %H %I %M %S %p %b %B %a %A %%.
 pub fn strftime(format: &str, unix_secs: i64) -> std::result::Result<String, minijinja::Error> {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
     let days = unix_secs.div_euclid(86_400);
     let secs_of_day = unix_secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
@@ -245,7 +278,10 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
                 Some(s.to_string())
             } else {
                 let n = i64::try_from(v.clone()).map_err(|_| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string")
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
                 })?;
                 Some(" ".repeat(n.max(0) as usize))
             }
@@ -254,8 +290,10 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
     let mut out = Vec::new();
     let result = match &indent {
         Some(ind) => {
-            let mut ser =
-                serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(ind.as_bytes()));
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(ind.as_bytes()),
+            );
             value.serialize(&mut ser)
         }
         None => {
@@ -263,7 +301,8 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
             value.serialize(&mut ser)
         }
     };
-    result.map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    result
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     let mut s = String::from_utf8(out).expect("serde_json writes UTF-8");
     if ensure_ascii == Some(true) {
         s = escape_non_ascii(&s);
@@ -275,11 +314,27 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
     }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
     }
     fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(b": ")

@@ -11,4 +11,12 @@ pub mod chat_template;
 pub mod fetch;
 
 pub use error::{Error, Result};
+pub mod attention;
 pub mod session;
+pub mod engine;
+
+pub use chat_template::{ChatTemplate, Message};
+pub use engine::{Chat, Engine, FinishReason, Model, Reply};
+pub use gpu::{GpuContext, GpuOptions};
+pub use attention::{Attention, EsaConfig, EsaOptions};
+pub use session::{Sampling, Session, SessionOptions};

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::gpu::ops::{attention, linear, norm, rope_kv, sampling};
 use crate::gpu::ops::linear::{Epilogue, LinearIo, MATVEC_MAX_TOKENS};
+use crate::attention::esa::EsaState;
+use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
 use crate::model::gpu_model::GpuModel;
 use crate::{Error, Result};
@@ -17,11 +19,13 @@ pub struct SessionOptions {
     pub prefill_chunk: usize,
     /// Keep the logits of every position of a chunk (evaluation and tests), not only the last.
     pub all_logits: bool,
+    /// Dense attention, or ESA (which also sets the prefill chunk to its own `chunk`).
+    pub attention: Attention,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_context: 4096, prefill_chunk: 256, all_logits: false }
+        SessionOptions { max_context: 4096, prefill_chunk: 256, all_logits: false, attention: Attention::Dense }
     }
 }
 
@@ -66,6 +70,7 @@ pub struct Session {
     /// Logit rows available after the last `feed` (1, or the chunk length with `all_logits`).
     logit_rows: usize,
     rng: u64,
+    esa: Option<EsaState>,
 }
 
 impl Session {
@@ -78,7 +83,11 @@ impl Session {
         }
         let ctx = &model.ctx;
         let c = &model.cfg;
-        let chunk = opts.prefill_chunk.min(opts.max_context);
+        let chunk = match &opts.attention {
+            Attention::Esa(e) => e.config.chunk,
+            Attention::Dense => opts.prefill_chunk,
+        }
+        .min(opts.max_context);
         let kv_bytes = (opts.max_context * c.kv_dim() * 2) as u64;
         if kv_bytes > ctx.caps.max_binding {
             return Err(Error::arg(
@@ -104,7 +113,16 @@ impl Session {
             logits: f("logits", logit_rows * c.vocab_size)?,
             token: f("token", 4)?,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: 0 })
+        let esa = match &opts.attention {
+            Attention::Esa(e) => Some(EsaState::new(ctx, c, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
+            Attention::Dense => None,
+        };
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: 0, esa })
+    }
+
+    /// ESA state (None for dense attention).
+    pub fn esa(&self) -> Option<&EsaState> {
+        self.esa.as_ref()
     }
 
     pub fn model(&self) -> &Arc<GpuModel> {
@@ -248,6 +266,9 @@ impl Session {
                 head_dim: c.head_dim,
                 pos0: self.pos,
             })?;
+            if let Some(esa) = &self.esa {
+                esa.attend(rec, l, c, &qkv, &kc, &vc, &m.inv_freq, &attn, n, self.pos)?;
+            } else {
             attention::attend(rec, &attention::Attend {
                 q: &q,
                 k_cache: &kc,
@@ -261,6 +282,7 @@ impl Session {
                 head_dim: c.head_dim,
                 pos0: self.pos,
             })?;
+            }
             linear::linear(rec, &layer.o, &io(&attn, qd, &x, h, 0), Epilogue::Accumulate)?;
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
             if small {

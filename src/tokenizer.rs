@@ -16,9 +16,10 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -79,8 +80,15 @@ const END_OF_TURN_TOKENS: &[&str] = &[
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Pre-tokenizer names (`tokenizer.ggml.pre`) that use the Llama-3 split.
-const LLAMA3_PRE_NAMES: &[&str] =
-    &["llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx", "pixtral"];
+const LLAMA3_PRE_NAMES: &[&str] = &[
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "smaug-bpe",
+    "dbrx",
+    "pixtral",
+];
 
 /// Pre-tokenizer names that split every digit then apply the GPT-2 regex. In llama.cpp these share
 /// the StarCoder regex list (`\p{N}` then the GPT-2 pattern); SmolLM2's HF tokenizer.json spells it
@@ -88,7 +96,11 @@ const LLAMA3_PRE_NAMES: &[&str] =
 const DIGIT_SPLIT_PRE_NAMES: &[&str] = &["smollm", "starcoder", "refact", "codeshell"];
 
 /// Pre-tokenizer names for plain GPT-2 byte-level splitting.
-const GPT2_PRE_NAMES: &[&str] = &["default", "gpt2", "gpt-2", "mpt", "olmo"];
+const GPT2_PRE_NAMES: &[&str] = &["gpt2", "gpt-2", "mpt", "olmo"];
+
+/// llama.cpp's "default" BPE pre-tokenizer (also used when `tokenizer.ggml.pre` is absent) is the
+/// Llama-3 split regex, without Llama-3's ignore_merges and BOS.
+const DEFAULT_PRE_NAME: &str = "default";
 
 /// The SentencePiece word-boundary marker.
 const SPM_SPACE: char = '\u{2581}';
@@ -138,11 +150,16 @@ impl Tokenizer {
         let token_id = |field: &str| -> Result<Option<u32>> {
             match special_token_content(&cfg, field) {
                 None => Ok(None),
-                Some(content) => inner.token_to_id(&content).map(Some).ok_or_else(|| Error::Config {
-                    path: cfg_path.clone(),
-                    field: field.into(),
-                    msg: format!("token {content:?} is not in tokenizer.json's vocabulary"),
-                }),
+                Some(content) => {
+                    inner
+                        .token_to_id(&content)
+                        .map(Some)
+                        .ok_or_else(|| Error::Config {
+                            path: cfg_path.clone(),
+                            field: field.into(),
+                            msg: format!("token {content:?} is not in tokenizer.json's vocabulary"),
+                        })
+                }
             }
         };
         let mut bos_id = token_id("bos_token")?;
@@ -150,7 +167,8 @@ impl Tokenizer {
 
         // Extra EOS ids: generation_config.json lists all stop ids for Llama-3 instruct models.
         let model_cfg = read_optional_json(&dir.join("config.json"))?.unwrap_or(Json::Null);
-        let gen_cfg = read_optional_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
+        let gen_cfg =
+            read_optional_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
         for c in [&gen_cfg, &model_cfg] {
             eos_ids.extend(json_ids(c.get("eos_token_id")));
             if bos_id.is_none() {
@@ -165,8 +183,13 @@ impl Tokenizer {
                 .map_err(|msg| Error::format(&tok_path, msg))?;
 
         let mut chat_template = match cfg.get("chat_template") {
-            Some(v) => crate::chat_template::template_from_json(v)
-                .map_err(|msg| Error::Config { path: cfg_path.clone(), field: "chat_template".into(), msg })?,
+            Some(v) => {
+                crate::chat_template::template_from_json(v).map_err(|msg| Error::Config {
+                    path: cfg_path.clone(),
+                    field: "chat_template".into(),
+                    msg,
+                })?
+            }
             None => None,
         };
         let jinja_path = dir.join("chat_template.jinja");
@@ -175,7 +198,14 @@ impl Tokenizer {
                 Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?);
         }
 
-        Ok(Self::assemble(inner, bos_id, eos_ids, prefix_ids, suffix_ids, chat_template))
+        Ok(Self::assemble(
+            inner,
+            bos_id,
+            eos_ids,
+            prefix_ids,
+            suffix_ids,
+            chat_template,
+        ))
     }
 
     /// Load a bare `tokenizer.json` (no config: BOS/EOS are whatever its post-processor adds).
@@ -184,11 +214,13 @@ impl Tokenizer {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
-        let (prefix_ids, suffix_ids) =
-            special_affixes(&inner, None, None, None, None).map_err(|msg| Error::format(path, msg))?;
+        let (prefix_ids, suffix_ids) = special_affixes(&inner, None, None, None, None)
+            .map_err(|msg| Error::format(path, msg))?;
         let bos_id = prefix_ids.first().copied();
         let eos_ids = suffix_ids.last().copied().into_iter().collect();
-        Ok(Self::assemble(inner, bos_id, eos_ids, prefix_ids, suffix_ids, None))
+        Ok(Self::assemble(
+            inner, bos_id, eos_ids, prefix_ids, suffix_ids, None,
+        ))
     }
 
     /// Build from GGUF tokenizer metadata: "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE
@@ -201,7 +233,10 @@ impl Tokenizer {
         if !spec.token_types.is_empty() && spec.token_types.len() != n {
             return Err(gguf_err(
                 "tokenizer.ggml.token_type",
-                format!("has {} entries but there are {n} tokens", spec.token_types.len()),
+                format!(
+                    "has {} entries but there are {n} tokens",
+                    spec.token_types.len()
+                ),
             ));
         }
         for (field, id) in [
@@ -213,7 +248,10 @@ impl Tokenizer {
         ] {
             if let Some(id) = id {
                 if id as usize >= n {
-                    return Err(gguf_err(field, format!("is {id} but there are only {n} tokens")));
+                    return Err(gguf_err(
+                        field,
+                        format!("is {id} but there are only {n} tokens"),
+                    ));
                 }
             }
         }
@@ -243,7 +281,9 @@ impl Tokenizer {
                 TOKEN_TYPE_CONTROL if !byte_level || tok.chars().all(|c| alphabet.contains(&c)) => {
                     control.push(AddedToken::from(tok.clone(), true).normalized(false))
                 }
-                TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(tok.clone(), false).normalized(false)),
+                TOKEN_TYPE_USER_DEFINED => {
+                    user.push(AddedToken::from(tok.clone(), false).normalized(false))
+                }
                 _ => {}
             }
         }
@@ -254,9 +294,24 @@ impl Tokenizer {
         let bos_id = spec.bos_id;
         let add_bos = spec.add_bos.unwrap_or(add_bos_default) && bos_id.is_some();
         let add_eos = spec.add_eos.unwrap_or(false) && spec.eos_id.is_some();
-        let prefix_ids = if add_bos { bos_id.into_iter().collect() } else { vec![] };
-        let suffix_ids = if add_eos { spec.eos_id.into_iter().collect() } else { vec![] };
-        let mut tok = Self::assemble(inner, bos_id, eos_ids, prefix_ids, suffix_ids, spec.chat_template.clone());
+        let prefix_ids = if add_bos {
+            bos_id.into_iter().collect()
+        } else {
+            vec![]
+        };
+        let suffix_ids = if add_eos {
+            spec.eos_id.into_iter().collect()
+        } else {
+            vec![]
+        };
+        let mut tok = Self::assemble(
+            inner,
+            bos_id,
+            eos_ids,
+            prefix_ids,
+            suffix_ids,
+            spec.chat_template.clone(),
+        );
         tok.vocab_size = tok.vocab_size.max(n);
         Ok(tok)
     }
@@ -286,8 +341,20 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
-        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
-        Self { inner, bos_id, eos_ids, prefix_ids, suffix_ids, chat_template, vocab_size }
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&m| m as usize + 1);
+        Self {
+            inner,
+            bos_id,
+            eos_ids,
+            prefix_ids,
+            suffix_ids,
+            chat_template,
+            vocab_size,
+        }
     }
 
     /// Text to ids. `add_special` adds BOS (and EOS) as the model's config asks; special-token
@@ -350,7 +417,9 @@ impl Tokenizer {
 
     /// The declared EOS as text (for the chat template's `eos_token`).
     pub fn eos_token(&self) -> Option<String> {
-        self.eos_ids.first().and_then(|&id| self.inner.id_to_token(id))
+        self.eos_ids
+            .first()
+            .and_then(|&id| self.inner.id_to_token(id))
     }
 
     /// Number of ids (largest id + 1), added tokens included.
@@ -391,7 +460,12 @@ impl Tokenizer {
 
     /// A decoder for a stream of generated ids that yields text only once it is complete UTF-8.
     pub fn stream(&self) -> StreamDecoder<'_> {
-        StreamDecoder { tok: self, ids: Vec::new(), prefix: 0, read: 0 }
+        StreamDecoder {
+            tok: self,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 }
 
@@ -466,30 +540,58 @@ fn gguf_err(field: &str, msg: String) -> Error {
 /// Byte-level BPE (GPT-2 style) from GGUF tokens + merges, with the pre-tokenizer `pre` names.
 fn build_byte_level_bpe(spec: &GgufTokenizerSpec, pre: &str) -> Result<tokenizers::Tokenizer> {
     if spec.merges.is_empty() {
-        return Err(gguf_err("tokenizer.ggml.merges", "is missing; a \"gpt2\" tokenizer needs merges".into()));
+        return Err(gguf_err(
+            "tokenizer.ggml.merges",
+            "is missing; a \"gpt2\" tokenizer needs merges".into(),
+        ));
     }
     let vocab = vocab_map(&spec.tokens);
     let merges = parse_merges(&spec.merges)?;
     let llama3 = LLAMA3_PRE_NAMES.contains(&pre);
+    let llama3_split = llama3 || pre == DEFAULT_PRE_NAME;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         // Llama-3's tokenizer.json sets ignore_merges: a whole pre-token in the vocab is taken as is.
         .ignore_merges(llama3)
         .build()
-        .map_err(|e| gguf_err("tokenizer.ggml.merges", format!("do not fit the tokens: {e}")))?;
+        .map_err(|e| {
+            gguf_err(
+                "tokenizer.ggml.merges",
+                format!("do not fit the tokens: {e}"),
+            )
+        })?;
 
-    let pre_tokenizer: PreTokenizerWrapper = if llama3 {
-        let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| Error::Tokenizer(format!("Llama-3 split regex: {e}")))?;
-        PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+    let pre_tokenizer: PreTokenizerWrapper = if llama3_split {
+        let split = Split::new(
+            SplitPattern::Regex(LLAMA3_SPLIT.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| Error::Tokenizer(format!("Llama-3 split regex: {e}")))?;
+        PreSequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into()
     } else if DIGIT_SPLIT_PRE_NAMES.contains(&pre) {
-        PreSequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        PreSequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into()
     } else if GPT2_PRE_NAMES.contains(&pre) {
         ByteLevel::new(false, true, true).into()
     } else {
         return Err(Error::Unsupported(format!(
             "GGUF pre-tokenizer {pre:?} (tokenizer.ggml.pre); supported: {}",
-            [LLAMA3_PRE_NAMES, DIGIT_SPLIT_PRE_NAMES, GPT2_PRE_NAMES].concat().join(", ")
+            [
+                &[DEFAULT_PRE_NAME],
+                LLAMA3_PRE_NAMES,
+                DIGIT_SPLIT_PRE_NAMES,
+                GPT2_PRE_NAMES
+            ]
+            .concat()
+            .join(", ")
         )));
     };
 
@@ -500,8 +602,11 @@ fn build_byte_level_bpe(spec: &GgufTokenizerSpec, pre: &str) -> Result<tokenizer
 }
 
 /// SentencePiece-style BPE with byte fallback, shaped like HF's Llama-2/Mistral tokenizer.json:
-/// Metaspace pre-tokenizer (prepend "▁" to the first piece, no split on spaces), decoders
-/// Replace("▁" -> " "), ByteFallback, Fuse, Strip(one leading space).
+/// normalizer Prepend("▁") + Replace(" " -> "▁") (the space prefix goes before every text segment,
+/// also right after a special token, as llama.cpp does), decoders Replace("▁" -> " "),
+/// ByteFallback, Fuse, Strip(one leading space). (transformers' own GGUF conversion uses a
+/// Metaspace pre-tokenizer with prepend_scheme "first" instead, which differs from llama.cpp on text
+/// that follows a special token or starts with a space.)
 fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer> {
     let vocab = vocab_map(&spec.tokens);
     let merges = if spec.merges.is_empty() {
@@ -511,18 +616,39 @@ fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Token
     };
     let unk = spec
         .unk_id
-        .or_else(|| spec.token_types.iter().position(|&t| t == TOKEN_TYPE_UNKNOWN).map(|i| i as u32))
+        .or_else(|| {
+            spec.token_types
+                .iter()
+                .position(|&t| t == TOKEN_TYPE_UNKNOWN)
+                .map(|i| i as u32)
+        })
         .map(|id| spec.tokens[id as usize].clone());
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk);
     }
-    let bpe = builder
-        .build()
-        .map_err(|e| gguf_err("tokenizer.ggml.tokens", format!("do not make a SentencePiece BPE: {e}")))?;
+    let bpe = builder.build().map_err(|e| {
+        gguf_err(
+            "tokenizer.ggml.tokens",
+            format!("do not make a SentencePiece BPE: {e}"),
+        )
+    })?;
 
     let space_prefix = spec.add_space_prefix.unwrap_or(true);
-    let scheme = if space_prefix { PrependScheme::First } else { PrependScheme::Never };
+    let spaces = Replace::new(" ", SPM_SPACE.to_string())
+        .map_err(|e| Error::Tokenizer(format!("normalizer: {e}")))?;
+    let normalizer: NormalizerWrapper = if space_prefix {
+        NormalizerSequence::new(vec![
+            Prepend::new(SPM_SPACE.to_string()).into(),
+            spaces.into(),
+        ])
+        .into()
+    } else {
+        spaces.into()
+    };
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new(SPM_SPACE.to_string(), " ")
             .map_err(|e| Error::Tokenizer(format!("decoder: {e}")))?
@@ -534,7 +660,7 @@ fn build_sentencepiece_bpe(spec: &GgufTokenizerSpec) -> Result<tokenizers::Token
         decoders.push(Strip::new(' ', 1, 0).into());
     }
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(Metaspace::new(SPM_SPACE, scheme, false)));
+    tok.with_normalizer(Some(normalizer));
     tok.with_decoder(Some(DecoderSequence::new(decoders)));
     Ok(tok)
 }
@@ -555,8 +681,13 @@ fn parse_merges(merges: &[String]) -> Result<Merges> {
         .map(|(i, m)| {
             let mut parts = m.splitn(2, ' ');
             match (parts.next(), parts.next()) {
-                (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
-                _ => Err(gguf_err("tokenizer.ggml.merges", format!("entry {i} ({m:?}) is not two tokens separated by a space"))),
+                (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
+                    Ok((a.to_string(), b.to_string()))
+                }
+                _ => Err(gguf_err(
+                    "tokenizer.ggml.merges",
+                    format!("entry {i} ({m:?}) is not two tokens separated by a space"),
+                )),
             }
         })
         .collect()
@@ -569,14 +700,21 @@ fn merges_from_scores(spec: &GgufTokenizerSpec) -> Result<Merges> {
     if spec.scores.len() != spec.tokens.len() {
         return Err(gguf_err(
             "tokenizer.ggml.scores",
-            format!("has {} entries but there are {} tokens (needed to derive merges)", spec.scores.len(), spec.tokens.len()),
+            format!(
+                "has {} entries but there are {} tokens (needed to derive merges)",
+                spec.scores.len(),
+                spec.tokens.len()
+            ),
         ));
     }
     let vocab = vocab_map(&spec.tokens);
     let mut ranked: Vec<(f32, u32, u32, u32)> = Vec::new();
     for (id, tok) in spec.tokens.iter().enumerate() {
         let ty = spec.token_types.get(id).copied().unwrap_or(1);
-        if matches!(ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_BYTE | TOKEN_TYPE_UNKNOWN) {
+        if matches!(
+            ty,
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_BYTE | TOKEN_TYPE_UNKNOWN
+        ) {
             continue; // never the result of merging text pieces
         }
         for (cut, _) in tok.char_indices().skip(1) {
@@ -586,10 +724,20 @@ fn merges_from_scores(spec: &GgufTokenizerSpec) -> Result<Merges> {
             }
         }
     }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    ranked.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
     Ok(ranked
         .into_iter()
-        .map(|(_, _, l, r)| (spec.tokens[l as usize].clone(), spec.tokens[r as usize].clone()))
+        .map(|(_, _, l, r)| {
+            (
+                spec.tokens[l as usize].clone(),
+                spec.tokens[r as usize].clone(),
+            )
+        })
         .collect())
 }
 
@@ -617,7 +765,11 @@ pub(crate) fn special_token_content(cfg: &Json, field: &str) -> Option<String> {
 fn json_ids(v: Option<&Json>) -> Vec<u32> {
     match v {
         Some(Json::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
-        Some(Json::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -633,11 +785,17 @@ fn special_affixes(
     add_eos: Option<bool>,
 ) -> std::result::Result<(Vec<u32>, Vec<u32>), String> {
     let probe = "a";
-    let plain = inner.encode(probe, false).map_err(|e| format!("cannot encode a probe text: {e}"))?;
-    let full = inner.encode(probe, true).map_err(|e| format!("cannot encode a probe text: {e}"))?;
+    let plain = inner
+        .encode(probe, false)
+        .map_err(|e| format!("cannot encode a probe text: {e}"))?;
+    let full = inner
+        .encode(probe, true)
+        .map_err(|e| format!("cannot encode a probe text: {e}"))?;
     let (plain, full) = (plain.get_ids(), full.get_ids());
     let (mut prefix, mut suffix) = match full.windows(plain.len().max(1)).position(|w| w == plain) {
-        Some(pos) if !plain.is_empty() => (full[..pos].to_vec(), full[pos + plain.len()..].to_vec()),
+        Some(pos) if !plain.is_empty() => {
+            (full[..pos].to_vec(), full[pos + plain.len()..].to_vec())
+        }
         _ => (vec![], vec![]),
     };
     match (add_bos, bos) {

@@ -40,7 +40,11 @@ const MISTRAL_NO_DASHES: &str = "{{ bos_token }}
 ";
 
 fn chat() -> Vec<Message> {
-    vec![Message::user("Hello!"), Message::assistant("Hi, how can I help?"), Message::user("  Tell me a joke. ")]
+    vec![
+        Message::user("Hello!"),
+        Message::assistant("Hi, how can I help?"),
+        Message::user("  Tell me a joke. "),
+    ]
 }
 
 #[test]
@@ -54,21 +58,39 @@ fn smollm2_chatml_with_default_system_prompt() {
          <|im_start|>assistant\n"
     );
     // A given system message replaces the default; no generation prompt.
-    let out = t.render(&[Message::system("Be brief."), Message::user("Hi")], false).unwrap();
-    assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+    let out = t
+        .render(&[Message::system("Be brief."), Message::user("Hi")], false)
+        .unwrap();
+    assert_eq!(
+        out,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
 }
 
 #[test]
 fn chatml_fallback() {
     let t = ChatTemplate::chatml();
-    let out = t.render(&[Message::system("S"), Message::user("U")], true).unwrap();
-    assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
+    let out = t
+        .render(&[Message::system("S"), Message::user("U")], true)
+        .unwrap();
+    assert_eq!(
+        out,
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
 fn llama3_headers_bos_and_trim() {
     let t = ChatTemplate::new(LLAMA3, "<|begin_of_text|>", "<|eot_id|>").unwrap();
-    let out = t.render(&[Message::system("You are terse."), Message::user("  Hi there \n")], true).unwrap();
+    let out = t
+        .render(
+            &[
+                Message::system("You are terse."),
+                Message::user("  Hi there \n"),
+            ],
+            true,
+        )
+        .unwrap();
     assert_eq!(
         out,
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
@@ -81,7 +103,10 @@ fn llama3_headers_bos_and_trim() {
 fn mistral_inst_blocks_and_whitespace_control() {
     let t = ChatTemplate::new(MISTRAL, "<s>", "</s>").unwrap();
     let out = t.render(&chat(), false).unwrap();
-    assert_eq!(out, "<s>[INST] Hello! [/INST]Hi, how can I help?</s>[INST] Tell me a joke. [/INST]");
+    assert_eq!(
+        out,
+        "<s>[INST] Hello! [/INST]Hi, how can I help?</s>[INST] Tell me a joke. [/INST]"
+    );
 
     // Expected string checked against Python Jinja2 (trim_blocks, lstrip_blocks) as well.
     let t = ChatTemplate::new(MISTRAL_NO_DASHES, "<s>", "</s>").unwrap();
@@ -95,11 +120,20 @@ fn mistral_inst_blocks_and_whitespace_control() {
 #[test]
 fn mistral_raise_exception_on_bad_roles() {
     let t = ChatTemplate::new(MISTRAL, "<s>", "</s>").unwrap();
-    let err = t.render(&[Message::user("a"), Message::user("b")], false).unwrap_err();
+    let err = t
+        .render(&[Message::user("a"), Message::user("b")], false)
+        .unwrap_err();
     assert!(matches!(err, Error::Template(_)), "{err:?}");
-    assert!(err.to_string().contains("Conversation roles must alternate user/assistant"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Conversation roles must alternate user/assistant"),
+        "{err}"
+    );
 
-    let err = t.render(&[Message::system("s")], false).unwrap_err().to_string();
+    let err = t
+        .render(&[Message::system("s")], false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("Conversation roles must alternate"), "{err}");
 }
 
@@ -125,18 +159,29 @@ fn python_string_methods_loop_controls_and_namespace() {
         Message::user("stop!"),
         Message::user("never"),
     ];
-    assert_eq!(t.render(&msgs, false).unwrap(), "[USER:A,b:2][USER:c:1]2A,B ");
+    assert_eq!(
+        t.render(&msgs, false).unwrap(),
+        "[USER:A,b:2][USER:c:1]2A,B "
+    );
 }
 
 #[test]
 fn tojson_is_python_json_dumps() {
-    let t = ChatTemplate::new("{{ messages[0] | tojson }}|{{ ['<a>', 1, 2.5, none, true] | tojson }}|{{ 'é' | tojson }}", "", "").unwrap();
+    let t = ChatTemplate::new(
+        "{{ messages[0] | tojson }}|{{ ['<a>', 1, 2.5, none, true] | tojson }}|{{ 'é' | tojson }}",
+        "",
+        "",
+    )
+    .unwrap();
     assert_eq!(
         t.render(&[Message::user("x & <y>")], false).unwrap(),
         r#"{"role": "user", "content": "x & <y>"}|["<a>", 1, 2.5, null, true]|"é""#
     );
     let t = ChatTemplate::new("{{ messages[0] | tojson(indent=2) }}", "", "").unwrap();
-    assert_eq!(t.render(&[Message::user("u")], false).unwrap(), "{\n  \"role\": \"user\",\n  \"content\": \"u\"\n}");
+    assert_eq!(
+        t.render(&[Message::user("u")], false).unwrap(),
+        "{\n  \"role\": \"user\",\n  \"content\": \"u\"\n}"
+    );
     let t = ChatTemplate::new("{{ 'é😀' | tojson(ensure_ascii=true) }}", "", "").unwrap();
     assert_eq!(t.render(&[], false).unwrap(), r#""\u00e9\ud83d\ude00""#);
 }
@@ -149,10 +194,16 @@ fn strftime_now_and_defined_checks() {
     let out = t.render(&[], false).unwrap();
     let date = out.strip_prefix("Today Date: ").unwrap();
     assert_eq!(date.len(), 11, "{out}");
-    assert!(date.split(' ').nth(2).unwrap().parse::<u32>().unwrap() >= 2024, "{out}");
+    assert!(
+        date.split(' ').nth(2).unwrap().parse::<u32>().unwrap() >= 2024,
+        "{out}"
+    );
 
     // The formatter itself at fixed instants: 2024-07-26 13:05:09 UTC (a Friday), and 2000-02-29.
-    assert_eq!(strftime("%d %b %Y %H:%M:%S %a %A %B %j %y %I%p %%", 1_721_999_109).unwrap(), "26 Jul 2024 13:05:09 Fri Friday July 208 24 01PM %");
+    assert_eq!(
+        strftime("%d %b %Y %H:%M:%S %a %A %B %j %y %I%p %%", 1_721_999_109).unwrap(),
+        "26 Jul 2024 13:05:09 Fri Friday July 208 24 01PM %"
+    );
     assert_eq!(strftime("%Y-%m-%d", 951_782_400).unwrap(), "2000-02-29");
     assert_eq!(strftime("%Y-%m-%d", 0).unwrap(), "1970-01-01");
 }
@@ -168,7 +219,10 @@ fn from_tokenizer_config_string_and_named_list() {
     });
     std::fs::write(&path, cfg.to_string()).unwrap();
     let t = ChatTemplate::from_tokenizer_config(&path).unwrap();
-    assert!(t.render(&[Message::user("q")], false).unwrap().starts_with("<|begin_of_text|><|start_header_id|>user"));
+    assert!(t
+        .render(&[Message::user("q")], false)
+        .unwrap()
+        .starts_with("<|begin_of_text|><|start_header_id|>user"));
 
     let cfg = serde_json::json!({
         "eos_token": "</s>",
@@ -179,15 +233,23 @@ fn from_tokenizer_config_string_and_named_list() {
     assert_eq!(t.render(&[Message::user("q")], false).unwrap(), "q</s>");
 
     std::fs::write(&path, r#"{"eos_token": "</s>"}"#).unwrap();
-    let err = ChatTemplate::from_tokenizer_config(&path).unwrap_err().to_string();
-    assert!(err.contains("tokenizer_config.json") && err.contains("chat_template"), "{err}");
+    let err = ChatTemplate::from_tokenizer_config(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("chat_template"),
+        "{err}"
+    );
 
-    let err = ChatTemplate::from_tokenizer_config(dir.path().join("nope.json")).unwrap_err().to_string();
+    let err = ChatTemplate::from_tokenizer_config(dir.path().join("nope.json"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope.json"), "{err}");
 }
 
 #[test]
 fn messages_deserialize_from_json() {
-    let msgs: Vec<Message> = serde_json::from_str(r#"[{"role": "user", "content": "hi"}]"#).unwrap();
+    let msgs: Vec<Message> =
+        serde_json::from_str(r#"[{"role": "user", "content": "hi"}]"#).unwrap();
     assert_eq!(msgs, vec![Message::user("hi")]);
 }

@@ -147,3 +147,46 @@ fn argmax(x: &[f32]) -> u32 {
     }
     best as u32
 }
+
+/// The GPU engine (Q4_1 and Q8_0 kernels, f16 KV cache) against the same fixture. Tolerance is
+/// wider than the CPU reference's: the KV cache is f16 and sums run in another order;
+/// `GPU_LOGIT_TOL` absolute on the top-20 logits, greedy tokens equal while the reference's
+/// margin is at least `2 * GPU_LOGIT_TOL`.
+#[test]
+fn gpu_engine_matches_transformers() {
+    const GPU_LOGIT_TOL: f32 = 0.15;
+    let Some(path) = model_path() else { return };
+    let engine = esa_wgpu::Engine::new(&Default::default()).unwrap();
+    let model = engine.load(&path).unwrap();
+    let fx = fixture();
+    let gen_tokens = fx["gen_tokens"].as_u64().unwrap() as usize;
+    let mut worst = 0f32;
+    for p in fx["prompts"].as_array().unwrap() {
+        let label = p["label"].as_str().unwrap();
+        let prompt = ids(&p["ids"]);
+        let want_gen = ids(&p["generated"]);
+        let margins: Vec<f32> = p["margins"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let mut session = model.session(esa_wgpu::SessionOptions { max_context: prompt.len() + gen_tokens + 1, ..Default::default() }).unwrap();
+        session.feed(&prompt).unwrap();
+        let mut logits = session.logits().unwrap();
+        for step in 0..gen_tokens {
+            if let Some(top) = p["topk"].get(step.to_string()) {
+                for pair in top.as_array().unwrap() {
+                    let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+                    let d = (logits[id] - want).abs();
+                    worst = worst.max(d);
+                    assert!(d <= GPU_LOGIT_TOL, "{label} step {step}: logit of token {id}: gpu {}, transformers {want}", logits[id]);
+                }
+            }
+            let ours = argmax(&logits);
+            if ours != want_gen[step] {
+                assert!(margins[step] < 2.0 * GPU_LOGIT_TOL, "{label} step {step}: gpu {ours}, transformers {} with margin {}", want_gen[step], margins[step]);
+                eprintln!("{label}: diverged at step {step} where the reference margin is only {}", margins[step]);
+                break;
+            }
+            session.feed(&[ours]).unwrap();
+            logits = session.logits().unwrap();
+        }
+    }
+    eprintln!("gpu: largest top-20 logit difference: {worst}");
+}

@@ -152,7 +152,7 @@ fn rmsnorm_matches() {
 fn rope_kv_and_attention_prefill_then_decode() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(4);
-    let (nh, nkv, d) = (6usize, 2usize, 12usize);
+  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14)] {
     let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
     let max_ctx = 300;
     let qkv_rows = (nh + 2 * nkv) * d;
@@ -191,9 +191,10 @@ fn rope_kv_and_attention_prefill_then_decode() {
         r::rope(&mut k, &k_pos, &inv);
         let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
         let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
-        assert_close(&format!("attention chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        assert_close(&format!("attention d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
         pos0 += n;
     }
+  }
 }
 
 /// Reference for the GPU sampler's definition (nucleus by probability threshold, inverse CDF in

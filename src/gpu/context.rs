@@ -296,12 +296,12 @@ impl GpuContext {
 
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
         let b = self.read(buf, offset_elems as u64 * 4, n as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&b).to_vec())
+        Ok(bytemuck::pod_collect_to_vec(&b))
     }
 
     pub fn read_u32(&self, buf: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<u32>> {
         let b = self.read(buf, offset_elems as u64 * 4, n as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&b).to_vec())
+        Ok(bytemuck::pod_collect_to_vec(&b))
     }
 
     /// Block until all submitted work has finished.

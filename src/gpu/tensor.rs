@@ -54,17 +54,42 @@ pub fn pack_rows(t: &HostTensor<'_>, rows: usize, cols: usize) -> Result<(Tensor
     }
 }
 
+/// Full-precision f32 rows padded to a multiple of 4 values (small matrices only).
+pub fn pack_rows_f32(t: &HostTensor<'_>, rows: usize, cols: usize) -> Result<(TensorFormat, usize, Vec<u8>)> {
+    let vals = crate::quant::dequantize(&t.name, t.format, &t.data, rows * cols)?;
+    let padded = cols.next_multiple_of(4);
+    let mut out = vec![0f32; rows * padded];
+    for r in 0..rows {
+        out[r * padded..r * padded + cols].copy_from_slice(&vals[r * cols..(r + 1) * cols]);
+    }
+    Ok((TensorFormat::F32, padded * 4, bytemuck::cast_slice(&out).to_vec()))
+}
+
 impl GpuMatrix {
+    /// Upload keeping f32 precision on the GPU (for small matrices such as ESA's maps).
+    pub fn upload_f32(ctx: &GpuContext, t: &HostTensor<'_>) -> Result<GpuMatrix> {
+        Self::upload_packed(ctx, t, false, pack_rows_f32)
+    }
+
     /// Upload a 2-D host tensor. `pair_rows` keeps shard boundaries on even rows (interleaved
     /// gate/up pairs must stay in one shard).
     pub fn upload(ctx: &GpuContext, t: &HostTensor<'_>, pair_rows: bool) -> Result<GpuMatrix> {
+        Self::upload_packed(ctx, t, pair_rows, pack_rows)
+    }
+
+    fn upload_packed(
+        ctx: &GpuContext,
+        t: &HostTensor<'_>,
+        pair_rows: bool,
+        pack: fn(&HostTensor<'_>, usize, usize) -> Result<(TensorFormat, usize, Vec<u8>)>,
+    ) -> Result<GpuMatrix> {
         let (rows, cols) = t.rows_cols();
         let (rb, cb) = t.format.block();
         let need = rows * (cols / rb) * cb;
         if cols % rb != 0 || t.data.len() < need {
             return Err(Error::tensor(&t.name, format!("{:?} data of {} bytes does not hold {rows}x{cols}", t.format, t.data.len())));
         }
-        let (format, row_bytes, packed) = pack_rows(t, rows, cols)?;
+        let (format, row_bytes, packed) = pack(t, rows, cols)?;
         let mut per_shard = (ctx.caps.max_binding / row_bytes as u64).min(1 << 30) as usize;
         if pair_rows {
             per_shard &= !1;

@@ -61,8 +61,8 @@ impl GpuModel {
         let cfg = source.config().clone();
         let src: &dyn WeightSource = source.as_ref();
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
-        if d % 4 != 0 || d > 256 {
-            return Err(Error::Unsupported(format!("head_dim {d} (the attention kernels need a multiple of 4, at most 256)")));
+        if d % 2 != 0 || d > 256 {
+            return Err(Error::Unsupported(format!("head_dim {d} (the attention kernels need an even head_dim of at most 256)")));
         }
         if cfg.num_heads % cfg.num_kv_heads != 0 {
             return Err(Error::Unsupported(format!("{} heads not a multiple of {} KV heads", cfg.num_heads, cfg.num_kv_heads)));

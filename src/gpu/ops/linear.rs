@@ -46,6 +46,7 @@ fn format_shader(fmt: TensorFormat) -> Result<(&'static str, &'static str, usize
     Ok(match fmt {
         TensorFormat::F16 => ("wfmt_f16", src::WFMT_F16, 16, vec![("BF16", 0.0)]),
         TensorFormat::BF16 => ("wfmt_f16", src::WFMT_F16, 16, vec![("BF16", 1.0)]),
+        TensorFormat::F32 => ("wfmt_f32", src::WFMT_F32, 16, vec![]),
         q => {
             let (name, s, unit) = super::quant_pack::quant_format_shader(q)?;
             (name, s, unit, vec![])

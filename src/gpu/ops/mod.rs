@@ -6,15 +6,27 @@ pub mod norm;
 pub mod rope_kv;
 pub mod attention;
 pub mod sampling;
+pub mod esa_score;
+pub mod esa_pool;
+pub mod esa_topk;
+pub mod esa_attention;
+pub mod esa_pack;
+mod esa_common;
 
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
+    pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
     pub const RMSNORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
     pub const ROPE_KV: &str = include_str!("../../../shaders/rope_kv.wgsl");
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
+    pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
+    pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
+    pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
+    pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
+    pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
 }

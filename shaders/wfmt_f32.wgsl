@@ -1,0 +1,24 @@
+// Weight format: f32, rows padded to a multiple of 4 values (one vec4<f32> per block). Used for
+// small matrices that need full precision (ESA's compression maps); model weights are 16-bit or
+// quantized. `w_stride` counts vec4<f32> per row.
+
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+
+const FMT_BLOCK: u32 = 4u;
+
+fn fmt_block_dot(row: u32, blk: u32) -> f32 {
+    let q = w[row * p.w_stride + blk];
+    let c = blk * 4u;
+    if (c + 4u <= p.cols) {
+        return q.x * xin(c) + q.y * xin(c + 1u) + q.z * xin(c + 2u) + q.w * xin(c + 3u);
+    }
+    var s = 0.0;
+    for (var j = 0u; j < 4u; j++) {
+        if (c + j < p.cols) { s += q[j] * xin(c + j); }
+    }
+    return s;
+}
+
+fn fmt_load(row: u32, col: u32) -> f32 {
+    return w[row * p.w_stride + col / 4u][col % 4u];
+}

@@ -1,0 +1,174 @@
+//! ESA state of a session: per-layer compression maps and compressed-key caches, plus the
+//! selection scratch shared by all layers, and the per-layer recording of
+//! compress -> score -> pool -> top-k -> sparse attention. Indices never leave the GPU.
+
+use std::path::Path;
+
+use crate::gpu::ops::linear::{self, Epilogue, LinearIo};
+use crate::gpu::ops::{esa_attention, esa_pack, esa_pool, esa_score, esa_topk};
+use crate::gpu::tensor::GpuMatrix;
+use crate::gpu::{BufRef, GpuContext, Recorder};
+use crate::model::config::Config;
+use crate::model::host::{HostTensor, TensorFormat};
+use crate::reference::esa::{fold_query_rotation, lossless_maps, select_tokens, EsaConfig, HeadShape};
+use crate::{Error, Result};
+
+use super::EsaOptions;
+
+struct LayerState {
+    /// f_q with the rotation to position w folded in: acts on un-rotated queries.
+    f_q: GpuMatrix,
+    f_k: GpuMatrix,
+    /// Compressed keys `[max_ctx][d'/2]` u32 (f16 pairs).
+    ck: wgpu::Buffer,
+}
+
+pub struct EsaState {
+    pub cfg: EsaConfig,
+    d: usize,
+    layers: Vec<LayerState>,
+    cq: wgpu::Buffer,
+    ckx: wgpu::Buffer,
+    rowmax: wgpu::Buffer,
+    scores: wgpu::Buffer,
+    pooled: wgpu::Buffer,
+    selected: wgpu::Buffer,
+    topk: esa_topk::TopkScratch,
+    part: wgpu::Buffer,
+}
+
+fn matrix(ctx: &GpuContext, name: &str, rows: usize, cols: usize, v: &[f32]) -> Result<GpuMatrix> {
+    let t = HostTensor { name: name.into(), shape: vec![rows, cols], format: TensorFormat::F32, data: bytemuck::cast_slice(v).to_vec().into() };
+    GpuMatrix::upload_f32(ctx, &t)
+}
+
+/// Read `layers.{i}.f_q` / `f_k` from a maps file, checking shapes against the model.
+fn load_maps(path: &Path, c: &Config) -> Result<(usize, Vec<(Vec<f32>, Vec<f32>)>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let mut d = 0;
+    let mut out = Vec::new();
+    for l in 0..c.num_layers {
+        let mut get = |name: String, cols: usize| -> Result<Vec<f32>> {
+            let t = st.tensor(&name).map_err(|_| Error::format(path, format!("missing tensor `{name}` (the maps must cover all {} layers)", c.num_layers)))?;
+            let shape = t.shape();
+            if shape.len() != 2 || shape[1] != cols || (d != 0 && shape[0] != d) || shape[0] == 0 || shape[0] % 2 != 0 {
+                return Err(Error::format(path, format!("tensor `{name}` has shape {shape:?}; this model needs [d', {cols}] with one even d' for all maps")));
+            }
+            d = shape[0];
+            let fmt = match t.dtype() {
+                safetensors::Dtype::F32 => TensorFormat::F32,
+                safetensors::Dtype::F16 => TensorFormat::F16,
+                safetensors::Dtype::BF16 => TensorFormat::BF16,
+                other => return Err(Error::format(path, format!("tensor `{name}` has dtype {other:?}; use f32, f16 or bf16"))),
+            };
+            crate::quant::dequantize(&name, fmt, t.data(), shape[0] * shape[1])
+        };
+        let fq = get(format!("layers.{l}.f_q"), c.q_dim())?;
+        let fk = get(format!("layers.{l}.f_k"), c.kv_dim())?;
+        out.push((fq, fk));
+    }
+    Ok((d, out))
+}
+
+impl EsaState {
+    pub fn new(ctx: &GpuContext, c: &Config, inv_freq: &[f32], opts: &EsaOptions, max_ctx: usize, chunk: usize) -> Result<EsaState> {
+        let cfg = opts.config.clone();
+        cfg.validate()?;
+        if c.head_dim % 4 != 0 {
+            return Err(Error::Unsupported(format!("ESA with head_dim {} (the sparse attention kernel needs a multiple of 4)", c.head_dim)));
+        }
+        let shape = HeadShape::from(c);
+        let (d, maps) = match &opts.maps {
+            Some(p) => load_maps(p, c)?,
+            None => {
+                let (fq, fk) = lossless_maps(shape);
+                (c.kv_dim(), vec![(fq, fk); c.num_layers])
+            }
+        };
+        let w = cfg.long_distance_query_pos();
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for (l, (fq, fk)) in maps.iter().enumerate() {
+            let folded = fold_query_rotation(fq, shape, w, inv_freq)?;
+            layers.push(LayerState {
+                f_q: matrix(ctx, &format!("esa.layers.{l}.f_q"), d, c.q_dim(), &folded)?,
+                f_k: matrix(ctx, &format!("esa.layers.{l}.f_k"), d, c.kv_dim(), fk)?,
+                ck: ctx.storage(&format!("esa compressed keys {l}"), (max_ctx * esa_pack::row_bytes(d)) as u64)?,
+            });
+        }
+        let f = |label: &str, n: usize| ctx.storage(label, (n.max(1) * 4) as u64);
+        Ok(EsaState {
+            d,
+            layers,
+            cq: f("esa cq", chunk * d)?,
+            ckx: f("esa ck chunk", chunk * d)?,
+            rowmax: f("esa rowmax", chunk)?,
+            scores: f("esa scores", max_ctx)?,
+            pooled: f("esa pooled", max_ctx)?,
+            selected: f("esa selected", cfg.top_k)?,
+            topk: esa_topk::TopkScratch::new(ctx, max_ctx)?,
+            part: f("esa partials", esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim))?,
+            cfg,
+        })
+    }
+
+    /// Compressed dimension d'.
+    pub fn d_compressed(&self) -> usize {
+        self.d
+    }
+
+    /// Record layer `l`'s attention for a chunk of `n` tokens at `pos0`: append the chunk's
+    /// compressed keys, select middle tokens, attend. `qkv` holds the fused projection (un-rotated
+    /// Q and K), the KV cache already holds the chunk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
+        let layer = &self.layers[l];
+        let d = self.d;
+        let qkv_rows = c.q_dim() + 2 * c.kv_dim();
+        let ckx = BufRef::from(&self.ckx);
+        let ck = BufRef::from(&layer.ck);
+        // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows.
+        let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
+        linear::linear(rec, &layer.f_k, &io, Epilogue::Store)?;
+        esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
+        let layout = select_tokens(pos0, n, &self.cfg);
+        let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
+        let selection = if layout.middle.is_empty() {
+            None
+        } else {
+            let cq = BufRef::from(&self.cq);
+            let io = LinearIo { x: qkv.clone(), x_off: 0, x_stride: qkv_rows, y: cq.clone(), y_stride: d, y_row0: 0, n_tok: n };
+            linear::linear(rec, &layer.f_q, &io, Epilogue::Store)?;
+            let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
+            let n_m = layout.middle.len();
+            esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start })?;
+            esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
+            esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
+            Some(esa_attention::Selection { indices: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, max_sel: self.cfg.top_k.min(n_m) })
+        };
+        esa_attention::attend(rec, &esa_attention::EsaAttend {
+            q: qkv,
+            q_stride: qkv_rows,
+            k_cache,
+            v_cache,
+            inv_freq,
+            selection,
+            part: &BufRef::from(&self.part),
+            out,
+            n_q: n,
+            n_heads: c.num_heads,
+            n_kv: c.num_kv_heads,
+            head_dim: c.head_dim,
+            pos0,
+            n_init: layout.initial.len(),
+            local_start: layout.local.start,
+            w: self.cfg.long_distance_query_pos(),
+        })
+    }
+
+    /// Cache rows selected by the last `attend` (tests compare them with the CPU reference).
+    pub fn read_selected(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        let count = ctx.read_u32(&self.topk.state, esa_topk::STATE_COUNT, 1)?[0] as usize;
+        ctx.read_u32(&self.selected, 0, count.min(self.cfg.top_k))
+    }
+}

@@ -1,0 +1,161 @@
+//! ESA gathered sparse attention (shaders/esa_attention.wgsl, merged by attention_merge.wgsl): a
+//! chunk of queries attends to the initial tokens and the selected middle tokens (keys at position
+//! 0, queries at `w`) and to the local window plus the causal chunk (ordinary RoPE), with one
+//! softmax over all of them; GQA (each key loaded and rotated once for up to 4 query heads of its
+//! group); split over keys for long lists.
+//!
+//! Queries are read UN-rotated (e.g. straight from the fused QKV projection, `q_stride` apart) and
+//! rotated in the kernel both ways. KV cache layout as in `ops::attention`: `[rows][n_kv][d/2]` u32
+//! (f16 pairs), keys un-rotated. The selection (`sel`, cache rows sorted or not) and its count stay
+//! on the GPU: the count is read from `state[count_index]` (e.g. `esa_topk::STATE_COUNT` of the
+//! top-k state buffer), at most `max_sel` entries.
+
+use crate::gpu::{grid, BufRef, Recorder};
+use crate::{Error, Result};
+
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_q: u32,
+    n_heads: u32,
+    n_kv: u32,
+    head_dim: u32,
+    pos0: u32,
+    n_init: u32,
+    local_start: u32,
+    max_sel: u32,
+    count_index: u32,
+    w: u32,
+    q_stride: u32,
+    n_split: u32,
+    split_len: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MergeParams {
+    n_qh: u32,
+    n_split: u32,
+    head_dim: u32,
+    grid_x: u32,
+}
+
+/// Target number of workgroups when choosing the key split (as `ops::attention`).
+const TARGET_GROUPS: usize = 1024;
+/// Query heads sharing one KV head that one workgroup serves (`HG` in the kernel).
+const HEADS_PER_GROUP: usize = 4;
+
+/// Workgroups per key split: one per (query, KV head, chunk of up to HEADS_PER_GROUP heads).
+fn rows_per_split(n_q: usize, n_heads: usize, n_kv: usize) -> usize {
+    n_q * n_kv * (n_heads / n_kv).div_ceil(HEADS_PER_GROUP)
+}
+
+fn max_split(n_q: usize, n_heads: usize, n_kv: usize) -> usize {
+    (TARGET_GROUPS / rows_per_split(n_q, n_heads, n_kv).max(1)).max(1)
+}
+
+/// Floats of scratch the partial results need for a chunk of `n_q` queries.
+pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) -> usize {
+    n_q * n_heads * max_split(n_q, n_heads, n_kv) * (head_dim + 2)
+}
+
+/// The selected middle tokens on the GPU.
+pub struct Selection<'a> {
+    /// Cache rows of the selected tokens (`[>= max_sel]` u32).
+    pub indices: &'a BufRef,
+    /// Buffer holding the count at word `count_index`.
+    pub state: &'a BufRef,
+    pub count_index: usize,
+    /// Upper bound of the count (sizes the key split), e.g. top_k.
+    pub max_sel: usize,
+}
+
+pub struct EsaAttend<'a> {
+    /// Un-rotated queries: row t at `t * q_stride` floats, head h at `h * head_dim` in it.
+    pub q: &'a BufRef,
+    pub q_stride: usize,
+    pub k_cache: &'a BufRef,
+    pub v_cache: &'a BufRef,
+    pub inv_freq: &'a wgpu::Buffer,
+    /// `None`: no selected tokens (dense case, or only sinks + local).
+    pub selection: Option<Selection<'a>>,
+    /// Scratch of `scratch_floats(n_q, n_heads, n_kv, head_dim)` floats.
+    pub part: &'a BufRef,
+    /// Output `[n_q][n_heads][head_dim]` f32.
+    pub out: &'a BufRef,
+    pub n_q: usize,
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    /// Position (cache row) of the first query; query t sees the local rows up to pos0 + t.
+    pub pos0: usize,
+    /// Initial tokens `[0, n_init)` attended at the long-distance positions (0 in the dense case).
+    pub n_init: usize,
+    /// First row of the local window (`pos0 - n_local`, or 0 in the dense case).
+    pub local_start: usize,
+    /// Position of the queries in the long-distance part.
+    pub w: usize,
+}
+
+/// Records the attention into `out`. Use `reference::esa::select_tokens` for n_init/local_start:
+/// in the dense case pass `n_init = 0`, `local_start = 0`, `selection = None`.
+pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
+    if a.n_q == 0 || a.n_heads == 0 || a.n_kv == 0 || a.n_heads % a.n_kv != 0 || a.head_dim % 4 != 0 || a.head_dim > 256 || a.head_dim == 0 {
+        return Err(Error::arg("esa_attention", format!("n_q {} heads {}/{} head_dim {}: need n_q >= 1, heads a multiple of kv heads, head_dim a multiple of 4 <= 256", a.n_q, a.n_heads, a.n_kv, a.head_dim)));
+    }
+    if a.local_start > a.pos0 || a.n_init > a.local_start || a.q_stride < a.n_heads * a.head_dim {
+        return Err(Error::arg("esa_attention", format!("n_init {} <= local_start {} <= pos0 {} and q_stride {} >= q_dim", a.n_init, a.local_start, a.pos0, a.q_stride)));
+    }
+    use super::esa_common::check_words;
+    let (q_dim, kv_words) = (a.n_heads * a.head_dim, a.n_kv * a.head_dim / 2);
+    check_words("esa_attention", "q", a.q, (a.n_q - 1) * a.q_stride + q_dim)?;
+    check_words("esa_attention", "k_cache", a.k_cache, (a.pos0 + a.n_q) * kv_words)?;
+    check_words("esa_attention", "v_cache", a.v_cache, (a.pos0 + a.n_q) * kv_words)?;
+    check_words("esa_attention", "part", a.part, scratch_floats(a.n_q, a.n_heads, a.n_kv, a.head_dim))?;
+    check_words("esa_attention", "out", a.out, a.n_q * q_dim)?;
+    if let Some(s) = &a.selection {
+        check_words("esa_attention", "selection.indices", s.indices, s.max_sel)?;
+        check_words("esa_attention", "selection.state", s.state, s.count_index + 1)?;
+    }
+    let ctx = rec.ctx();
+    let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
+    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
+    let (sel, state, count_index, max_sel) = match &a.selection {
+        Some(s) => (s.indices.clone(), s.state.clone(), s.count_index, s.max_sel),
+        // Any read-only buffer satisfies the bindings; the count bound of 0 means they are not read.
+        None => (a.q.clone(), a.q.clone(), 0, 0),
+    };
+    let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
+    let qh = a.n_q * a.n_heads;
+    // Workgroups per split: one per (query, KV head, chunk of up to HEADS_PER_GROUP query heads).
+    let rows = rows_per_split(a.n_q, a.n_heads, a.n_kv);
+    let n_split = max_split(a.n_q, a.n_heads, a.n_kv).min(n_keys.div_ceil(64).max(1));
+    let split_len = n_keys.div_ceil(n_split).next_multiple_of(64);
+    let n_split = n_keys.div_ceil(split_len);
+    let p = Params {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        head_dim: a.head_dim as u32,
+        pos0: a.pos0 as u32,
+        n_init: a.n_init as u32,
+        local_start: a.local_start as u32,
+        max_sel: max_sel as u32,
+        count_index: count_index as u32,
+        w: a.w as u32,
+        q_stride: a.q_stride as u32,
+        n_split: n_split as u32,
+        split_len: split_len as u32,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
+    rec.dispatch(&k, &p, &bufs, [rows as u32, n_split as u32, 1]);
+    let g = grid(ctx, qh as u32);
+    let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
+    rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! ESA chunk scores of the middle tokens (shaders/esa_score.wgsl): F[m] = max_c (s(m,c) - max_m' s(m',c))
+//! with s = compressed query . compressed key. Two tiled passes for a chunk, a matvec for decode;
+//! the n_q x n_m score matrix is never stored.
+//!
+//! Compressed-key cache layout: `[rows][d/2]` u32, two f16 per word (even element low), the middle
+//! token m at row `m0 + m`. Compressed queries: `[n_q][d]` f32.
+
+use crate::gpu::{grid, BufRef, Recorder};
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_q: u32,
+    n_m: u32,
+    d: u32,
+    m0: u32,
+    split_tiles: u32,
+    grid_x: u32,
+    _pad: [u32; 2],
+}
+
+/// Keys and queries per tile in the kernel.
+const TILE: usize = 64;
+/// Target number of workgroups for pass 1 (per-query max), which splits M across workgroups.
+const TARGET_GROUPS: usize = 1024;
+
+pub struct Score<'a> {
+    /// Compressed queries `[n_q][d]` f32.
+    pub cq: &'a BufRef,
+    /// Compressed-key cache `[rows][d/2]` u32 (f16 pairs).
+    pub ck_cache: &'a BufRef,
+    /// Scratch of `n_q` u32 (per-query maxima as sortable keys).
+    pub rowmax: &'a BufRef,
+    /// Output `[n_m]` f32 scores.
+    pub out: &'a BufRef,
+    pub n_q: usize,
+    /// Number of middle tokens.
+    pub n_m: usize,
+    /// Compressed width d' (even).
+    pub d: usize,
+    /// Cache row of the first middle token.
+    pub m0: usize,
+}
+
+/// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
+/// `n_m = 0` records nothing.
+pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
+    if a.n_q == 0 || a.d == 0 || a.d % 2 != 0 {
+        return Err(Error::arg("esa_score", format!("n_q {} must be >= 1 and d' {} even and >= 2", a.n_q, a.d)));
+    }
+    if a.n_m == 0 {
+        return Ok(());
+    }
+    use super::esa_common::check_words;
+    check_words("esa_score", "cq", a.cq, a.n_q * a.d)?;
+    check_words("esa_score", "ck_cache", a.ck_cache, (a.m0 + a.n_m) * a.d / 2)?;
+    check_words("esa_score", "rowmax", a.rowmax, a.n_q)?;
+    check_words("esa_score", "out", a.out, a.n_m)?;
+    let ctx = rec.ctx();
+    let kernel = |entry: &str| ctx.kernel("esa_score", super::src::ESA_SCORE, entry, &[]);
+    let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];
+    let mut p = Params { n_q: a.n_q as u32, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, _pad: [0; 2] };
+    rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
+    if a.n_q == 1 {
+        let g = grid(ctx, a.n_m.div_ceil(32) as u32);
+        p.grid_x = g[0];
+        rec.dispatch(&kernel("decode_dot")?, &p, &bufs, g);
+        let g = grid(ctx, a.n_m.div_ceil(256) as u32);
+        p.grid_x = g[0];
+        rec.dispatch(&kernel("decode_sub")?, &p, &bufs, g);
+        return Ok(());
+    }
+    let q_tiles = a.n_q.div_ceil(TILE);
+    let m_tiles = a.n_m.div_ceil(TILE);
+    let n_split = (TARGET_GROUPS / q_tiles).clamp(1, m_tiles);
+    p.split_tiles = m_tiles.div_ceil(n_split) as u32;
+    let n_split = m_tiles.div_ceil(p.split_tiles as usize);
+    rec.dispatch(&kernel("rowmax_tiled")?, &p, &bufs, [q_tiles as u32, n_split as u32, 1]);
+    let g = grid(ctx, m_tiles as u32);
+    p.grid_x = g[0];
+    rec.dispatch(&kernel("chunk_tiled")?, &p, &bufs, g);
+    Ok(())
+}

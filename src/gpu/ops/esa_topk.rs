@@ -1,0 +1,109 @@
+//! ESA top-k on the GPU (shaders/esa_topk.wgsl): the indices of the k largest of n scores, sorted by
+//! index, written to a GPU buffer together with their count; nothing is read back to the host.
+//!
+//! Semantics equal `reference::esa::top_k_indices`: ranking by the float order of the bits
+//! (-0.0 below +0.0), ties to the lower index, NaN never selected, k >= (non-NaN count) selects
+//! every non-NaN score. Each written index is `i + offset` (e.g. the cache row of middle token i).
+//!
+//! Cost: 4 histogram passes + 2 compaction passes over the scores, 11 dispatches in all.
+
+use crate::gpu::{BufRef, GpuContext, Recorder};
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    k: u32,
+    offset: u32,
+    n_blocks: u32,
+    n_threads: u32,
+    _pad: [u32; 3],
+}
+
+/// Scores per compaction block (256 threads x 16).
+const BLOCK: usize = 4096;
+/// Most workgroups the histogram passes use (they stride over the scores).
+const MAX_HIST_GROUPS: usize = 256;
+
+/// u32 words of the `state` buffer. After the op: `state[STATE_COUNT]` is the number of indices
+/// written (min(k, non-NaN count)).
+pub const STATE_WORDS: usize = 8;
+pub const STATE_COUNT: usize = 4;
+/// u32 words of the histogram scratch.
+pub const HIST_WORDS: usize = 256;
+
+/// u32 words of the `blocks` scratch for `n` scores.
+pub fn block_words(n: usize) -> usize {
+    2 * n.div_ceil(BLOCK).max(1)
+}
+
+/// Scratch for one top-k of up to `max_n` scores, allocated once (e.g. per session).
+pub struct TopkScratch {
+    pub state: wgpu::Buffer,
+    pub hist: wgpu::Buffer,
+    pub blocks: wgpu::Buffer,
+    pub max_n: usize,
+}
+
+impl TopkScratch {
+    pub fn new(ctx: &GpuContext, max_n: usize) -> Result<TopkScratch> {
+        Ok(TopkScratch {
+            state: ctx.storage("esa topk state", (STATE_WORDS * 4) as u64)?,
+            hist: ctx.storage("esa topk hist", (HIST_WORDS * 4) as u64)?,
+            blocks: ctx.storage("esa topk blocks", (block_words(max_n) * 4) as u64)?,
+            max_n,
+        })
+    }
+}
+
+pub struct TopK<'a> {
+    /// `[n]` f32 scores.
+    pub scores: &'a BufRef,
+    /// `[>= min(k, n)]` u32 output indices.
+    pub out: &'a BufRef,
+    pub scratch: &'a TopkScratch,
+    pub n: usize,
+    pub k: usize,
+    /// Added to every written index.
+    pub offset: u32,
+}
+
+/// Records the selection. `n = 0` (or k = 0) writes no index and a count of 0.
+pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
+    if a.n > a.scratch.max_n {
+        return Err(Error::arg("esa_topk n", format!("{} scores exceed the scratch's {}", a.n, a.scratch.max_n)));
+    }
+    let n_blocks = a.n.div_ceil(BLOCK);
+    if n_blocks > rec.ctx().caps.max_workgroups_per_dim as usize || a.n > u32::MAX as usize / 2 {
+        return Err(Error::arg("esa_topk n", format!("{} scores is more than one dispatch can cover", a.n)));
+    }
+    super::esa_common::check_words("esa_topk", "scores", a.scores, a.n)?;
+    super::esa_common::check_words("esa_topk", "out", a.out, a.k.min(a.n))?;
+    let ctx = rec.ctx();
+    let kernel = |entry: &str| ctx.kernel("esa_topk", super::src::ESA_TOPK, entry, &[]);
+    let hist_groups = n_blocks.clamp(1, MAX_HIST_GROUPS);
+    let p = Params {
+        n: a.n as u32,
+        k: a.k.min(a.n) as u32,
+        offset: a.offset,
+        n_blocks: n_blocks as u32,
+        n_threads: (hist_groups * 256) as u32,
+        _pad: [0; 3],
+    };
+    let s = a.scratch;
+    let bufs = [a.scores.clone(), BufRef::from(&s.state), BufRef::from(&s.hist), BufRef::from(&s.blocks), a.out.clone()];
+    rec.dispatch(&kernel("init")?, &p, &bufs, [1, 1, 1]);
+    if n_blocks == 0 {
+        return Ok(());
+    }
+    let (hist, select) = (kernel("hist_pass")?, kernel("select_digit")?);
+    for _ in 0..4 {
+        rec.dispatch(&hist, &p, &bufs, [hist_groups as u32, 1, 1]);
+        rec.dispatch(&select, &p, &bufs, [1, 1, 1]);
+    }
+    rec.dispatch(&kernel("block_count")?, &p, &bufs, [n_blocks as u32, 1, 1]);
+    rec.dispatch(&kernel("block_scan")?, &p, &bufs, [1, 1, 1]);
+    rec.dispatch(&kernel("compact")?, &p, &bufs, [n_blocks as u32, 1, 1]);
+    Ok(())
+}

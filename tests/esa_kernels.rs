@@ -1,0 +1,345 @@
+//! ESA kernels against the plain-Rust reference (src/reference/esa.rs) on random inputs of odd
+//! sizes. Outputs are poisoned (NaN / u32::MAX) before each run, so an element the kernel forgot to
+//! write fails.
+
+use std::sync::{Arc, OnceLock};
+
+use esa_wgpu::gpu::ops::{esa_pool, esa_score, esa_topk};
+use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
+use esa_wgpu::reference::esa as r;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let c = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+        eprintln!("adapter: {}", c.describe());
+        c
+    })
+    .clone()
+}
+
+fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+fn upload_f32(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
+}
+
+fn poisoned_f32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    upload_f32(ctx, &vec![f32::NAN; n.max(1)])
+}
+
+fn poisoned_u32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    ctx.upload("out", bytemuck::cast_slice(&vec![u32::MAX; n.max(1)])).unwrap()
+}
+
+/// Rounds to f16 and packs pairs into u32 words (even element low), the compressed-key cache layout.
+fn pack_f16(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let words = h.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0, |x| x.to_bits()) as u32) << 16).collect();
+    (words, h.iter().map(|x| x.to_f32()).collect())
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}[{i}]: gpu {g} vs reference {w}");
+    }
+}
+
+#[test]
+fn score_chunk_and_decode() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(11);
+    // (n_q, n_m, d', m0): odd sizes, tiles part-filled, several pass-1 splits, decode.
+    for &(n_q, n_m, d, m0) in &[(1usize, 1usize, 2usize, 0usize), (1, 1000, 128, 7), (3, 5, 6, 2), (70, 333, 38, 5), (129, 4100, 16, 0), (2, 64, 128, 64)] {
+        let cq = rand_vec(&mut rng, n_q * d, 1.0);
+        let ck = rand_vec(&mut rng, (m0 + n_m) * d, 1.0);
+        let (ck_words, ck_h) = pack_f16(&ck);
+        let (cqb, ckb) = (upload_f32(&ctx, &cq), ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap());
+        let rowmax = poisoned_u32(&ctx, n_q);
+        let out = poisoned_f32(&ctx, n_m);
+        let mut rec = Recorder::new(&ctx);
+        let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0 }).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32(&out, 0, n_m).unwrap();
+        let want = r::chunk_scores(&cq, &ck_h[m0 * d..], d).unwrap();
+        // Scores are O(sqrt(d)); f32 accumulation order differs from the reference's f64.
+        assert_close(&format!("score n_q={n_q} n_m={n_m} d={d}"), &got, &want, 1e-4 * d as f32, 0.0);
+        assert!(got.iter().any(|&x| x == 0.0), "some token is the best of some query");
+    }
+}
+
+#[test]
+fn pool_windows() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(12);
+    for &(n, eps) in &[(1usize, 0usize), (1, 3), (5, 1), (300, 0), (777, 1), (1000, 5), (13, 100)] {
+        let x = rand_vec(&mut rng, n, 10.0);
+        let (xb, out) = (upload_f32(&ctx, &x), poisoned_f32(&ctx, n));
+        let mut rec = Recorder::new(&ctx);
+        esa_pool::pool(&mut rec, &BufRef::from(&xb), &BufRef::from(&out), n, eps).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(ctx.read_f32(&out, 0, n).unwrap(), r::proximity_pool(&x, eps), "pool n={n} eps={eps}");
+    }
+}
+
+fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32) -> Vec<u32> {
+    let n = scores.len();
+    let sb = upload_f32(ctx, scores);
+    let out = poisoned_u32(ctx, k.min(n));
+    let scratch = esa_topk::TopkScratch::new(ctx, n).unwrap();
+    let mut rec = Recorder::new(ctx);
+    esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset }).unwrap();
+    rec.submit().unwrap();
+    let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
+    let got = ctx.read_u32(&out, 0, k.min(n).max(1)).unwrap();
+    // Entries past the count must be untouched.
+    assert!(got[count.min(got.len())..].iter().all(|&x| x == u32::MAX), "wrote past count {count}");
+    got[..count].to_vec()
+}
+
+fn check_top_k(ctx: &GpuContext, what: &str, scores: &[f32], k: usize) {
+    let got = gpu_top_k(ctx, scores, k, 0);
+    assert_eq!(got, r::top_k_indices(scores, k), "top-k {what} n={} k={k}", scores.len());
+}
+
+#[test]
+fn top_k_cases() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(13);
+    let n = 5003; // not a multiple of the block or workgroup
+    let random = rand_vec(&mut rng, n, 100.0);
+    let sorted: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let reversed: Vec<f32> = sorted.iter().rev().copied().collect();
+    let equal = vec![1.25f32; n];
+    let coarse: Vec<f32> = (0..n).map(|_| rng.random_range(0..7) as f32 - 3.0).collect(); // many ties
+    let mut specials = rand_vec(&mut rng, n, 1.0);
+    for i in (0..n).step_by(3) {
+        specials[i] = f32::NEG_INFINITY;
+    }
+    for i in (1..n).step_by(7) {
+        specials[i] = f32::NAN;
+    }
+    specials[10] = f32::INFINITY;
+    specials[11] = -0.0;
+    specials[12] = 0.0;
+    let mostly_nan: Vec<f32> = (0..n).map(|i| if i % 100 == 5 { i as f32 } else { f32::NAN }).collect();
+    for (what, s) in [("random", &random), ("sorted", &sorted), ("reversed", &reversed), ("all-equal", &equal), ("ties", &coarse), ("-inf/NaN", &specials), ("mostly NaN", &mostly_nan)] {
+        for k in [1, 2, 100, 2048, n - 1, n, n + 10] {
+            check_top_k(&ctx, what, s, k);
+        }
+    }
+    for &(n, k) in &[(1usize, 1usize), (1, 5), (257, 3), (4096, 4096), (4097, 8192), (70_001, 8192), (70_001, 4095)] {
+        check_top_k(&ctx, "random", &rand_vec(&mut rng, n, 1.0), k);
+    }
+    check_top_k(&ctx, "k=0", &random, 0);
+    // Offset is added to each index.
+    let got = gpu_top_k(&ctx, &[3.0, 1.0, 2.0], 2, 100);
+    assert_eq!(got, vec![100, 102]);
+}
+
+#[test]
+fn top_k_large() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(14);
+    let n = 1 << 20;
+    // Quantised values: many exact ties at the threshold.
+    let s: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 5000.0).floor()).collect();
+    check_top_k(&ctx, "1M", &s, 8192);
+    check_top_k(&ctx, "1M", &s, 2048);
+}
+
+const SHAPE: r::HeadShape = r::HeadShape { num_heads: 6, num_kv_heads: 2, head_dim: 12 };
+
+fn inv_freq(d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect()
+}
+
+/// GPU-side copies of a random un-rotated K/V cache (f16) and the f16-rounded host values.
+struct Cache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kb: wgpu::Buffer,
+    vb: wgpu::Buffer,
+}
+
+fn random_cache(ctx: &GpuContext, rng: &mut StdRng, rows: usize, shape: r::HeadShape) -> Cache {
+    let (kw, k) = pack_f16(&rand_vec(rng, rows * shape.kv_dim(), 1.0));
+    let (vw, v) = pack_f16(&rand_vec(rng, rows * shape.kv_dim(), 1.0));
+    let kb = ctx.upload("k", bytemuck::cast_slice(&kw)).unwrap();
+    let vb = ctx.upload("v", bytemuck::cast_slice(&vw)).unwrap();
+    Cache { k, v, kb, vb }
+}
+
+/// Un-rotated queries `[n_q][q_stride]` with junk in the padding columns.
+fn strided_queries(rng: &mut StdRng, n_q: usize, q_stride: usize, shape: r::HeadShape) -> (Vec<f32>, Vec<f32>) {
+    let padded = rand_vec(rng, n_q * q_stride, 1.0);
+    let dense = padded.chunks(q_stride).flat_map(|r| r[..shape.q_dim()].to_vec()).collect();
+    (padded, dense)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_attend(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], q_stride: usize, layout: &r::EsaLayout, sel: Option<(&wgpu::Buffer, &wgpu::Buffer, usize, usize)>, w: usize, invb: &wgpu::Buffer) -> Vec<f32> {
+    use esa_wgpu::gpu::ops::esa_attention as ea;
+    let n_q = layout.chunk.len();
+    let qb = upload_f32(ctx, qp);
+    let part = poisoned_f32(ctx, ea::scratch_floats(n_q, shape.num_heads, shape.num_kv_heads, shape.head_dim));
+    let out = poisoned_f32(ctx, n_q * shape.q_dim());
+    let refs = sel.map(|(i, s, ci, m)| (BufRef::from(i), BufRef::from(s), ci, m));
+    let selection = refs.as_ref().map(|(i, s, ci, m)| ea::Selection { indices: i, state: s, count_index: *ci, max_sel: *m });
+    let mut rec = Recorder::new(ctx);
+    let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
+    ea::attend(&mut rec, &ea::EsaAttend {
+        q: &qr, q_stride, k_cache: &kr, v_cache: &vr, inv_freq: invb, selection, part: &pr, out: &or,
+        n_q, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim,
+        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w,
+    })
+    .unwrap();
+    rec.submit().unwrap();
+    ctx.read_f32(&out, 0, n_q * shape.q_dim()).unwrap()
+}
+
+#[test]
+fn attention_gathered_and_dense() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(15);
+    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) };
+    // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
+    let shapes = [SHAPE, r::HeadShape { num_heads: 10, num_kv_heads: 1, head_dim: 16 }, r::HeadShape { num_heads: 3, num_kv_heads: 3, head_dim: 64 }];
+    for shape in shapes {
+        let inv = inv_freq(shape.head_dim);
+        let invb = upload_f32(&ctx, &inv);
+        let q_stride = shape.q_dim() + 2 * shape.kv_dim();
+        let cache = random_cache(&ctx, &mut rng, 400, shape);
+        // Sparse: n_prev past the dense limit, a random selection of the middle, count below max_sel.
+        for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5)] {
+            let layout = r::select_tokens(n_prev, n_q, &cfg);
+            assert!(!layout.is_dense());
+            let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
+            sel.truncate(cfg.top_k);
+            let sel_b = ctx.upload("sel", bytemuck::cast_slice(&[sel.clone(), vec![u32::MAX; cfg.top_k - sel.len()]].concat())).unwrap(); // junk past the count
+            let state_b = ctx.upload("state", bytemuck::cast_slice(&[0u32, 0, 0, sel.len() as u32])).unwrap();
+            let (qp, q) = strided_queries(&mut rng, n_q, q_stride, shape);
+            let got = gpu_attend(&ctx, shape, &cache, &qp, q_stride, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb);
+            let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &sel, 40, &inv, shape).unwrap();
+            assert_close(&format!("esa attention {shape:?} n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, 2e-3, 2e-3);
+        }
+        // Dense: everything local, no selection: plain causal attention.
+        for &(n_prev, n_q) in &[(0usize, 7usize), (30, 1), (39, 16)] {
+            let layout = r::select_tokens(n_prev, n_q, &cfg);
+            assert!(layout.is_dense());
+            let (qp, q) = strided_queries(&mut rng, n_q, q_stride, shape);
+            let got = gpu_attend(&ctx, shape, &cache, &qp, q_stride, &layout, None, 40, &invb);
+            let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &[], 40, &inv, shape).unwrap();
+            assert_close(&format!("dense attention {shape:?} n_prev={n_prev} n_q={n_q}"), &got, &want, 2e-3, 2e-3);
+        }
+    }
+}
+
+/// The whole per-layer ESA step on the GPU (score -> pool -> top-k -> attention, no read-back in
+/// between) over a growing cache in chunks, against `reference::esa::esa_layer_attention`: same
+/// selected indices, same output within tolerance.
+#[test]
+fn layer_step_matches_reference() {
+    use esa_wgpu::gpu::ops::esa_attention as ea;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(16);
+    let inv = inv_freq(SHAPE.head_dim);
+    let invb = upload_f32(&ctx, &inv);
+    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None };
+    let w = cfg.long_distance_query_pos();
+    let dc = cfg.d_compressed;
+    let total = 230;
+    let cache = random_cache(&ctx, &mut rng, total, SHAPE);
+    let f_q = rand_vec(&mut rng, dc * SHAPE.q_dim(), 0.3);
+    let f_k = rand_vec(&mut rng, dc * SHAPE.kv_dim(), 0.3);
+    let folded = r::fold_query_rotation(&f_q, SHAPE, w, &inv).unwrap();
+    // Compressed-key cache in f16, as the engine stores it.
+    let (ck_words, ck) = pack_f16(&r::compress_rows(&f_k, &cache.k, SHAPE.kv_dim()).unwrap());
+    let ckb = ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap();
+    let scratch = esa_topk::TopkScratch::new(&ctx, total).unwrap();
+    let mut n_prev = 0;
+    let mut sparse_steps = 0;
+    while n_prev < total {
+        let n_q = if n_prev < 200 { cfg.chunk.min(total - n_prev) } else { 1 }; // prefill, then decode
+        let q = rand_vec(&mut rng, n_q * SHAPE.q_dim(), 1.0);
+        let want = r::esa_layer_attention(&q, &cache.k, &cache.v, &ck, &f_q, n_prev, &inv, SHAPE, &cfg).unwrap();
+        let layout = &want.layout;
+        // Compressed queries: one matmul of the un-rotated queries with the folded map (the engine
+        // uses its linear op; here the host does it).
+        let cq = r::compress_rows(&folded, &q, SHAPE.q_dim()).unwrap();
+        let (cqb, qb) = (upload_f32(&ctx, &cq), upload_f32(&ctx, &q));
+        let n_m = layout.middle.len();
+        let scores = poisoned_f32(&ctx, n_m);
+        let pooled = poisoned_f32(&ctx, n_m);
+        let rowmax = poisoned_u32(&ctx, n_q);
+        let sel = poisoned_u32(&ctx, cfg.top_k);
+        let part = poisoned_f32(&ctx, ea::scratch_floats(n_q, SHAPE.num_heads, SHAPE.num_kv_heads, SHAPE.head_dim));
+        let out = poisoned_f32(&ctx, n_q * SHAPE.q_dim());
+        let (cqr, ckr, rmr, scr, plr, selr, str_) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&sel), BufRef::from(&scratch.state));
+        let mut rec = Recorder::new(&ctx);
+        if !layout.is_dense() {
+            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start }).unwrap();
+            esa_pool::pool(&mut rec, &scr, &plr, n_m, cfg.eps).unwrap();
+            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32 }).unwrap();
+        }
+        let selection = (!layout.is_dense()).then(|| ea::Selection { indices: &selr, state: &str_, count_index: esa_topk::STATE_COUNT, max_sel: cfg.top_k });
+        let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
+        ea::attend(&mut rec, &ea::EsaAttend {
+            q: &qr, q_stride: SHAPE.q_dim(), k_cache: &kr, v_cache: &vr, inv_freq: &invb, selection, part: &pr, out: &or,
+            n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
+            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w,
+        })
+        .unwrap();
+        rec.submit().unwrap();
+        if !layout.is_dense() {
+            let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
+            let got_sel = ctx.read_u32(&sel, 0, count).unwrap();
+            assert_eq!(got_sel, want.selected, "selected tokens, chunk at {n_prev}");
+            sparse_steps += 1;
+        }
+        let got = ctx.read_f32(&out, 0, n_q * SHAPE.q_dim()).unwrap();
+        assert_close(&format!("layer output, chunk at {n_prev}"), &got, &want.output, 2e-3, 2e-3);
+        n_prev += n_q;
+    }
+    assert!(sparse_steps > 20);
+}
+
+#[test]
+fn pack_appends_f16_rows() {
+    use esa_wgpu::gpu::ops::esa_pack;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(17);
+    let (d, stride, n_tok, pos0, rows) = (6usize, 9usize, 5usize, 3usize, 10usize);
+    let x = rand_vec(&mut rng, n_tok * stride, 2.0);
+    let xb = upload_f32(&ctx, &x);
+    let cache = poisoned_u32(&ctx, rows * d / 2);
+    let mut rec = Recorder::new(&ctx);
+    esa_pack::append(&mut rec, &BufRef::from(&xb), stride, &BufRef::from(&cache), d, n_tok, pos0).unwrap();
+    rec.submit().unwrap();
+    let got = ctx.read_u32(&cache, 0, rows * d / 2).unwrap();
+    let dense: Vec<f32> = x.chunks(stride).flat_map(|r| r[..d].to_vec()).collect();
+    let (want, _) = pack_f16(&dense);
+    assert!(got[..pos0 * d / 2].iter().chain(&got[(pos0 + n_tok) * d / 2..]).all(|&w| w == u32::MAX), "rows outside the chunk untouched");
+    assert_eq!(&got[pos0 * d / 2..(pos0 + n_tok) * d / 2], &want[..]);
+}
+
+#[test]
+fn undersized_buffers_are_errors() {
+    let ctx = ctx();
+    let small = upload_f32(&ctx, &[0.0; 4]);
+    let big = upload_f32(&ctx, &[0.0; 4096]);
+    let (s, b) = (BufRef::from(&small), BufRef::from(&big));
+    let mut rec = Recorder::new(&ctx);
+    let err = esa_pool::pool(&mut rec, &s, &b, 100, 1).unwrap_err().to_string();
+    assert!(err.contains("esa_pool.x"), "{err}");
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0 }).unwrap_err().to_string();
+    assert!(err.contains("ck_cache"), "{err}");
+    let scratch = esa_topk::TopkScratch::new(&ctx, 64).unwrap();
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0 }).is_err());
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 64, k: 10, offset: 0 }).is_err());
+}
