@@ -59,6 +59,8 @@ struct Scratch {
     part: wgpu::Buffer,
     logits: wgpu::Buffer,
     token: wgpu::Buffer,
+    /// Host-mappable copy of `token`: the one read-back of a decode step, allocated once.
+    token_staging: wgpu::Buffer,
 }
 
 pub struct Session {
@@ -112,6 +114,7 @@ impl Session {
             part: f("attention partials", attention::scratch_floats(chunk, c.num_heads, c.head_dim))?,
             logits: f("logits", logit_rows * c.vocab_size)?,
             token: f("token", 4)?,
+            token_staging: ctx.staging("token read-back", 4),
         };
         let esa = match &opts.attention {
             Attention::Esa(e) => Some(EsaState::new(ctx, c, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
@@ -178,10 +181,12 @@ impl Session {
             self.record_chunk(&mut rec, chunk)?;
             if i + 1 == chunks.len() {
                 self.record_sample(&mut rec, sampling)?;
+                rec.copy(&self.s.token, 0, &self.s.token_staging, 0, 4);
             }
             rec.submit()?;
         }
-        Ok(self.model.ctx.read_u32(&self.s.token, 0, 1)?[0])
+        let b = self.model.ctx.read_staged(&self.s.token_staging, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Logits of the last token.

@@ -298,6 +298,36 @@ impl GpuContext {
         Ok(out[..size as usize].to_vec())
     }
 
+    /// A host-readable buffer for repeated small read-backs (allocate once, `read_staged` often).
+    pub fn staging(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.next_multiple_of(4).max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Wait for the GPU, then read `size` bytes of a `staging` buffer that earlier submitted work
+    /// copied into. No allocation on the GPU.
+    pub fn read_staged(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = staging.slice(..size.next_multiple_of(4).max(4));
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("map callback dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e}")))?;
+        let out = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e:?}")))?[..size as usize].to_vec();
+        staging.unmap();
+        self.check()?;
+        Ok(out)
+    }
+
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset_elems: usize, n: usize) -> Result<Vec<f32>> {
         let b = self.read(buf, offset_elems as u64 * 4, n as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&b))
