@@ -7,20 +7,7 @@
 // Layout: x [n_tok][x_stride] f32 from float x_off; y [n_tok][y_stride] f32 (rows row0 .. row0 + rows of this shard).
 // Modes as in matvec: 0 store, 1 accumulate, 2 SwiGLU over interleaved (gate, up) row pairs.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    w_stride: u32,
-    row0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    n_tok: u32,
-    mode: u32,
-    norm: u32,
-    eps: f32,
-    grid_x: u32,
-    x_off: u32,
-}
+// struct Params: shaders/linear_params.wgsl (prepended by the op).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>;

@@ -12,20 +12,7 @@
 // Modes: 0 store y = Wx; 1 accumulate y += Wx (residual add); 2 SwiGLU over interleaved rows
 // (gate, up) pairs: y[r/2] = silu(W[r] x) * W[r+1] x.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    w_stride: u32,
-    row0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    n_tok: u32,
-    mode: u32,
-    norm: u32,
-    eps: f32,
-    grid_x: u32,
-    x_off: u32,
-}
+// struct Params: shaders/linear_params.wgsl (prepended by the op).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>;

@@ -87,7 +87,7 @@ fn kernel(ctx: &GpuContext, driver: &str, driver_src: &str, fmt: TensorFormat) -
     let name = format!("{driver}+{fname}");
     // WGSL directives (`enable ...;`) must precede every declaration.
     let (directives, body): (Vec<&str>, Vec<&str>) = driver_src.lines().partition(|l| l.trim_start().starts_with("enable "));
-    let source = format!("{}\n{fsrc}\n{}", directives.join("\n"), body.join("\n"));
+    let source = format!("{}\n{}\n{fsrc}\n{}", directives.join("\n"), src::LINEAR_PARAMS, body.join("\n"));
     Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
 }
 

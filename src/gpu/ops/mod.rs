@@ -15,6 +15,7 @@ mod esa_common;
 
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
+    pub const LINEAR_PARAMS: &str = include_str!("../../../shaders/linear_params.wgsl");
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");

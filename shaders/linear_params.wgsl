@@ -1,0 +1,21 @@
+// Parameters shared by the linear-layer drivers (matvec.wgsl, matvec_sg.wgsl, matmul.wgsl); the op
+// prepends this file. Mirrors `Params` in src/gpu/ops/linear.rs.
+//   rows, cols: this shard's rows and the input width; w_stride: row stride in the format's units;
+//   row0: first output row of the shard; x_stride / y_stride / x_off: activation layout (floats);
+//   n_tok: tokens; mode: 0 store, 1 accumulate, 2 SwiGLU; norm/eps: fused input RMSNorm;
+//   grid_x: width of a 2-D workgroup grid.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    w_stride: u32,
+    row0: u32,
+    x_stride: u32,
+    y_stride: u32,
+    n_tok: u32,
+    mode: u32,
+    norm: u32,
+    eps: f32,
+    grid_x: u32,
+    x_off: u32,
+}
