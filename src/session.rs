@@ -90,7 +90,8 @@ impl Session {
             Attention::Dense => opts.prefill_chunk,
         }
         .min(opts.max_context);
-        let kv_bytes = (opts.max_context * c.kv_dim() * 2) as u64;
+        // Saturating: an absurd max_context must reach the limit check below, not overflow.
+        let kv_bytes = (opts.max_context as u64).saturating_mul(c.kv_dim() as u64 * 2);
         if kv_bytes > ctx.caps.max_binding {
             return Err(Error::arg(
                 "max_context",

@@ -105,7 +105,8 @@ impl EsaState {
             rowmax: f("esa rowmax", chunk)?,
             scores: f("esa scores", max_ctx)?,
             pooled: f("esa pooled", max_ctx)?,
-            selected: f("esa selected", cfg.top_k)?,
+            // At most max_ctx tokens can be selected, whatever top_k asks for.
+            selected: f("esa selected", cfg.top_k.min(max_ctx))?,
             topk: esa_topk::TopkScratch::new(ctx, max_ctx)?,
             part: f("esa partials", esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim))?,
             cfg,
