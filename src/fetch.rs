@@ -42,6 +42,10 @@ pub fn cached_default_model() -> Result<Option<PathBuf>> {
 
 /// The default model, downloading it into the cache first if it is not there yet.
 pub fn default_model_path() -> Result<PathBuf> {
+    // One fetch at a time in this process: threads asking together wait for the first one and
+    // then find the file in the cache.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = cache_dir()?;
     let dest = dir.join(DEFAULT_MODEL_FILE);
     if dest.is_file() {
