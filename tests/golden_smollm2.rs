@@ -97,11 +97,11 @@ fn weights_match_transformers_dequantization() {
     }
 }
 
-#[test]
-fn reference_forward_matches_transformers() {
-    let Some(path) = model_path() else { return };
-    let src = GgufModel::open(&path).unwrap();
-    let model = Model::load(&src).unwrap();
+/// Greedy decoding of every fixture prompt: `start(prompt, gen_tokens)` begins a fresh sequence and
+/// returns the last position's logits, `next(token)` appends one token and returns its logits.
+/// Checks the recorded top-20 logits within `tol` and the greedy tokens under the margin rule;
+/// returns the largest logit difference.
+fn check_against_fixture(who: &str, tol: f32, mut start: impl FnMut(&[u32], usize) -> Vec<f32>, mut next: impl FnMut(u32) -> Vec<f32>) -> f32 {
     let fx = fixture();
     let gen_tokens = fx["gen_tokens"].as_u64().unwrap() as usize;
     let mut worst = 0f32;
@@ -110,42 +110,49 @@ fn reference_forward_matches_transformers() {
         let prompt = ids(&p["ids"]);
         let want_gen = ids(&p["generated"]);
         let margins: Vec<f32> = p["margins"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let mut cache = model.new_cache(prompt.len() + gen_tokens + 1);
-        let mut logits = model.forward(&mut cache, &prompt).unwrap().pop().unwrap();
+        let mut logits = start(&prompt, gen_tokens);
         for step in 0..gen_tokens {
             if let Some(top) = p["topk"].get(step.to_string()) {
                 for pair in top.as_array().unwrap() {
                     let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
                     let d = (logits[id] - want).abs();
                     worst = worst.max(d);
-                    assert!(d <= LOGIT_TOL, "{label} step {step}: logit of token {id}: ours {}, transformers {want}", logits[id]);
+                    assert!(d <= tol, "{who}: {label} step {step}: logit of token {id}: ours {}, transformers {want}", logits[id]);
                 }
             }
             let ours = argmax(&logits);
             if ours != want_gen[step] {
                 assert!(
-                    margins[step] < 2.0 * LOGIT_TOL,
-                    "{label} step {step}: ours {ours}, transformers {} with margin {}",
+                    margins[step] < 2.0 * tol,
+                    "{who}: {label} step {step}: ours {ours}, transformers {} with margin {}",
                     want_gen[step],
                     margins[step]
                 );
-                eprintln!("{label}: diverged at step {step} where the reference margin is only {}", margins[step]);
+                eprintln!("{who}: {label}: diverged at step {step} where the reference margin is only {}", margins[step]);
                 break;
             }
-            logits = model.forward(&mut cache, &[ours]).unwrap().pop().unwrap();
+            logits = next(ours);
         }
     }
-    eprintln!("largest top-20 logit difference: {worst}");
+    eprintln!("{who}: largest top-20 logit difference: {worst}");
+    worst
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
+#[test]
+fn reference_forward_matches_transformers() {
+    let Some(path) = model_path() else { return };
+    let src = GgufModel::open(&path).unwrap();
+    let model = Model::load(&src).unwrap();
+    let cache = std::cell::RefCell::new(model.new_cache(1));
+    check_against_fixture(
+        "cpu reference",
+        LOGIT_TOL,
+        |prompt, gen| {
+            *cache.borrow_mut() = model.new_cache(prompt.len() + gen + 1);
+            model.forward(&mut cache.borrow_mut(), prompt).unwrap().pop().unwrap()
+        },
+        |tok| model.forward(&mut cache.borrow_mut(), &[tok]).unwrap().pop().unwrap(),
+    );
 }
 
 /// The GPU engine (Q4_1 and Q8_0 kernels, f16 KV cache) against the same fixture. Tolerance is
@@ -158,35 +165,33 @@ fn gpu_engine_matches_transformers() {
     let Some(path) = model_path() else { return };
     let engine = esa_wgpu::Engine::new(&Default::default()).unwrap();
     let model = engine.load(&path).unwrap();
-    let fx = fixture();
-    let gen_tokens = fx["gen_tokens"].as_u64().unwrap() as usize;
-    let mut worst = 0f32;
-    for p in fx["prompts"].as_array().unwrap() {
-        let label = p["label"].as_str().unwrap();
-        let prompt = ids(&p["ids"]);
-        let want_gen = ids(&p["generated"]);
-        let margins: Vec<f32> = p["margins"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let mut session = model.session(esa_wgpu::SessionOptions { max_context: prompt.len() + gen_tokens + 1, ..Default::default() }).unwrap();
-        session.feed(&prompt).unwrap();
-        let mut logits = session.logits().unwrap();
-        for step in 0..gen_tokens {
-            if let Some(top) = p["topk"].get(step.to_string()) {
-                for pair in top.as_array().unwrap() {
-                    let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-                    let d = (logits[id] - want).abs();
-                    worst = worst.max(d);
-                    assert!(d <= GPU_LOGIT_TOL, "{label} step {step}: logit of token {id}: gpu {}, transformers {want}", logits[id]);
-                }
-            }
-            let ours = argmax(&logits);
-            if ours != want_gen[step] {
-                assert!(margins[step] < 2.0 * GPU_LOGIT_TOL, "{label} step {step}: gpu {ours}, transformers {} with margin {}", want_gen[step], margins[step]);
-                eprintln!("{label}: diverged at step {step} where the reference margin is only {}", margins[step]);
-                break;
-            }
-            session.feed(&[ours]).unwrap();
-            logits = session.logits().unwrap();
+    let session = std::cell::RefCell::new(None::<esa_wgpu::Session>);
+    check_against_fixture(
+        "gpu",
+        GPU_LOGIT_TOL,
+        |prompt, gen| {
+            let mut s = model.session(esa_wgpu::SessionOptions { max_context: prompt.len() + gen + 1, ..Default::default() }).unwrap();
+            s.feed(prompt).unwrap();
+            let l = s.logits().unwrap();
+            *session.borrow_mut() = Some(s);
+            l
+        },
+        |tok| {
+            let mut guard = session.borrow_mut();
+            let s = guard.as_mut().unwrap();
+            s.feed(&[tok]).unwrap();
+            s.logits().unwrap()
+        },
+    );
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
         }
     }
-    eprintln!("gpu: largest top-20 logit difference: {worst}");
+    best as u32
 }
+

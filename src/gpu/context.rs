@@ -271,31 +271,11 @@ impl GpuContext {
     /// Copy `size` bytes from `buf` at `offset` back to the host (blocking). Used for results and
     /// tests; a decode step reads back only the sampled token id.
     pub fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        let padded = size.next_multiple_of(4).max(4);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: padded,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.staging("readback", size);
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, padded);
+        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, staging.size());
         self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("map callback dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e}")))?;
-        let out = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("mapping read-back buffer: {e:?}")))?.to_vec();
-        staging.unmap();
-        self.check()?;
-        Ok(out[..size as usize].to_vec())
+        self.read_staged(&staging, size)
     }
 
     /// A host-readable buffer for repeated small read-backs (allocate once, `read_staged` often).
