@@ -159,35 +159,35 @@ impl Session {
     /// Append `tokens` to the context, running them through the model in chunks. Afterwards the
     /// logits of the last token (or of every token of the last chunk, with `all_logits`) are ready.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        self.check_room(tokens.len())?;
-        for chunk in tokens.chunks(self.opts.prefill_chunk) {
-            let ctx = self.model.ctx.clone();
-            let mut rec = Recorder::new(&ctx);
-            self.record_chunk(&mut rec, chunk)?;
-            rec.submit()?;
-        }
-        Ok(())
+        self.run_chunks(tokens, None)
     }
 
     /// Feed `tokens` and choose the next token, in one submission per chunk; returns its id.
     pub fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
-        self.check_room(tokens.len())?;
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "empty"));
         }
-        let chunks: Vec<&[u32]> = tokens.chunks(self.opts.prefill_chunk).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
+        self.run_chunks(tokens, Some(sampling))?;
+        let b = self.model.ctx.read_staged(&self.s.token_staging, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// One submission per prefill chunk; with `sampling`, the last one also samples the next token
+    /// and copies it to the staging buffer.
+    fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>) -> Result<()> {
+        self.check_room(tokens.len())?;
+        let n_chunks = tokens.len().div_ceil(self.opts.prefill_chunk);
+        for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
             self.record_chunk(&mut rec, chunk)?;
-            if i + 1 == chunks.len() {
-                self.record_sample(&mut rec, sampling)?;
+            if let (Some(s), true) = (sampling, i + 1 == n_chunks) {
+                self.record_sample(&mut rec, s)?;
                 rec.copy(&self.s.token, 0, &self.s.token_staging, 0, 4);
             }
             rec.submit()?;
         }
-        let b = self.model.ctx.read_staged(&self.s.token_staging, 4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(())
     }
 
     /// Logits of the last token.
