@@ -40,7 +40,7 @@ fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
     ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
 }
 
-/// Quantise to the 16-bit format and back, so the reference sees exactly the GPU's weights.
+/// Quantise to the 16-bit format and back (f32: as is), so the reference sees exactly the GPU's weights.
 fn host_16(name: &str, w: &[f32], rows: usize, cols: usize, fmt: TensorFormat) -> (HostTensor<'static>, Vec<f32>) {
     let (bytes, back): (Vec<u8>, Vec<f32>) = match fmt {
         TensorFormat::F16 => {
@@ -51,6 +51,7 @@ fn host_16(name: &str, w: &[f32], rows: usize, cols: usize, fmt: TensorFormat) -
             let h: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
             (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|v| v.to_f32()).collect())
         }
+        TensorFormat::F32 => (bytemuck::cast_slice(w).to_vec(), w.to_vec()),
         _ => unreachable!(),
     };
     (HostTensor { name: name.into(), shape: vec![rows, cols], format: fmt, data: bytes.into() }, back)
@@ -67,11 +68,12 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
 fn matvec_all_epilogues_and_formats() {
   for ctx in [ctx(), ctx_portable()] {
     let mut rng = StdRng::seed_from_u64(1);
-    for fmt in [TensorFormat::F16, TensorFormat::BF16] {
+    // F32: the full-precision format ESA's compression maps use (`GpuMatrix::upload_f32`).
+    for fmt in [TensorFormat::F16, TensorFormat::BF16, TensorFormat::F32] {
         for &(rows, cols, n_tok) in &[(37usize, 45usize, 1usize), (74, 203, 3), (130, 8, 4), (2, 1, 1)] {
             let w = rand_vec(&mut rng, rows * cols, 0.5);
             let (host, wq) = host_16("w", &w, rows, cols, fmt);
-            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+            let m = if fmt == TensorFormat::F32 { GpuMatrix::upload_f32(&ctx, &host).unwrap() } else { GpuMatrix::upload(&ctx, &host, true).unwrap() };
             let x = rand_vec(&mut rng, n_tok * cols, 1.0);
             let gamma = rand_vec(&mut rng, cols, 1.0);
             let xb = upload(&ctx, &x);

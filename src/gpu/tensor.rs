@@ -68,7 +68,7 @@ pub fn pack_rows_f32(t: &HostTensor<'_>, rows: usize, cols: usize) -> Result<(Te
 impl GpuMatrix {
     /// Upload keeping f32 precision on the GPU (for small matrices such as ESA's maps).
     pub fn upload_f32(ctx: &GpuContext, t: &HostTensor<'_>) -> Result<GpuMatrix> {
-        Self::upload_packed(ctx, t, false, pack_rows_f32)
+        Self::upload_packed(ctx, t, true, pack_rows_f32)
     }
 
     /// Upload a 2-D host tensor. `pair_rows` keeps shard boundaries on even rows (interleaved
