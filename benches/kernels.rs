@@ -1,4 +1,5 @@
-//! Criterion benches of the dense-path kernels at model-sized shapes. Each iteration records,
+//! Criterion benches of the dense-path kernels at model-sized shapes (matvec, decode attention,
+//! the prefill matmul per format and variant, prefill attention). Each iteration records,
 //! submits and waits, so times include one submit (~tens of microseconds on real GPUs).
 //! Throughput is reported in bytes of weights/KV read, to compare with the adapter's bandwidth.
 //!
@@ -6,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use esa_wgpu::gpu::ops::attention;
-use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo};
+use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo, MatmulVariant};
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
@@ -74,5 +75,75 @@ fn bench_attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_linear, bench_attention);
+/// The prefill matmul alone, for every weight format and each variant the adapter runs (FLOPs as
+/// throughput: criterion's "elements/s" is then FLOP/s).
+fn bench_matmul(c: &mut Criterion) {
+    let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU");
+    let (tokens, rows, cols) = if small() { (64usize, 512usize, 512usize) } else { (512, 4096, 4096) };
+    let x = ctx.upload("x", bytemuck::cast_slice(&vec![0.01f32; tokens * cols])).unwrap();
+    let y = ctx.storage("y", (tokens * rows * 4) as u64).unwrap();
+    let io = LinearIo { x: BufRef::from(&x), x_off: 0, x_stride: cols, y: BufRef::from(&y), y_stride: rows, y_row0: 0, n_tok: tokens };
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((2 * tokens * rows * cols) as u64));
+    let formats = [TensorFormat::F16, TensorFormat::BF16, TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1, TensorFormat::Q4_K, TensorFormat::Q5_K, TensorFormat::Q6_K];
+    let mut variants = vec![MatmulVariant::Tiled];
+    if linear::matmul_variant(&ctx) == MatmulVariant::Coop {
+        variants.push(MatmulVariant::Coop);
+    }
+    for fmt in formats {
+        let data = match fmt {
+            TensorFormat::F16 | TensorFormat::BF16 => bytemuck::cast_slice(&vec![0x3c00u16; rows * cols]).to_vec(),
+            q => esa_wgpu::quant::random_blocks(q, rows, cols, 1),
+        };
+        let t = HostTensor { name: "w".into(), shape: vec![rows, cols], format: fmt, data: data.into() };
+        let m = GpuMatrix::upload(&ctx, &t, true).unwrap();
+        for &v in &variants {
+            g.bench_function(format!("{fmt:?} {v:?} {tokens}x{rows}x{cols}"), |b| {
+                b.iter(|| {
+                    let mut rec = Recorder::new(&ctx);
+                    linear::matmul_with(&mut rec, &m, &io, Epilogue::Store, v).unwrap();
+                    rec.submit().unwrap();
+                    ctx.sync().unwrap();
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Attention of a prefill chunk over the cache: the tiled kernel (`attention_prefill.wgsl`)
+/// against the split-key one, at a Llama-3-8B head shape.
+fn bench_attention_prefill(c: &mut Criterion) {
+    let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU");
+    let (nh, nkv, d) = (32usize, 8usize, 128usize);
+    let (n_q, pos0) = if small() { (64usize, 64usize) } else { (512, 3584) };
+    let n = pos0 + n_q;
+    let kv_bytes = (n * nkv * d * 2) as u64;
+    let kc = ctx.upload("k", &vec![0x11u8; kv_bytes as usize]).unwrap();
+    let vc = ctx.upload("v", &vec![0x11u8; kv_bytes as usize]).unwrap();
+    let q = ctx.upload("q", bytemuck::cast_slice(&vec![0.01f32; n_q * nh * d])).unwrap();
+    let out = ctx.storage("o", (n_q * nh * d * 4) as u64).unwrap();
+    let part = ctx.storage("part", (attention::scratch_floats(n_q, nh, d) * 4) as u64).unwrap();
+    let inv = ctx.upload("inv", bytemuck::cast_slice(&vec![0.01f32; d / 2])).unwrap();
+    let flops = 4 * nh * d * (0..n_q).map(|t| pos0 + t + 1).sum::<usize>();
+    let mut g = c.benchmark_group("attention_prefill");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(flops as u64));
+    for tiled in [true, false] {
+        g.bench_function(format!("{} {n_q} queries at {pos0} heads={nh}/{nkv} d={d}", if tiled { "tiled" } else { "split" }), |b| {
+            b.iter(|| {
+                let mut rec = Recorder::new(&ctx);
+                let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
+                let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0 };
+                if tiled { attention::attend_prefill(&mut rec, &a).unwrap() } else { attention::attend_split(&mut rec, &a).unwrap() }
+                rec.submit().unwrap();
+                ctx.sync().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_linear, bench_attention, bench_matmul, bench_attention_prefill);
 criterion_main!(benches);

@@ -9,11 +9,15 @@ use std::time::Instant;
 use clap::Parser;
 use std::sync::Arc;
 
+use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo, MatmulVariant};
+use esa_wgpu::gpu::tensor::GpuMatrix;
+use esa_wgpu::gpu::{BufRef, GpuContext, Recorder};
 use esa_wgpu::model::gpu_model::GpuModel;
+use esa_wgpu::model::host::HostTensor;
 use esa_wgpu::model::host::TensorFormat;
 use esa_wgpu::model::synthetic::SyntheticModel;
 use esa_wgpu::session::Session;
-use esa_wgpu::{Engine, GpuOptions, Sampling, SessionOptions};
+use esa_wgpu::{Attention, Engine, GpuOptions, Sampling, SessionOptions};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -32,26 +36,118 @@ struct Args {
     decode_tokens: usize,
     #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
+    /// Attention policy: dense, or esa (default budget; its chunk replaces --prefill-chunk).
+    #[arg(long, default_value = "dense")]
+    attention: String,
     /// Repeat the measurement this many times and report the best.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Time the prefill matmul kernel alone instead of a model: TOKENSxROWSxCOLS (e.g.
+    /// 4096x14336x4096), for each format in --formats and each variant the adapter runs.
+    #[arg(long)]
+    matmul: Option<String>,
+    /// Formats for --matmul, comma-separated (f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k).
+    #[arg(long, default_value = "f16,q8_0,q4_0,q4_1,q4_k,q5_k,q6_k")]
+    formats: String,
+}
+
+fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
+    Ok(match f {
+        "f16" => TensorFormat::F16,
+        "bf16" => TensorFormat::BF16,
+        "q8_0" => TensorFormat::Q8_0,
+        "q4_0" => TensorFormat::Q4_0,
+        "q4_1" => TensorFormat::Q4_1,
+        "q4_k" => TensorFormat::Q4_K,
+        "q5_k" => TensorFormat::Q5_K,
+        "q6_k" => TensorFormat::Q6_K,
+        f => return Err(esa_wgpu::Error::arg("format", format!("unknown `{f}`"))),
+    })
+}
+
+/// Y = X W^T at one shape for each format and variant: ms per product and TFLOP/s (2 t r c FLOPs),
+/// the best of `repeats` batches of 10 back-to-back dispatches after a warm-up batch.
+fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize) -> esa_wgpu::Result<()> {
+    let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS")))).collect::<Result<_, _>>()?;
+    let [tokens, rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS"))) };
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let x: Vec<f32> = (0..tokens * cols).map(|_| next()).collect();
+    let xb = ctx.upload("x", bytemuck::cast_slice(&x))?;
+    let yb = ctx.storage("y", (tokens * rows * 4) as u64)?;
+    let flops = 2.0 * tokens as f64 * rows as f64 * cols as f64;
+    println!("| matmul {tokens} tokens x {rows} rows x {cols} cols | variant | ms | TFLOP/s |");
+    println!("|---|---|---|---|");
+    for f in formats.split(',') {
+        let fmt = parse_format(f.trim())?;
+        let data: Vec<u8> = match fmt {
+            TensorFormat::F16 => bytemuck::cast_slice(&(0..rows * cols).map(|_| half::f16::from_f32(next())).collect::<Vec<_>>()).to_vec(),
+            TensorFormat::BF16 => bytemuck::cast_slice(&(0..rows * cols).map(|_| half::bf16::from_f32(next())).collect::<Vec<_>>()).to_vec(),
+            q => esa_wgpu::quant::random_blocks(q, rows, cols, 7),
+        };
+        let host = HostTensor { name: format!("w {f}"), shape: vec![rows, cols], format: fmt, data: data.into() };
+        let m = GpuMatrix::upload(ctx, &host, true)?;
+        let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: tokens };
+        let mut variants = vec![MatmulVariant::Tiled];
+        if linear::matmul_variant(ctx) == MatmulVariant::Coop {
+            variants.insert(0, MatmulVariant::Coop);
+        }
+        for v in variants {
+            let batch = |n: usize| -> esa_wgpu::Result<f64> {
+                let t = Instant::now();
+                let mut rec = Recorder::new(ctx);
+                for _ in 0..n {
+                    linear::matmul_with(&mut rec, &m, &io, Epilogue::Store, v)?;
+                }
+                rec.submit()?;
+                ctx.sync()?;
+                Ok(t.elapsed().as_secs_f64() / n as f64)
+            };
+            batch(1)?;
+            let mut best = f64::MAX;
+            for _ in 0..repeats.max(1) {
+                best = best.min(batch(10)?);
+            }
+            println!("| {f} | {v:?} | {:.3} | {:.3} |", best * 1e3, flops / best / 1e12);
+        }
+    }
+    Ok(())
+}
+
+/// FLOPs of a prefill of `n` tokens: 2 per weight per token in the layers' matrices (the LM head
+/// runs on the last token only), plus attention's QK^T and PV (4 * head_dim per query head and
+/// attended key). Dense: query t attends t + 1 keys. ESA: at most the budget (initial + local +
+/// selected) plus the chunk's own keys; its selection work is not counted.
+fn prefill_flops(c: &esa_wgpu::model::config::Config, n: usize, chunk: usize, esa_budget: Option<usize>) -> f64 {
+    let (h, qd, kvd, inter) = (c.hidden_size as f64, c.q_dim() as f64, c.kv_dim() as f64, c.intermediate_size as f64);
+    let per_token = 2.0 * (h * (qd + 2.0 * kvd) + qd * h + 3.0 * h * inter) * c.num_layers as f64;
+    let lm_head = 2.0 * h * c.vocab_size as f64;
+    let keys: f64 = (0..n)
+        .map(|t| match esa_budget {
+            None => (t + 1) as f64,
+            Some(b) => (t + 1).min(b + t % chunk + 1) as f64,
+        })
+        .sum();
+    let attn = 4.0 * (c.num_heads * c.head_dim * c.num_layers) as f64 * keys;
+    per_token * n as f64 + lm_head + attn
 }
 
 fn main() -> esa_wgpu::Result<()> {
     let args = Args::parse();
     let engine = Engine::new(&GpuOptions::default())?;
     eprintln!("gpu: {}", engine.context().describe());
+    if let Some(spec) = &args.matmul {
+        return bench_matmul(engine.context(), spec, &args.formats, args.repeats);
+    }
     let t_load = Instant::now();
     let (gpu, label) = match &args.synthetic {
         Some(name) => {
-            let format = match args.format.as_str() {
-                "f16" => TensorFormat::F16,
-                "bf16" => TensorFormat::BF16,
-                "q8_0" => TensorFormat::Q8_0,
-                "q4_0" => TensorFormat::Q4_0,
-                "q4_1" => TensorFormat::Q4_1,
-                f => return Err(esa_wgpu::Error::arg("format", format!("unknown `{f}`"))),
-            };
+            let format = parse_format(&args.format)?;
             let src = SyntheticModel::new(name, format)?;
             (Arc::new(GpuModel::load(engine.context().clone(), Box::new(src))?), format!("synthetic {name} {format:?}"))
         }
@@ -66,7 +162,16 @@ fn main() -> esa_wgpu::Result<()> {
     eprintln!("loaded in {:.1}s", t_load.elapsed().as_secs_f64());
     let c = gpu.cfg.clone();
     let max_context = args.prompt_tokens + args.decode_tokens + 1;
-    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, ..Default::default() })?;
+    let attention = match args.attention.as_str() {
+        "dense" => Attention::Dense,
+        "esa" => Attention::esa(),
+        a => return Err(esa_wgpu::Error::arg("attention", format!("unknown `{a}` (dense, esa)"))),
+    };
+    let esa_budget = match &attention {
+        Attention::Esa(e) => Some(e.config.n_init + e.config.n_local + e.config.top_k),
+        Attention::Dense => None,
+    };
+    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, attention })?;
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| (i * 7919 + 11) % c.vocab_size as u32).collect();
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;
@@ -83,12 +188,21 @@ fn main() -> esa_wgpu::Result<()> {
     }
     let gb = gpu.gpu_bytes as f64 / 1e9;
     let dec_tps = args.decode_tokens as f64 / best_decode;
+    let pf_flops = prefill_flops(&c, args.prompt_tokens, session.prefill_chunk(), esa_budget);
     println!("model        {label}");
     println!("adapter      {}", engine.context().info.name);
     println!("weights      {:.3} GB on the GPU", gb);
-    println!("| phase   | tokens | seconds | tokens/s | weight GB/s |");
-    println!("|---------|--------|---------|----------|-------------|");
-    println!("| prefill | {:6} | {:7.3} | {:8.1} |           - |", args.prompt_tokens, best_prefill, args.prompt_tokens as f64 / best_prefill);
-    println!("| decode  | {:6} | {:7.3} | {:8.1} | {:11.1} |", args.decode_tokens, best_decode, dec_tps, dec_tps * gb);
+    println!("| phase   | tokens | seconds | tokens/s | weight GB/s | TFLOP/s |");
+    println!("|---------|--------|---------|----------|-------------|---------|");
+    println!(
+        "| prefill | {:6} | {:7.3} | {:8.1} |           - | {:7.2} |",
+        args.prompt_tokens,
+        best_prefill,
+        args.prompt_tokens as f64 / best_prefill,
+        pf_flops / best_prefill / 1e12
+    );
+    if args.decode_tokens > 0 {
+        println!("| decode  | {:6} | {:7.3} | {:8.1} | {:11.1} |       - |", args.decode_tokens, best_decode, dec_tps, dec_tps * gb);
+    }
     Ok(())
 }

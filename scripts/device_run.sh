@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
 # One device session: correctness on the real GPU, then throughput. Expects the binaries in
-# .devbin/ (built on the host: see docs/perf.md) and the Vulkan loader debs in .gl/.
-# Prints a table last; logs go to $OUT.
+# .devbin/ (scripts/build_devbin.sh; .xz is unpacked here) and the Vulkan loader debs in .gl/.
+# Usage: scripts/device_run.sh [BENCH_FILE]; BENCH_FILE holds one `bench` argument list per line
+# (default: scripts/device_bench.txt). Prints a table last; logs go to $OUT.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+B=/tmp/devbin; mkdir -p $B
+for f in .devbin/*; do
+    case "$f" in *.xz) xz -dc "$f" > "$B/$(basename "$f" .xz)";; *) cp "$f" "$B/";; esac
+done
+chmod +x $B/*
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-B=.devbin
-chmod +x $B/* 2>/dev/null
 echo "== correctness on this GPU"
-for t in kernels quant_kernels esa_kernels model_e2e esa_e2e; do
+for t in matmul kernels quant_kernels esa_kernels model_e2e esa_e2e; do
     [ -x "$B/$t" ] || continue
-    timeout 300 "$B/$t" --test-threads=1 > "$OUT/test_$t.log" 2>&1; echo "test $t: rc=$? $(grep -E '^test result' "$OUT/test_$t.log")"
+    timeout 300 "$B/$t" --test-threads=1 > "$OUT/test_$t.log" 2>&1
+    echo "test $t: rc=$? $(grep -E '^test result' "$OUT/test_$t.log")" | tee -a "$OUT/tests.txt"
+    grep -E "panicked|FAILED" -A2 "$OUT/test_$t.log" | head -8
 done
 echo "== throughput"
-run() { timeout 300 "$B/bench" "$@" 2>&1 | tee -a "$OUT/bench.log" | grep -E '^\| (prefill|decode)' | sed "s/^/$* /"; }
-{
-run --synthetic smollm2-135m --format q4_1 --prompt-tokens 512 --decode-tokens 256
-run --synthetic smollm2-135m --format q8_0 --prompt-tokens 512 --decode-tokens 256
-run --synthetic smollm2-135m --format f16 --prompt-tokens 512 --decode-tokens 256
-run --synthetic llama3-8b --format f16 --prompt-tokens 512 --decode-tokens 64 --repeats 2
-run --synthetic llama3-8b --format q4_1 --prompt-tokens 512 --decode-tokens 64 --repeats 2
-} > "$OUT/table.txt"
+: > "$OUT/table.txt"
+while read -r line; do
+    [ -z "$line" ] && continue
+    case "$line" in \#*) continue;; esac
+    echo "## bench $line" | tee -a "$OUT/bench.log" >> "$OUT/table.txt"
+    timeout 300 $B/bench $line 2>&1 | tee -a "$OUT/bench.log" | grep -E '^\|' >> "$OUT/table.txt"
+done < "${1:-scripts/device_bench.txt}"
+echo "== tests"; cat "$OUT/tests.txt"
 echo "== table"; cat "$OUT/table.txt"

@@ -19,3 +19,10 @@ struct Params {
     grid_x: u32,
     x_off: u32,
 }
+
+// Eight consecutive weights of one row, decoded: what the format files' `fmt_load8(row, col)`
+// returns to the tiled matmuls (one block decode per 8 values, not per value).
+struct Oct {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}

@@ -1,63 +1,72 @@
-// matmul: Y = X W^T over a chunk of tokens (prefill), any weight format, f32 accumulation.
-// Portable tiled fallback; a cooperative-matrix variant can replace it where the adapter offers one.
+// matmul: Y = X W^T over a chunk of tokens (prefill), any weight format, f32 throughout.
+// The portable variant: register-blocked FMA tiles, for adapters without cooperative matrices
+// (CPU adapters, older GPUs); matmul_coop.wgsl replaces it where tensor cores are offered.
 //
-// Composed after a weight-format file (wfmt_*.wgsl) that provides `fmt_load(row, col)`.
-// Dispatch: (ceil(rows / 64), ceil(n_tok / 64)) workgroups of 256 threads; each thread computes a
-// 4-row x 4-token block of the 64 x 64 tile; K is walked in steps of 16 through workgroup memory.
-// Layout: x [n_tok][x_stride] f32 from float x_off; y [n_tok][y_stride] f32 (rows row0 .. row0 + rows of this shard).
-// Modes as in matvec: 0 store, 1 accumulate, 2 SwiGLU over interleaved (gate, up) row pairs.
+// Composed after a weight-format file (wfmt_*.wgsl) that provides `fmt_load8(row, col)`: each
+// weight block is decoded once per tile, eight values at a time, never per element.
+// Dispatch: (ceil(rows / 64), ceil(n_tok / 64)) workgroups of 256 threads. A workgroup owns a
+// 64-row x 64-token tile of Y and walks K in steps of 32 through workgroup memory: thread li
+// stages one octet of weights (row li / 4, columns 8 (li % 4) ..) and one of activations, then
+// computes a 4-row x 4-token block (rows 4 (li % 16) .., tokens 4 (li / 16) ..) with vec4 FMAs,
+// so consecutive threads write consecutive rows of one token.
+// Layout: x [n_tok][x_stride] f32 from float x_off; y [n_tok][y_stride] f32 (rows row0 .. row0 +
+// rows of this shard). Modes as in matvec: 0 store, 1 accumulate, 2 SwiGLU over interleaved
+// (gate, up) row pairs.
 
-// struct Params: shaders/linear_params.wgsl (prepended by the op).
+// struct Params, struct Oct: shaders/linear_params.wgsl (prepended by the op).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+const BM: u32 = 64u; // weight rows per tile
+const BN: u32 = 64u; // tokens per tile
+const BK: u32 = 32u;
 
-var<workgroup> ws: array<f32, 1024>; // [BK][BM]
-var<workgroup> xs: array<f32, 1024>; // [BK][BN]
+// [k][row / 4] and [k][token / 4]: the inner loop reads one vec4 of each per k.
+var<workgroup> ws: array<vec4<f32>, 512>;
+var<workgroup> xs: array<vec4<f32>, 512>;
 
-// fmt_block_dot (unused here) reads the input through xin.
+// fmt_block_dot (the matvec path, unused here) reads the input through xin.
 fn xin(i: u32) -> f32 { return x[i]; }
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row_base = wg.x * BM;
     let tok_base = wg.y * BN;
-    let tr = li / 16u;
-    let tc = li % 16u;
-    var acc: array<array<f32, 4>, 4>; // [row][token]
+    let tr = li % 16u;
+    let tc = li / 16u;
+    // staging coordinates: one weight octet and one activation octet per thread
+    let sr = li / 4u;
+    let sk = (li % 4u) * 8u;
+    let w_row = row_base + sr;
+    let x_tok = tok_base + sr;
+    let x_base = p.x_off + x_tok * p.x_stride;
+    var acc: array<vec4<f32>, 4>; // [row i] -> 4 tokens
     for (var k0 = 0u; k0 < p.cols; k0 += BK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = li + 256u * i;
-            let k = e % BK;
-            let m = e / BK;
-            let row = row_base + m;
-            let col = k0 + k;
-            var wv = 0.0;
-            if (row < p.rows && col < p.cols) { wv = fmt_load(row, col); }
-            ws[k * BM + m] = wv;
-            let tok = tok_base + m;
-            var xv = 0.0;
-            if (tok < p.n_tok && col < p.cols) { xv = x[p.x_off + tok * p.x_stride + col]; }
-            xs[k * BN + m] = xv;
+        let col = k0 + sk;
+        var wv = Oct(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (w_row < p.rows && col < p.cols) { wv = fmt_load8(w_row, col); }
+        var xv: array<f32, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            // past `cols` the input may hold anything (even NaN): never read it
+            xv[j] = 0.0;
+            if (x_tok < p.n_tok && col + j < p.cols) { xv[j] = x[x_base + col + j]; }
+        }
+        for (var j = 0u; j < 4u; j++) {
+            ws[(sk + j) * 16u + sr / 4u][sr % 4u] = wv.lo[j];
+            ws[(sk + 4u + j) * 16u + sr / 4u][sr % 4u] = wv.hi[j];
+            xs[(sk + j) * 16u + sr / 4u][sr % 4u] = xv[j];
+            xs[(sk + 4u + j) * 16u + sr / 4u][sr % 4u] = xv[4u + j];
         }
         workgroupBarrier();
         for (var k = 0u; k < BK; k++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = ws[k * BM + tr * 4u + i];
-                b[i] = xs[k * BN + tc * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += a[i] * b[j];
-                }
-            }
+            let a = ws[k * 16u + tr];
+            let b = xs[k * 16u + tc];
+            acc[0] += a.x * b;
+            acc[1] += a.y * b;
+            acc[2] += a.z * b;
+            acc[3] += a.w * b;
         }
         workgroupBarrier();
     }

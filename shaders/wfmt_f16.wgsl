@@ -36,10 +36,12 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return s;
 }
 
-// One element, for the tiled matmul.
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Values col .. col + 7 (col a multiple of 8), for the tiled matmuls: one 16-byte load.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let q = w[row * p.w_stride + col / 8u];
-    let j = col % 8u;
-    let v = unpack2(q[j / 2u]);
-    return select(v.x, v.y, (j & 1u) == 1u);
+    let a = unpack2(q.x);
+    let b = unpack2(q.y);
+    let c = unpack2(q.z);
+    let d = unpack2(q.w);
+    return Oct(vec4<f32>(a, b), vec4<f32>(c, d));
 }

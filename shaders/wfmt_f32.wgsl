@@ -19,6 +19,11 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return s;
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
-    return w[row * p.w_stride + col / 4u][col % 4u];
+// Values col .. col + 7 (col a multiple of 8); rows are padded to 4 values only, so the second
+// half is read only while it lies inside the row.
+fn fmt_load8(row: u32, col: u32) -> Oct {
+    let b = row * p.w_stride + col / 4u;
+    var hi = vec4<f32>(0.0);
+    if (col + 4u < p.cols) { hi = w[b + 1u]; }
+    return Oct(w[b], hi);
 }

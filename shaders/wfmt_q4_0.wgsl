@@ -27,11 +27,18 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return d * (qx - 8.0 * sx);
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+}
+
+// Values col .. col + 7 (col a multiple of 8): bytes j .. j + 7 of the nibbles (j = col % 16), low
+// nibbles for the first half of the block, high for the second.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 32u) * 5u;
     let d = unpack2x16float(w[base]).x;
     let j = col % 32u;
-    let byte_i = j % 16u;
-    let q = (w[base + 1u + byte_i / 4u] >> (8u * (byte_i % 4u) + 4u * (j / 16u))) & 0xfu;
-    return d * (f32(q) - 8.0);
+    let wi = base + 1u + (j % 16u) / 4u;
+    let sh = 4u * (j / 16u);
+    return Oct(d * (nib4(w[wi] >> sh) - 8.0), d * (nib4(w[wi + 1u] >> sh) - 8.0));
 }

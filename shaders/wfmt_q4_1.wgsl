@@ -27,11 +27,17 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return dm.x * qx + dm.y * sx;
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+}
+
+// Values col .. col + 7 (col a multiple of 8), laid out as in Q4_0.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 32u) * 5u;
     let dm = unpack2x16float(w[base]);
     let j = col % 32u;
-    let byte_i = j % 16u;
-    let q = (w[base + 1u + byte_i / 4u] >> (8u * (byte_i % 4u) + 4u * (j / 16u))) & 0xfu;
-    return dm.x * f32(q) + dm.y;
+    let wi = base + 1u + (j % 16u) / 4u;
+    let sh = 4u * (j / 16u);
+    return Oct(dm.x * nib4(w[wi] >> sh) + dm.y, dm.x * nib4(w[wi + 1u] >> sh) + dm.y);
 }

@@ -48,13 +48,22 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return dm.x * sm.x * qx - dm.y * sm.y * sx;
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+}
+
+// Values col .. col + 7 (col a multiple of 8): one sub-block, so one (scale, min); two words of
+// nibbles.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 256u) * 36u;
     let j = (col % 256u) / 32u;
     let l = col % 32u;
     let dm = unpack2x16float(w[base]);
     let sm = k_scale_min(base, j);
-    let byte_i = (j / 2u) * 32u + l;
-    let q = (w[base + 4u + byte_i / 4u] >> (8u * (byte_i % 4u) + 4u * (j & 1u))) & 0xfu;
-    return dm.x * sm.x * f32(q) - dm.y * sm.y;
+    let a = dm.x * sm.x;
+    let b = dm.y * sm.y;
+    let wi = base + 4u + ((j / 2u) * 32u + l) / 4u;
+    let sh = 4u * (j & 1u);
+    return Oct(a * nib4(w[wi] >> sh) - b, a * nib4(w[wi + 1u] >> sh) - b);
 }

@@ -47,14 +47,24 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return dm.x * sm.x * qx - dm.y * sm.y * sx;
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+}
+
+// Values col .. col + 7 (col a multiple of 8): nibbles as in Q4_K plus bit j of qh bytes l .. l + 7.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 256u) * 44u;
     let j = (col % 256u) / 32u;
     let l = col % 32u;
     let dm = unpack2x16float(w[base]);
     let sm = k_scale_min(base, j);
-    let byte_i = (j / 2u) * 32u + l;
-    let lo = (w[base + 12u + byte_i / 4u] >> (8u * (byte_i % 4u) + 4u * (j & 1u))) & 0xfu;
-    let hi = (w[base + 4u + l / 4u] >> (8u * (l % 4u) + j)) & 1u;
-    return dm.x * sm.x * f32(lo | (hi << 4u)) - dm.y * sm.y;
+    let a = dm.x * sm.x;
+    let b = dm.y * sm.y;
+    let wi = base + 12u + ((j / 2u) * 32u + l) / 4u;
+    let sh = 4u * (j & 1u);
+    let hi = base + 4u + l / 4u;
+    let q0 = nib4(w[wi] >> sh) + 16.0 * vec4<f32>(unpack4xU8((w[hi] >> j) & 0x01010101u));
+    let q1 = nib4(w[wi + 1u] >> sh) + 16.0 * vec4<f32>(unpack4xU8((w[hi + 1u] >> j) & 0x01010101u));
+    return Oct(a * q0 - b, a * q1 - b);
 }

@@ -42,16 +42,19 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return d * (q6_scale(base, sc) * acc0 + q6_scale(base, sc + 1u) * acc1);
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Values col .. col + 7 (col a multiple of 8): all in one 16-value half of a quarter, so one scale.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 256u) * 53u;
     let v = col % 256u;
     let n = v / 128u;
     let k = (v % 128u) / 32u;
     let l = v % 32u;
-    let li = 64u * n + 32u * (k & 1u) + l;
-    let lo = (w[base + li / 4u] >> (8u * (li % 4u) + 4u * (k / 2u))) & 0xfu;
-    let hi_i = 32u * n + l;
-    let hi = (w[base + 32u + hi_i / 4u] >> (8u * (hi_i % 4u) + 2u * k)) & 3u;
-    let d = unpack2x16float(w[base + 52u]).x;
-    return d * q6_scale(base, 8u * n + 2u * k + l / 16u) * (f32(lo | (hi << 4u)) - 32.0);
+    let lw = base + (64u * n + 32u * (k & 1u) + l) / 4u;
+    let lsh = 4u * (k / 2u);
+    let hw = base + 32u + (32u * n + l) / 4u;
+    let hsh = 2u * k;
+    let s = unpack2x16float(w[base + 52u]).x * q6_scale(base, 8u * n + 2u * k + l / 16u);
+    let q0 = ((w[lw] >> lsh) & 0x0f0f0f0fu) | (((w[hw] >> hsh) & 0x03030303u) << 4u);
+    let q1 = ((w[lw + 1u] >> lsh) & 0x0f0f0f0fu) | (((w[hw + 1u] >> hsh) & 0x03030303u) << 4u);
+    return Oct(s * (vec4<f32>(unpack4xU8(q0)) - 32.0), s * (vec4<f32>(unpack4xU8(q1)) - 32.0));
 }

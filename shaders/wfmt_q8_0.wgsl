@@ -19,10 +19,10 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return d * acc;
 }
 
-fn fmt_load(row: u32, col: u32) -> f32 {
+// Values col .. col + 7 (col a multiple of 8): two words of the block, one scale.
+fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 32u) * 9u;
     let d = unpack2x16float(w[base]).x;
-    let j = col % 32u;
-    let q = unpack4xI8(w[base + 1u + j / 4u]);
-    return d * f32(q[j % 4u]);
+    let wi = base + 1u + (col % 32u) / 4u;
+    return Oct(d * vec4<f32>(unpack4xI8(w[wi])), d * vec4<f32>(unpack4xI8(w[wi + 1u])));
 }

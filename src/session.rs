@@ -142,6 +142,11 @@ impl Session {
         self.opts.max_context
     }
 
+    /// Tokens per forward pass of a long `feed` (ESA's chunk under ESA).
+    pub fn prefill_chunk(&self) -> usize {
+        self.opts.prefill_chunk
+    }
+
     /// Keep only the first `n` tokens of the context (the rest of the cache is overwritten later).
     pub fn truncate(&mut self, n: usize) {
         if n < self.pos {

@@ -108,38 +108,6 @@ fn matvec_all_epilogues_and_formats() {
 }
 
 #[test]
-fn matmul_tiles_and_shards() {
-    let ctx = ctx();
-    let mut rng = StdRng::seed_from_u64(2);
-    for &(rows, cols, n_tok) in &[(130usize, 45usize, 70usize), (66, 203, 5), (3, 17, 129)] {
-        let w = rand_vec(&mut rng, rows * cols, 0.5);
-        let (host, wq) = host_16("w", &w, rows, cols, TensorFormat::F16);
-        let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
-        assert!(m.shards.len() > 1 || rows * cols * 2 < 4096, "expected several shards");
-        let x = rand_vec(&mut rng, n_tok * cols, 1.0);
-        let xb = upload(&ctx, &x);
-        for epi in [Epilogue::Store, Epilogue::SwiGlu] {
-            if epi == Epilogue::SwiGlu && rows % 2 == 1 {
-                continue; // SwiGLU weights are (gate, up) row pairs
-            }
-            let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
-            let yb = poisoned(&ctx, n_tok * out_rows);
-            let mut rec = Recorder::new(&ctx);
-            let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
-            linear::matmul(&mut rec, &m, &io, epi).unwrap();
-            rec.submit().unwrap();
-            let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
-            let y = r::matmul(&wq, rows, cols, &x);
-            let want: Vec<f32> = match epi {
-                Epilogue::SwiGlu => (0..n_tok).flat_map(|t| (0..rows / 2).map(move |i| (t, i))).map(|(t, i)| r::silu(y[t * rows + 2 * i]) * y[t * rows + 2 * i + 1]).collect(),
-                _ => y,
-            };
-            assert_close(&format!("matmul {rows}x{cols} n{n_tok} {epi:?}"), &got, &want, 1e-3, 1e-3);
-        }
-    }
-}
-
-#[test]
 fn rmsnorm_matches() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(3);
@@ -161,7 +129,8 @@ fn rmsnorm_matches() {
 fn rope_kv_and_attention_prefill_then_decode() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(4);
-  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14)] {
+  // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128
+  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128)] {
     let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
     let max_ctx = 300;
     let qkv_rows = (nh + 2 * nkv) * d;
@@ -176,11 +145,26 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let qkvb = upload(&ctx, &qkv);
         let qb = poisoned(&ctx, n * nh * d);
         let part = poisoned(&ctx, attention::scratch_floats(n, nh, d));
-        let out = poisoned(&ctx, n * nh * d);
+        // Both kernels on the same chunk: the split-key one (decode) and, where it takes the head
+        // size, the tiled prefill one (also for chunks of 1-3 queries, which it must handle).
+        let out_split = poisoned(&ctx, n * nh * d);
+        let out_tiled = poisoned(&ctx, n * nh * d);
+        let out_coop = poisoned(&ctx, n * nh * d);
+        let coop = attention::prefill_coop_supports(&ctx, d);
         let mut rec = Recorder::new(&ctx);
         let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
         rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
-        attention::attend(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &BufRef::from(&part), out: &BufRef::from(&out), n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+        let pr = BufRef::from(&part);
+        let a = |out| attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 };
+        let (os, ot) = (BufRef::from(&out_split), BufRef::from(&out_tiled));
+        attention::attend_split(&mut rec, &a(&os)).unwrap();
+        if attention::prefill_supports(d) {
+            attention::attend_prefill(&mut rec, &a(&ot)).unwrap();
+        }
+        let oc = BufRef::from(&out_coop);
+        if coop {
+            attention::attend_prefill_coop(&mut rec, &a(&oc)).unwrap();
+        }
         rec.submit().unwrap();
         // Reference.
         let mut q = Vec::new();
@@ -199,11 +183,37 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let mut k = all_k.clone();
         r::rope(&mut k, &k_pos, &inv);
         let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
-        let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
-        assert_close(&format!("attention d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        let got = ctx.read_f32(&out_split, 0, n * nh * d).unwrap();
+        assert_close(&format!("split attention d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        if attention::prefill_supports(d) {
+            let got = ctx.read_f32(&out_tiled, 0, n * nh * d).unwrap();
+            assert_close(&format!("tiled prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        }
+        if coop {
+            // f16 queries, keys and probabilities (the tensor-core inputs): a looser tolerance
+            let got = ctx.read_f32(&out_coop, 0, n * nh * d).unwrap();
+            assert_close(&format!("cooperative-matrix prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 5e-3, 5e-3);
+        }
         pos0 += n;
     }
   }
+}
+
+/// The cooperative-matrix prefill attention parses, validates and translates to SPIR-V for every
+/// head size it takes, so CI (no adapter with cooperative matrices) catches errors in code only a
+/// tensor-core GPU runs; the numeric check is in `rope_kv_and_attention_prefill_then_decode`.
+#[test]
+fn coop_attention_validates() {
+    for d in [32usize, 64, 96, 128] {
+        let src = attention::prefill_coop_source(d);
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("d={d}: {}", e.emit_to_string(&src)));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("d={d}: {e:?}"));
+        let opts = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
+        let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+        naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).unwrap_or_else(|e| panic!("d={d}: SPIR-V: {e:?}"));
+    }
 }
 
 /// Reference for the GPU sampler's definition (nucleus by probability threshold, inverse CDF in

@@ -1,6 +1,6 @@
-//! Quantized weights on the GPU: the matvec (decode) and matmul (prefill) kernels for every ggml
-//! block format against `quant::dequantize` + the plain-Rust matvec/matmul, on random valid blocks
-//! (`quant::random_blocks`) with odd row counts, several row shards, every epilogue, and outputs
+//! Quantized weights on the GPU: the matvec (decode) kernels for every ggml block format against
+//! `quant::dequantize` + the plain-Rust matvec (the prefill matmul of every format and variant:
+//! tests/matmul.rs), on random valid blocks (`quant::random_blocks`) with odd row counts, several row shards, every epilogue, and outputs
 //! poisoned with NaN so an element a kernel forgot to write fails.
 //!
 //! Tolerance 1e-3 absolute + 1e-3 relative: the GPU dequantizes exactly (f16 scales, small
@@ -106,25 +106,3 @@ fn quant_matvec_every_format_and_epilogue() {
     }
 }
 
-#[test]
-fn quant_matmul_every_format() {
-    let ctx = ctx();
-    let mut rng = StdRng::seed_from_u64(12);
-    for (fi, fmt) in FORMATS.into_iter().enumerate() {
-        for &(rows, blocks, n_tok) in &[(67usize, 9usize, 70usize), (130, 16, 5)] {
-            let cols = cols_for(fmt, blocks);
-            let (host, wq) = weights(fmt, rows, cols, (fi * 1000 + rows) as u64);
-            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
-            assert!(m.shards.len() > 1, "{fmt:?}: expected several shards");
-            let x = rand_vec(&mut rng, n_tok * cols, 1.0);
-            let xb = upload(&ctx, &x);
-            let yb = poisoned(&ctx, n_tok * rows);
-            let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok };
-            let mut rec = Recorder::new(&ctx);
-            linear::matmul(&mut rec, &m, &io, Epilogue::Store).unwrap();
-            rec.submit().unwrap();
-            let got = ctx.read_f32(&yb, 0, n_tok * rows).unwrap();
-            assert_close(&format!("matmul {fmt:?} {rows}x{cols} n{n_tok}"), &got, &r::matmul(&wq, rows, cols, &x));
-        }
-    }
-}

@@ -12,8 +12,10 @@ use crate::{Error, Result};
 pub struct GpuOptions {
     pub backend: Option<String>,
     pub adapter: Option<String>,
-    /// Ask for cooperative-matrix (tensor core) support where the adapter offers it.
-    pub allow_experimental: bool,
+    /// Do not use cooperative matrices (tensor cores) even where the adapter offers them: the
+    /// portable FMA matmul runs instead (also `ESA_WGPU_NO_COOP=1`). By default they are requested
+    /// whenever offered.
+    pub no_coop_matrix: bool,
     /// Pretend the adapter's storage binding limit is at most this (tests the row-shard path on
     /// small models; also `ESA_WGPU_MAX_BINDING`).
     pub max_binding: Option<u64>,
@@ -31,6 +33,9 @@ pub struct Caps {
     pub subgroup_max: u32,
     pub timestamps: bool,
     pub coop_matrix: bool,
+    /// Cooperative matrices of the one configuration the kernels use: 16x16x16, f16 inputs, f32
+    /// accumulators (from the adapter's list of supported configurations).
+    pub coop_f16_16: bool,
     /// Largest storage binding (bytes). Tensors larger than this are split into row shards.
     pub max_binding: u64,
     pub max_buffer: u64,
@@ -136,7 +141,18 @@ impl GpuContext {
             }
         }
         let mut experimental = wgpu::ExperimentalFeatures::disabled();
-        if opts.allow_experimental && have.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        let no_coop = opts.no_coop_matrix || std::env::var("ESA_WGPU_NO_COOP").is_ok_and(|v| v == "1");
+        let coop_f16_16 = !no_coop
+            && have.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && have.contains(wgpu::Features::SHADER_F16)
+            && adapter.cooperative_matrix_properties().iter().any(|c| {
+                c.m_size == 16
+                    && c.n_size == 16
+                    && c.k_size == 16
+                    && c.ab_type == wgpu::CooperativeScalarType::F16
+                    && c.cr_type == wgpu::CooperativeScalarType::F32
+            });
+        if coop_f16_16 {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
             // SAFETY: only the cooperative-matrix kernels use the experimental feature, and they are
             // chosen only when the adapter reports it.
@@ -165,6 +181,7 @@ impl GpuContext {
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            coop_f16_16: coop_f16_16 && features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             max_binding: {
                 let cap = std::env::var("ESA_WGPU_MAX_BINDING").ok().and_then(|v| v.parse::<u64>().ok()).or(opts.max_binding);
                 let hw = limits.max_storage_buffer_binding_size as u64;
@@ -191,9 +208,9 @@ impl GpuContext {
     pub fn describe(&self) -> String {
         let c = &self.caps;
         format!(
-            "{} ({:?}, {:?}, driver {}) f16={} subgroups={}({}..{}) timestamps={} coop_matrix={} max_binding={} MiB",
+            "{} ({:?}, {:?}, driver {}) f16={} subgroups={}({}..{}) timestamps={} coop_matrix={} (16x16x16 f16->f32: {}) max_binding={} MiB",
             self.info.name, self.info.backend, self.info.device_type, self.info.driver, c.shader_f16, c.subgroups,
-            c.subgroup_min, c.subgroup_max, c.timestamps, c.coop_matrix, c.max_binding >> 20
+            c.subgroup_min, c.subgroup_max, c.timestamps, c.coop_matrix, c.coop_f16_16, c.max_binding >> 20
         )
     }
 
@@ -208,10 +225,19 @@ impl GpuContext {
             return Ok(k.clone());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        // Bounds checks stay on (a bad index must never read outside a buffer), but every loop in
+        // these kernels has a bound it provably reaches, so the loop counters wgpu would add to
+        // guard against infinite loops are left out: they cost a compare and an increment per
+        // iteration of every inner loop.
+        let checks = wgpu::ShaderRuntimeChecks { bounds_checks: true, force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+        // SAFETY: the source is one of this crate's WGSL kernels (validated by naga as usual); the
+        // only check dropped is loop bounding, and each kernel's loops terminate (see above).
+        let module = unsafe {
+            self.device.create_shader_module_trusted(
+                wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) },
+                checks,
+            )
+        };
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
             layout: None,

@@ -54,7 +54,93 @@ pub struct Attend<'a> {
     pub pos0: usize,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PrefillParams {
+    n_q: u32,
+    n_heads: u32,
+    n_kv: u32,
+    pos0: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+/// Chunks of at least this many queries use the tiled prefill kernel; fewer (decode) split the keys.
+pub const PREFILL_MIN_QUERIES: usize = 8;
+
+/// Whether `attention_prefill.wgsl` handles this head size (vec4 rows, at most 128 wide).
+pub fn prefill_supports(head_dim: usize) -> bool {
+    head_dim % 4 == 0 && head_dim <= 128
+}
+
+/// Whether the cooperative-matrix prefill kernel runs here: the adapter runs the cooperative-matrix
+/// matmul (16x16x16 f16 -> f32, subgroups of 32) and head_dim is a multiple of 32, at most 128.
+pub fn prefill_coop_supports(ctx: &crate::gpu::GpuContext, head_dim: usize) -> bool {
+    super::linear::matmul_variant(ctx) == super::linear::MatmulVariant::Coop && head_dim % 32 == 0 && head_dim <= 128
+}
+
+/// WGSL of `attention_prefill_coop.wgsl` for one head size (substituted as a constant, since it
+/// sizes the workgroup arrays). Public so tests can validate it where no adapter runs it.
+pub fn prefill_coop_source(head_dim: usize) -> String {
+    super::src::ATTENTION_PREFILL_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
+}
+
+/// Causal attention of a chunk: for prefill chunks the tiled flash-attention kernel (on
+/// cooperative matrices where offered), for decode steps (and head sizes the tiled kernels do not
+/// take) the split-key kernel + merge.
 pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    if a.n_q >= PREFILL_MIN_QUERIES && prefill_coop_supports(rec.ctx(), a.head_dim) && a.n_heads % a.n_kv == 0 {
+        attend_prefill_coop(rec, a)
+    } else if a.n_q >= PREFILL_MIN_QUERIES && prefill_supports(a.head_dim) {
+        attend_prefill(rec, a)
+    } else {
+        attend_split(rec, a)
+    }
+}
+
+/// `attention_prefill_coop.wgsl`: one workgroup per 64 (token, head) rows of a KV group.
+pub fn attend_prefill_coop(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    let ctx = rec.ctx();
+    if !prefill_coop_supports(ctx, a.head_dim) || a.n_heads % a.n_kv != 0 {
+        return Err(crate::Error::arg("head_dim", format!("cooperative-matrix prefill attention needs such an adapter, head_dim % 32 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
+    }
+    let name = format!("attention_prefill_coop_d{}", a.head_dim);
+    let k = ctx.kernel(&name, &prefill_coop_source(a.head_dim), "main", &[])?;
+    let rows = a.n_q * (a.n_heads / a.n_kv);
+    let p = PrefillParams {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        pos0: a.pos0 as u32,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        _pad: [0; 3],
+    };
+    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [rows.div_ceil(64) as u32, a.n_kv as u32, 1]);
+    Ok(())
+}
+
+/// `attention_prefill.wgsl`: one workgroup per 32 (token, head) rows of a KV group; no partials.
+pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    let ctx = rec.ctx();
+    if !prefill_supports(a.head_dim) || a.n_heads % a.n_kv != 0 {
+        return Err(crate::Error::arg("head_dim", format!("prefill attention needs head_dim % 4 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
+    }
+    let k = ctx.kernel("attention_prefill", super::src::ATTENTION_PREFILL, "main", &[("D", a.head_dim as f64)])?;
+    let rows = a.n_q * (a.n_heads / a.n_kv);
+    let p = PrefillParams {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        pos0: a.pos0 as u32,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        _pad: [0; 3],
+    };
+    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [rows.div_ceil(32) as u32, a.n_kv as u32, 1]);
+    Ok(())
+}
+
+/// `attention.wgsl` + `attention_merge.wgsl`: keys split over workgroups (flash-decoding).
+pub fn attend_split(rec: &mut Recorder, a: &Attend) -> Result<()> {
     let ctx = rec.ctx();
     let k = ctx.kernel("attention", super::src::ATTENTION, "main", &[])?;
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;

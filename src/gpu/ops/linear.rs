@@ -68,14 +68,33 @@ pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
         .then_some(c.subgroup_min)
 }
 
-/// Token counts up to this run through matvec; larger chunks through the tiled matmul. CPU
-/// adapters run barrier-heavy tiles slowly, so they keep the subgroup matvec for every chunk.
-pub fn max_matvec_tokens(ctx: &GpuContext) -> usize {
-    if ctx.info.device_type == wgpu::DeviceType::Cpu && fixed_subgroup(ctx).is_some() { usize::MAX } else { MATVEC_MAX_TOKENS }
+/// Token counts up to this run through matvec; larger chunks through the tiled matmul, which reads
+/// each weight block once per 64 tokens (on lavapipe a 64-token chunk of a 1536 x 576 layer takes
+/// 27 ms in the matmul against ~350 ms in 64 matvecs).
+pub fn max_matvec_tokens(_ctx: &GpuContext) -> usize {
+    MATVEC_MAX_TOKENS
 }
 
-fn kernel(ctx: &GpuContext, driver: &str, driver_src: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
-    let (fname, fsrc, unit, mut consts) = format_shader(fmt)?;
+/// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`, `matmul_coop`) composed with
+/// a weight format: directives, the shared params, the format file, the driver. Public so tests can
+/// validate the variants an adapter at hand cannot run.
+pub fn kernel_source(driver: &str, fmt: TensorFormat) -> Result<String> {
+    let driver_src = match driver {
+        "matvec" => src::MATVEC,
+        "matvec_sg" => src::MATVEC_SG,
+        "matmul" => src::MATMUL,
+        "matmul_coop" => src::MATMUL_COOP,
+        "matmul_coop128" => return Ok(kernel_source("matmul_coop", fmt)?.replacen("const BT: u32 = 64u;", "const BT: u32 = 128u;", 1)),
+        other => return Err(crate::Error::arg("driver", format!("unknown linear driver `{other}`"))),
+    };
+    let (_, fsrc, _, _) = format_shader(fmt)?;
+    // WGSL directives (`enable ...;`) must precede every declaration.
+    let (directives, body): (Vec<&str>, Vec<&str>) = driver_src.lines().partition(|l| l.trim_start().starts_with("enable "));
+    Ok(format!("{}\n{}\n{fsrc}\n{}", directives.join("\n"), src::LINEAR_PARAMS, body.join("\n")))
+}
+
+fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
+    let (fname, _, unit, mut consts) = format_shader(fmt)?;
     if driver == "matvec_sg" {
         consts.push(("SG", fixed_subgroup(ctx).unwrap_or(32) as f64));
     }
@@ -85,14 +104,12 @@ fn kernel(ctx: &GpuContext, driver: &str, driver_src: &str, fmt: TensorFormat) -
         consts.push(("LANES", (256 / rows) as f64));
     }
     let name = format!("{driver}+{fname}");
-    // WGSL directives (`enable ...;`) must precede every declaration.
-    let (directives, body): (Vec<&str>, Vec<&str>) = driver_src.lines().partition(|l| l.trim_start().starts_with("enable "));
-    let source = format!("{}\n{}\n{fsrc}\n{}", directives.join("\n"), src::LINEAR_PARAMS, body.join("\n"));
+    let source = kernel_source(driver, fmt)?;
     Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
 }
 
 /// Layout of the activations: `n_tok` rows of `x_stride` floats in `x`; outputs at
-/// `y[t * y_stride + y_row0 + r]` (SwiGLU: `y_row0 + r/2`).
+/// `y[t * y_stride + y_row0 + r]` (SwiGLU: `(y_row0 + r) / 2`, y_row0 counting weight rows).
 #[derive(Clone)]
 pub struct LinearIo {
     pub x: BufRef,
@@ -110,8 +127,8 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
     let ctx = rec.ctx();
     let sg = fixed_subgroup(ctx);
     let (k, unit) = match sg {
-        Some(_) => kernel(ctx, "matvec_sg", src::MATVEC_SG, w.format)?,
-        None => kernel(ctx, "matvec", src::MATVEC, w.format)?,
+        Some(_) => kernel(ctx, "matvec_sg", w.format)?,
+        None => kernel(ctx, "matvec", w.format)?,
     };
     let gamma = match norm {
         Some((g, _)) => BufRef::from(g),
@@ -143,10 +160,54 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
     Ok(())
 }
 
+/// How a chunk of tokens is multiplied: on cooperative matrices (tensor cores) or with the portable
+/// FMA tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulVariant {
+    /// `matmul_coop.wgsl`: 64-token x 128-row tiles of 16x16x16 f16 products, f32 accumulation.
+    Coop,
+    /// `matmul.wgsl`: 64 x 64 tiles of f32 FMAs, every adapter.
+    Tiled,
+}
+
+/// Tiles of 128 x 128 (rather than 128 rows x 64 tokens) once a product has this many of them.
+const COOP_TILES_FOR_128: usize = 256;
+
+/// The matmul variant the adapter runs best: cooperative matrices where the adapter offers 16x16x16
+/// f16 -> f32 products and subgroups of exactly 32 (the tile layout has 8 subgroups of 32).
+pub fn matmul_variant(ctx: &GpuContext) -> MatmulVariant {
+    if ctx.caps.coop_f16_16 && ctx.caps.shader_f16 && fixed_subgroup(ctx) == Some(32) {
+        MatmulVariant::Coop
+    } else {
+        MatmulVariant::Tiled
+    }
+}
+
 /// Y = X W^T for a chunk of tokens (tiled). Input must already be normalised.
+/// F32 weights (ESA's compression maps, small) keep full precision on the FMA tiles.
 pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -> Result<()> {
+    let v = if w.format == TensorFormat::F32 { MatmulVariant::Tiled } else { matmul_variant(rec.ctx()) };
+    matmul_with(rec, w, io, epi, v)
+}
+
+/// `matmul` with the variant forced (tests and benches compare them; `Coop` needs an adapter for
+/// which `matmul_variant` chose it).
+pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, variant: MatmulVariant) -> Result<()> {
     let ctx = rec.ctx();
-    let (k, unit) = kernel(ctx, "matmul", src::MATMUL, w.format)?;
+    let ((k, unit), (tile_rows, tile_tok)) = match variant {
+        MatmulVariant::Coop => {
+            // 128-token tiles feed each staged weight to twice the products, but need 48 KiB of
+            // workgroup memory and halve the number of workgroups: take them when there are
+            // still enough tiles to fill a large GPU.
+            let tiles_128 = w.rows.div_ceil(128) * io.n_tok.div_ceil(128);
+            if tiles_128 >= COOP_TILES_FOR_128 && ctx.caps.max_workgroup_storage >= 49152 {
+                (kernel(ctx, "matmul_coop128", w.format)?, (128u32, 128u32))
+            } else {
+                (kernel(ctx, "matmul_coop", w.format)?, (128, 64))
+            }
+        }
+        MatmulVariant::Tiled => (kernel(ctx, "matmul", w.format)?, (64, 64)),
+    };
     for s in &w.shards {
         let p = Params {
             rows: s.rows as u32,
@@ -162,7 +223,10 @@ pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -
             grid_x: 0,
             x_off: io.x_off as u32,
         };
-        let g = [(s.rows as u32).div_ceil(64), (io.n_tok as u32).div_ceil(64), 1];
+        let g = [(s.rows as u32).div_ceil(tile_rows), (io.n_tok as u32).div_ceil(tile_tok), 1];
+        if g[0] > ctx.caps.max_workgroups_per_dim || g[1] > ctx.caps.max_workgroups_per_dim {
+            return Err(crate::Error::arg("n_tok", format!("matmul grid {g:?} exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
+        }
         rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone()], g);
     }
     Ok(())

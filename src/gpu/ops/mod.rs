@@ -19,11 +19,14 @@ pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+    pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
     pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
     pub const RMSNORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
     pub const ROPE_KV: &str = include_str!("../../../shaders/rope_kv.wgsl");
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+    pub const ATTENTION_PREFILL: &str = include_str!("../../../shaders/attention_prefill.wgsl");
+    pub const ATTENTION_PREFILL_COOP: &str = include_str!("../../../shaders/attention_prefill_coop.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
