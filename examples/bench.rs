@@ -34,7 +34,8 @@ struct Args {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
-    #[arg(long, default_value_t = 512)]
+    /// Prompt tokens per forward pass (default: the session's, 2048).
+    #[arg(long, default_value_t = esa_wgpu::session::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
     /// Attention policy: dense, or esa (default budget; its chunk replaces --prefill-chunk).
     #[arg(long, default_value = "dense")]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device session: correctness on the real GPU, then throughput. Expects the binaries in
 # .devbin/ (scripts/build_devbin.sh; .xz is unpacked here) and the Vulkan loader debs in .gl/.
-# Usage: scripts/device_run.sh [BENCH_FILE]; BENCH_FILE holds one `bench` argument list per line
+# Usage: scripts/device_run.sh [BENCH_FILE]; BENCH_FILE holds one `bench` argument list per line,
+# optionally led by VAR=VALUE environment words
 # (default: scripts/device_bench.txt). Prints a table last; logs go to $OUT.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -27,8 +28,13 @@ echo "== throughput"
 while read -r line; do
     [ -z "$line" ] && continue
     case "$line" in \#*) continue;; esac
+    # leading VAR=VALUE words become the bench's environment (e.g. ESA_WGPU_NO_COOP=1)
+    envs=(); args=()
+    for w in $line; do
+        if [ ${#args[@]} -eq 0 ] && [[ "$w" == *=* ]]; then envs+=("$w"); else args+=("$w"); fi
+    done
     echo "## bench $line" | tee -a "$OUT/bench.log" >> "$OUT/table.txt"
-    timeout 300 $B/bench $line 2>&1 | tee -a "$OUT/bench.log" | grep -E '^\|' >> "$OUT/table.txt"
+    timeout 300 env "${envs[@]}" $B/bench "${args[@]}" 2>&1 | tee -a "$OUT/bench.log" | grep -E '^\|' >> "$OUT/table.txt"
 done < "${1:-scripts/device_bench.txt}"
 echo "== tests"; cat "$OUT/tests.txt"
 echo "== table"; cat "$OUT/table.txt"

@@ -209,14 +209,20 @@ fn attention_gathered_and_dense() {
     let mut rng = StdRng::seed_from_u64(15);
     let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) };
     // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
-    let shapes = [SHAPE, r::HeadShape { num_heads: 10, num_kv_heads: 1, head_dim: 16 }, r::HeadShape { num_heads: 3, num_kv_heads: 3, head_dim: 64 }];
+    // head_dim 128 with a chunk of 70: several key tiles per split.
+    let shapes = [
+        SHAPE,
+        r::HeadShape { num_heads: 10, num_kv_heads: 1, head_dim: 16 },
+        r::HeadShape { num_heads: 3, num_kv_heads: 3, head_dim: 64 },
+        r::HeadShape { num_heads: 8, num_kv_heads: 2, head_dim: 128 },
+    ];
     for shape in shapes {
         let inv = inv_freq(shape.head_dim);
         let invb = upload_f32(&ctx, &inv);
         let q_stride = shape.q_dim() + 2 * shape.kv_dim();
         let cache = random_cache(&ctx, &mut rng, 400, shape);
         // Sparse: n_prev past the dense limit, a random selection of the middle, count below max_sel.
-        for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5)] {
+        for &(n_prev, n_q) in &[(300usize, 1usize), (250, 16), (41, 5), (180, 70)] {
             let layout = r::select_tokens(n_prev, n_q, &cfg);
             assert!(!layout.is_dense());
             let mut sel: Vec<u32> = layout.middle.clone().map(|m| m as u32).filter(|_| rng.random::<f32>() < 0.3).collect();
