@@ -23,6 +23,9 @@ use esa_wgpu::quant::{dequantize, random_blocks};
 use esa_wgpu::reference::ops as r;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod common;
+use common::gpu::{rand_vec, upload};
+
 const FORMATS: [TensorFormat; 9] = [
     TensorFormat::F16,
     TensorFormat::BF16,
@@ -44,14 +47,6 @@ fn ctx() -> Arc<GpuContext> {
         c
     })
     .clone()
-}
-
-fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
-}
-
-fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
-    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
 }
 
 fn f16_round(v: &[f32]) -> Vec<f32> {

@@ -14,7 +14,10 @@ use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
 use esa_wgpu::quant::{dequantize, random_blocks};
 use esa_wgpu::reference::ops as r;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::gpu::{poisoned, rand_vec, upload};
 
 const FORMATS: [TensorFormat; 6] =
     [TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1, TensorFormat::Q4_K, TensorFormat::Q5_K, TensorFormat::Q6_K];
@@ -28,18 +31,6 @@ fn ctx() -> Arc<GpuContext> {
         c
     })
     .clone()
-}
-
-fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
-}
-
-fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
-    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
-}
-
-fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
-    upload(ctx, &vec![f32::NAN; n])
 }
 
 /// Random `rows x cols` weights in `fmt`, as a host tensor and dequantized for the reference.

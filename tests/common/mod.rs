@@ -3,6 +3,8 @@
 //! real models. Sizes are deliberately odd: nothing is a multiple of a workgroup.
 #![allow(dead_code)]
 
+pub mod gpu;
+
 use std::collections::HashMap;
 use std::path::Path;
 

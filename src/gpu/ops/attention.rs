@@ -106,16 +106,7 @@ pub fn attend_prefill_coop(rec: &mut Recorder, a: &Attend) -> Result<()> {
     }
     let name = format!("attention_prefill_coop_d{}", a.head_dim);
     let k = ctx.kernel(&name, &prefill_coop_source(a.head_dim), "main", &[])?;
-    let rows = a.n_q * (a.n_heads / a.n_kv);
-    let p = PrefillParams {
-        n_q: a.n_q as u32,
-        n_heads: a.n_heads as u32,
-        n_kv: a.n_kv as u32,
-        pos0: a.pos0 as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
-        _pad: [0; 3],
-    };
-    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [rows.div_ceil(64) as u32, a.n_kv as u32, 1]);
+    dispatch_prefill(rec, &k, a, 64);
     Ok(())
 }
 
@@ -126,6 +117,12 @@ pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
         return Err(crate::Error::arg("head_dim", format!("prefill attention needs head_dim % 4 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
     }
     let k = ctx.kernel("attention_prefill", super::src::ATTENTION_PREFILL, "main", &[("D", a.head_dim as f64)])?;
+    dispatch_prefill(rec, &k, a, 32);
+    Ok(())
+}
+
+/// The two prefill kernels share parameters and bindings; they differ in rows per workgroup.
+fn dispatch_prefill(rec: &mut Recorder, k: &std::sync::Arc<crate::gpu::Kernel>, a: &Attend, rows_per_group: usize) {
     let rows = a.n_q * (a.n_heads / a.n_kv);
     let p = PrefillParams {
         n_q: a.n_q as u32,
@@ -135,8 +132,8 @@ pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
         scale: 1.0 / (a.head_dim as f32).sqrt(),
         _pad: [0; 3],
     };
-    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [rows.div_ceil(32) as u32, a.n_kv as u32, 1]);
-    Ok(())
+    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()];
+    rec.dispatch(k, &p, &bufs, [rows.div_ceil(rows_per_group) as u32, a.n_kv as u32, 1]);
 }
 
 /// `attention.wgsl` + `attention_merge.wgsl`: keys split over workgroups (flash-decoding).
