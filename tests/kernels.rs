@@ -281,3 +281,52 @@ fn sampling_greedy_and_top_p() {
     }
     assert!(checked > 100);
 }
+
+/// The cooperative-matrix prefill attention run through the plain-WGSL emulation
+/// (`GpuOptions::emulate_coop`), so its tiling, masking and two-pass softmax are checked on every
+/// adapter (CI's lavapipe included); small shapes, since the emulation is slow. Tolerance 5e-3:
+/// f16 queries, keys and probabilities, as on tensor cores.
+#[test]
+fn coop_attention_emulated() {
+    let ctx = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
+    let mut rng = StdRng::seed_from_u64(9);
+    for (nh, nkv, d) in [(2usize, 1usize, 32usize), (1, 1, 32)] {
+        let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+        let max_ctx = 128;
+        let qkv_rows = (nh + 2 * nkv) * d;
+        let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
+        let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
+        let invb = upload(&ctx, &inv);
+        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+        let mut pos0 = 0;
+        // 40 queries: 2 row tiles for 2 heads per group, 2 key tiles; then 9 more after them.
+        for n in [40usize, 9] {
+            let qkv = rand_vec(&mut rng, n * qkv_rows, 1.0);
+            let qb = poisoned(&ctx, n * nh * d);
+            let out = poisoned(&ctx, n * nh * d);
+            let mut rec = Recorder::new(&ctx);
+            let (qr, kr, vr, or) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&out));
+            rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&upload(&ctx, &qkv)), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+            let part = BufRef::from(&poisoned(&ctx, 4));
+            attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+            rec.submit().unwrap();
+            let f16r = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+            let mut q = Vec::new();
+            for t in 0..n {
+                let row = &qkv[t * qkv_rows..(t + 1) * qkv_rows];
+                q.extend_from_slice(&row[..nh * d]);
+                all_k.extend(f16r(&row[nh * d..(nh + nkv) * d]));
+                all_v.extend(f16r(&row[(nh + nkv) * d..]));
+            }
+            let q_pos: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+            r::rope(&mut q, &q_pos, &inv);
+            let k_pos: Vec<u32> = (0..pos0 + n).map(|p| p as u32).collect();
+            let mut k = all_k.clone();
+            r::rope(&mut k, &k_pos, &inv);
+            let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
+            let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
+            assert_close(&format!("emulated cooperative-matrix prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 5e-3, 5e-3);
+            pos0 += n;
+        }
+    }
+}

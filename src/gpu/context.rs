@@ -16,6 +16,10 @@ pub struct GpuOptions {
     /// portable FMA matmul runs instead (also `ESA_WGPU_NO_COOP=1`). By default they are requested
     /// whenever offered.
     pub no_coop_matrix: bool,
+    /// Run the cooperative-matrix kernels through a plain-WGSL emulation (`coop_emulation`), on
+    /// any adapter with f16: slow, for checking those kernels where no tensor cores exist (tests;
+    /// also `ESA_WGPU_EMULATE_COOP=1`).
+    pub emulate_coop: bool,
     /// Pretend the adapter's storage binding limit is at most this (tests the row-shard path on
     /// small models; also `ESA_WGPU_MAX_BINDING`).
     pub max_binding: Option<u64>,
@@ -36,6 +40,8 @@ pub struct Caps {
     /// Cooperative matrices of the one configuration the kernels use: 16x16x16, f16 inputs, f32
     /// accumulators (from the adapter's list of supported configurations).
     pub coop_f16_16: bool,
+    /// The cooperative-matrix kernels run emulated (`GpuOptions::emulate_coop`).
+    pub coop_emulated: bool,
     /// Largest storage binding (bytes). Tensors larger than this are split into row shards.
     pub max_binding: u64,
     pub max_buffer: u64,
@@ -182,6 +188,8 @@ impl GpuContext {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             coop_f16_16: coop_f16_16 && features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            coop_emulated: (opts.emulate_coop || std::env::var("ESA_WGPU_EMULATE_COOP").is_ok_and(|v| v == "1"))
+                && features.contains(wgpu::Features::SHADER_F16),
             max_binding: {
                 let cap = std::env::var("ESA_WGPU_MAX_BINDING").ok().and_then(|v| v.parse::<u64>().ok()).or(opts.max_binding);
                 let hw = limits.max_storage_buffer_binding_size as u64;
@@ -224,6 +232,13 @@ impl GpuContext {
         if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
+        let emulated;
+        let source = if self.caps.coop_emulated && source.contains("enable wgpu_cooperative_matrix;") {
+            emulated = super::coop_emulation::emulate(source)?;
+            emulated.as_str()
+        } else {
+            source
+        };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         // Bounds checks stay on (a bad index must never read outside a buffer), but every loop in
         // these kernels has a bound it provably reaches, so the loop counters wgpu would add to

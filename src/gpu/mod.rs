@@ -4,6 +4,7 @@ pub mod context;
 pub mod recorder;
 pub mod tensor;
 pub mod ops;
+pub mod coop_emulation;
 
 pub use context::{Caps, GpuContext, GpuOptions, Kernel};
 pub use recorder::{grid, BufRef, Recorder};

@@ -176,7 +176,7 @@ const COOP_TILES_FOR_128: usize = 256;
 /// The matmul variant the adapter runs best: cooperative matrices where the adapter offers 16x16x16
 /// f16 -> f32 products and subgroups of exactly 32 (the tile layout has 8 subgroups of 32).
 pub fn matmul_variant(ctx: &GpuContext) -> MatmulVariant {
-    if ctx.caps.coop_f16_16 && ctx.caps.shader_f16 && fixed_subgroup(ctx) == Some(32) {
+    if (ctx.caps.coop_f16_16 && ctx.caps.shader_f16 && fixed_subgroup(ctx) == Some(32)) || ctx.caps.coop_emulated {
         MatmulVariant::Coop
     } else {
         MatmulVariant::Tiled
