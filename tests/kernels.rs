@@ -123,6 +123,36 @@ fn rmsnorm_matches() {
     assert_close("rmsnorm", &got, &want, 1e-5, 1e-4);
 }
 
+/// The host side of a KV cache filled chunk by chunk: keys and values as the GPU stores them
+/// (f16-rounded, un-rotated), for reference attention.
+#[derive(Default)]
+struct History {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl History {
+    /// Append a chunk of `n` fused QKV rows at `pos0` (heads `(n_heads, n_kv, head_dim)`) and
+    /// return its rotated queries and the reference causal attention output.
+    fn chunk(&mut self, qkv: &[f32], n: usize, (nh, nkv, d): (usize, usize, usize), pos0: usize, inv: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let rows = (nh + 2 * nkv) * d;
+        let f16r = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+        let mut q = Vec::new();
+        for row in qkv.chunks(rows).take(n) {
+            q.extend_from_slice(&row[..nh * d]);
+            self.k.extend(f16r(&row[nh * d..(nh + nkv) * d]));
+            self.v.extend(f16r(&row[(nh + nkv) * d..]));
+        }
+        let q_pos: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        r::rope(&mut q, &q_pos, inv);
+        let k_pos: Vec<u32> = (0..pos0 + n).map(|p| p as u32).collect();
+        let mut k = self.k.clone();
+        r::rope(&mut k, &k_pos, inv);
+        let want = r::attention(&q, &k, &self.v, nh, nkv, d, &q_pos, &k_pos);
+        (q, want)
+    }
+}
+
 /// rope_kv then attention, for a prefill chunk and decode steps after it, against rotating
 /// (f16-rounded) keys in plain Rust and reference attention.
 #[test]
@@ -137,8 +167,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
     let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
     let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
     let invb = upload(&ctx, &inv);
-    let mut all_k = Vec::new();
-    let mut all_v = Vec::new();
+    let mut hist = History::default();
     let mut pos0 = 0;
     for n in [150usize, 3, 1, 1, 70] {
         let qkv = rand_vec(&mut rng, n * qkv_rows, 1.0);
@@ -166,23 +195,9 @@ fn rope_kv_and_attention_prefill_then_decode() {
             attention::attend_prefill_coop(&mut rec, &a(&oc)).unwrap();
         }
         rec.submit().unwrap();
-        // Reference.
-        let mut q = Vec::new();
-        for t in 0..n {
-            let row = &qkv[t * qkv_rows..(t + 1) * qkv_rows];
-            q.extend_from_slice(&row[..nh * d]);
-            let f16r = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<_>>();
-            all_k.extend(f16r(&row[nh * d..(nh + nkv) * d]));
-            all_v.extend(f16r(&row[(nh + nkv) * d..]));
-        }
-        let q_pos: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
-        r::rope(&mut q, &q_pos, &inv);
+        let (q, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
         let got_q = ctx.read_f32(&qb, 0, n * nh * d).unwrap();
         assert_close("rotated q", &got_q, &q, 1e-4, 1e-4);
-        let k_pos: Vec<u32> = (0..pos0 + n).map(|p| p as u32).collect();
-        let mut k = all_k.clone();
-        r::rope(&mut k, &k_pos, &inv);
-        let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
         let got = ctx.read_f32(&out_split, 0, n * nh * d).unwrap();
         assert_close(&format!("split attention d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
         if attention::prefill_supports(d) {
@@ -297,7 +312,7 @@ fn coop_attention_emulated() {
         let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
         let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
         let invb = upload(&ctx, &inv);
-        let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
+        let mut hist = History::default();
         let mut pos0 = 0;
         // 40 queries: 2 row tiles for 2 heads per group, 2 key tiles; then 9 more after them.
         for n in [40usize, 9] {
@@ -310,20 +325,7 @@ fn coop_attention_emulated() {
             let part = BufRef::from(&poisoned(&ctx, 4));
             attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
             rec.submit().unwrap();
-            let f16r = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<_>>();
-            let mut q = Vec::new();
-            for t in 0..n {
-                let row = &qkv[t * qkv_rows..(t + 1) * qkv_rows];
-                q.extend_from_slice(&row[..nh * d]);
-                all_k.extend(f16r(&row[nh * d..(nh + nkv) * d]));
-                all_v.extend(f16r(&row[(nh + nkv) * d..]));
-            }
-            let q_pos: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
-            r::rope(&mut q, &q_pos, &inv);
-            let k_pos: Vec<u32> = (0..pos0 + n).map(|p| p as u32).collect();
-            let mut k = all_k.clone();
-            r::rope(&mut k, &k_pos, &inv);
-            let want = r::attention(&q, &k, &all_v, nh, nkv, d, &q_pos, &k_pos);
+            let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
             let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
             assert_close(&format!("emulated cooperative-matrix prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 5e-3, 5e-3);
             pos0 += n;

@@ -25,6 +25,7 @@ pub mod src {
     pub const RMSNORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
     pub const ROPE_KV: &str = include_str!("../../../shaders/rope_kv.wgsl");
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+    pub const ATTENTION_PREFILL_PARAMS: &str = include_str!("../../../shaders/attention_prefill_params.wgsl");
     pub const ATTENTION_PREFILL: &str = include_str!("../../../shaders/attention_prefill.wgsl");
     pub const ATTENTION_PREFILL_COOP: &str = include_str!("../../../shaders/attention_prefill_coop.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
