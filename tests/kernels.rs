@@ -299,11 +299,17 @@ fn sampling_greedy_and_top_p() {
 
 /// The cooperative-matrix prefill attention run through the plain-WGSL emulation
 /// (`GpuOptions::emulate_coop`), so its tiling, masking and two-pass softmax are checked on every
-/// adapter (CI's lavapipe included); small shapes, since the emulation is slow. Tolerance 5e-3:
+/// software adapter (CI's lavapipe); small shapes, since the emulation is slow. Tolerance 5e-3:
 /// f16 queries, keys and probabilities, as on tensor cores.
 #[test]
 fn coop_attention_emulated() {
     let ctx = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
+    // The emulation is for software adapters: on a GPU every lane's 256-float fragments spill and
+    // the test runs for minutes (seen on the H200), and the real kernel is tested there instead.
+    if ctx.info.device_type != wgpu::DeviceType::Cpu {
+        eprintln!("skipped: the emulation runs on CPU adapters; this adapter tests the real kernel");
+        return;
+    }
     let mut rng = StdRng::seed_from_u64(9);
     for (nh, nkv, d) in [(2usize, 1usize, 32usize), (1, 1, 32)] {
         let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();

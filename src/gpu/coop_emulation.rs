@@ -12,7 +12,9 @@
 //!   invocation of the emulated subgroup;
 //! - `subgroup_id` / `subgroup_invocation_id` become `li / 32` / `li % 32` (the kernels assume
 //!   subgroups of 32), and `subgroupShuffleXor(x, 16u)` an exchange through workgroup memory.
-//! Slow (every invocation does every product), meant for small test shapes only. The emulated
+//! Slow (every invocation does every product), meant for small test shapes on software adapters
+//! only (on a GPU the per-lane fragments spill: a test that takes 20 s on lavapipe ran for
+//! minutes on the H200). The emulated
 //! kernel must still fit the adapter's workgroup memory (plus 1 KiB for the shuffle exchange):
 //! on lavapipe (32 KiB) the prefill attention at head_dim 32 fits (~25 KiB) and is tested this way
 //! (`tests/kernels.rs`); the matmul's 128 x 64 double-buffered tiles (~39 KiB) do not, and neither
