@@ -140,3 +140,23 @@ fn mismatched_maps_file_is_refused() {
     let err = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(opts), ..Default::default() }).err().unwrap().to_string();
     assert!(err.contains("layers.0.f_q") && err.contains("[16, 5]"), "{err}");
 }
+
+/// Every chunk size works (issue 13): the partials scratch is sized at session creation for the
+/// worst chunk, so a shorter last chunk and the decode steps after a prefill in odd-sized chunks
+/// never find it too small. Chunks of 1, 7, 100 and 250 over a 203-token prompt, then decode steps.
+#[test]
+fn esa_any_chunk_size_prefill_then_decode() {
+    let spec = TinySpec::llama_gqa_f16();
+    let dir = tiny_model_dir(&spec);
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let c = model.config().clone();
+    for chunk in [1usize, 7, 100, 250] {
+        let cfg = EsaConfig { chunk, ..small_budget(c.kv_dim()) };
+        let mut session = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+        let mut tok = session.step(&prompt(203, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("chunk {chunk}: prefill: {e}"));
+        for i in 0..5 {
+            tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("chunk {chunk}: decode step {i}: {e}"));
+        }
+        assert_eq!(session.position(), 208, "chunk {chunk}");
+    }
+}

@@ -57,9 +57,14 @@ fn max_split(n_q: usize, n_heads: usize, n_kv: usize) -> usize {
     (TARGET_GROUPS / rows_per_split(n_q, n_heads, n_kv).max(1)).max(1)
 }
 
-/// Floats of scratch the partial results need for a chunk of `n_q` queries.
+/// Floats of scratch the partial results need for any chunk of at most `n_q` queries.
 pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) -> usize {
-    n_q * n_heads * max_split(n_q, n_heads, n_kv) * (head_dim + 2)
+    // Partials of a chunk of m queries: m * n_heads * max_split(m) rows, and max_split grows as m
+    // shrinks (m * max_split(m) <= TARGET_GROUPS / workgroups-per-query). Size for the worst chunk
+    // of at most n_q queries, so a buffer sized for the prefill chunk also serves the shorter last
+    // chunk and the decode steps after it.
+    let per_query = rows_per_split(1, n_heads, n_kv).max(1);
+    n_q.max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
 }
 
 /// The selected middle tokens on the GPU.
