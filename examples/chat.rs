@@ -1,7 +1,7 @@
 //! Interactive streaming chat (or one `--prompt` for scripts).
 //!
 //!   cargo run --release --example chat                     # default model (SmolLM2-135M-Instruct)
-//!   cargo run --release --example chat -- --model DIR_OR_GGUF --temperature 0.7
+//!   cargo run --release --example chat -- --model DIR_OR_GGUF --temperature 0.2
 //!   cargo run --release --example chat -- --prompt "Why is the sky blue?"
 
 use std::io::{BufRead, Write};
@@ -16,16 +16,18 @@ struct Args {
     /// GGUF file or Hugging Face model folder. Default: SmolLM2-135M-Instruct (Q4_1), fetched on first run.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Most tokens per reply.
-    #[arg(long, default_value_t = 512)]
+    /// Most tokens per reply (a chat answer; replies also stop at the template's end of turn).
+    #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.7)]
+    /// 0 = greedy. The default (with --top-p 0.9) is what SmolLM2's model card uses.
+    #[arg(long, default_value_t = 0.2)]
     temperature: f32,
     #[arg(long, default_value_t = 0.9)]
     top_p: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Sampling seed; by default a new one each run (as llama.cpp does), so a sampled answer is
+    /// not pinned to one draw. Give one to reproduce a reply.
+    #[arg(long)]
+    seed: Option<u64>,
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
@@ -113,7 +115,10 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
         _ => args.max_context,
     };
     let mut chat = model.chat(SessionOptions { max_context, attention, ..Default::default() })?;
-    let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
+    });
+    let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed };
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(Message::system(s.clone()));

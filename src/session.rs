@@ -49,9 +49,12 @@ impl Sampling {
     }
 }
 
+/// Temperature 0.2 and top-p 0.9, the settings SmolLM2's model card uses: small models wander at
+/// higher temperatures (SmolLM2-135M asked for the capital of France: at 0.7 the default seed
+/// answers in looping French; at 0.2, 9 of 10 seeds name Paris, lavapipe, 2026-11-30).
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.7, top_p: 0.9, seed: 42 }
+        Sampling { temperature: 0.2, top_p: 0.9, seed: 42 }
     }
 }
 
