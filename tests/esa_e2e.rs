@@ -143,20 +143,30 @@ fn mismatched_maps_file_is_refused() {
 
 /// Every chunk size works (issue 13): the partials scratch is sized at session creation for the
 /// worst chunk, so a shorter last chunk and the decode steps after a prefill in odd-sized chunks
-/// never find it too small. Chunks of 1, 7, 100 and 250 over a 203-token prompt, then decode steps.
+/// never find it too small. Chunks of 1, 7, 100 and 250 over a 203-token prompt, then decode steps,
+/// each with budgets on both sides of every boundary.
 #[test]
 fn esa_any_chunk_size_prefill_then_decode() {
     let spec = TinySpec::llama_gqa_f16();
     let dir = tiny_model_dir(&spec);
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
     let c = model.config().clone();
-    for chunk in [1usize, 7, 100, 250] {
-        let cfg = EsaConfig { chunk, ..small_budget(c.kv_dim()) };
+    // Budgets around the boundaries too: no initial tokens and a one-token window; top_k larger
+    // than the whole middle; a window wider than the prompt (ESA stays dense throughout).
+    let budgets = [
+        small_budget(c.kv_dim()),
+        EsaConfig { n_init: 0, n_local: 1, top_k: 1, ..small_budget(c.kv_dim()) },
+        EsaConfig { top_k: 500, ..small_budget(c.kv_dim()) },
+        EsaConfig { n_local: 300, ..small_budget(c.kv_dim()) },
+    ];
+    for (chunk, budget) in [1usize, 7, 100, 250].into_iter().flat_map(|c| budgets.iter().map(move |b| (c, b))) {
+        let cfg = EsaConfig { chunk, ..budget.clone() };
         let mut session = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
-        let mut tok = session.step(&prompt(203, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("chunk {chunk}: prefill: {e}"));
+        let what = format!("chunk {chunk}, n_init {}, n_local {}, top_k {}", cfg.n_init, cfg.n_local, cfg.top_k);
+        let mut tok = session.step(&prompt(203, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
         for i in 0..5 {
-            tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("chunk {chunk}: decode step {i}: {e}"));
+            tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode step {i}: {e}"));
         }
-        assert_eq!(session.position(), 208, "chunk {chunk}");
+        assert_eq!(session.position(), 208, "{what}");
     }
 }
