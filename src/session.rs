@@ -255,7 +255,7 @@ impl Session {
         let qkv_rows = qd + 2 * kvd;
         let emb = m.embed(tokens)?;
         m.ctx.write(&self.s.x, 0, bytemuck::cast_slice(&emb));
-        let small = n <= linear::max_matvec_tokens(&m.ctx);
+        let small = n <= linear::MATVEC_MAX_TOKENS;
         let (x, xn, qkv, q, attn, mlp) = (
             BufRef::from(&self.s.x),
             BufRef::from(&self.s.xn),

@@ -9,7 +9,10 @@ use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
 use esa_wgpu::reference::ops as r;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::gpu::{poisoned, rand_vec, upload, validate_wgsl};
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
@@ -26,18 +29,6 @@ fn ctx() -> Arc<GpuContext> {
 fn ctx_portable() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
     CTX.get_or_init(|| GpuContext::new(&GpuOptions { max_binding: Some(4096), no_subgroups: true, ..Default::default() }).expect("GPU context")).clone()
-}
-
-fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
-}
-
-fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
-    ctx.upload("out", bytemuck::cast_slice(&vec![f32::NAN; n])).unwrap()
-}
-
-fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
-    ctx.upload("in", bytemuck::cast_slice(v)).unwrap()
 }
 
 /// Quantise to the 16-bit format and back (f32: as is), so the reference sees exactly the GPU's weights.
@@ -220,14 +211,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
 #[test]
 fn coop_attention_validates() {
     for d in [32usize, 64, 96, 128] {
-        let src = attention::prefill_coop_source(d);
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("d={d}: {}", e.emit_to_string(&src)));
-        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("d={d}: {e:?}"));
-        let opts = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
-        let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-        naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).unwrap_or_else(|e| panic!("d={d}: SPIR-V: {e:?}"));
+        validate_wgsl(&format!("attention_prefill_coop d={d}"), &attention::prefill_coop_source(d));
     }
 }
 

@@ -24,7 +24,7 @@ use esa_wgpu::reference::ops as r;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 mod common;
-use common::gpu::{rand_vec, upload};
+use common::gpu::{rand_vec, upload, validate_wgsl};
 
 const FORMATS: [TensorFormat; 9] = [
     TensorFormat::F16,
@@ -165,16 +165,7 @@ fn matmul_every_format_epilogue_and_variant() {
 fn coop_kernels_validate() {
     for fmt in FORMATS {
         for driver in ["matmul_coop", "matmul_coop128", "matmul"] {
-            let src = linear::kernel_source(driver, fmt).unwrap();
-            let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{driver}+{fmt:?}: {}", e.emit_to_string(&src)));
-            let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-                .validate(&module)
-                .unwrap_or_else(|e| panic!("{driver}+{fmt:?}: {e:?}"));
-            let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &Default::default())
-                .unwrap_or_else(|e| panic!("{driver}+{fmt:?}: overrides: {e:?}"));
-            let opts = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
-            let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-            naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).unwrap_or_else(|e| panic!("{driver}+{fmt:?}: SPIR-V: {e:?}"));
+            validate_wgsl(&format!("{driver}+{fmt:?}"), &linear::kernel_source(driver, fmt).unwrap());
         }
     }
 }

@@ -187,7 +187,7 @@ impl GpuContext {
             subgroup_max: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop_matrix: features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
-            coop_f16_16: coop_f16_16 && features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            coop_f16_16,
             coop_emulated: (opts.emulate_coop || std::env::var("ESA_WGPU_EMULATE_COOP").is_ok_and(|v| v == "1"))
                 && features.contains(wgpu::Features::SHADER_F16),
             max_binding: {

@@ -51,6 +51,28 @@ fn emu_shfl16(x: f32) -> f32 {
 }
 "#;
 
+/// The `NAME[INDEX], STRIDE)` tail of a cooperative load or store (after its `&`).
+struct PointerArgs {
+    name: String,
+    index: String,
+    stride: String,
+}
+
+/// Parse `args` (starting right after the `&`); returns the parts and the bytes used, through the
+/// closing parenthesis.
+fn pointer_args(args: &str, what: &str) -> Result<(PointerArgs, usize)> {
+    let bad = |m: &str| Error::Gpu(format!("coop emulation: {what} {m}"));
+    let bracket = args.find('[').ok_or_else(|| bad("pointer not NAME[...]"))?;
+    let close = args.find("],").ok_or_else(|| bad("pointer not NAME[INDEX], STRIDE"))?;
+    let end = args.find(')').ok_or_else(|| bad("unterminated"))?;
+    let parts = PointerArgs {
+        name: args[..bracket].trim().to_string(),
+        index: args[bracket + 1..close].to_string(),
+        stride: args[close + 2..end].trim().to_string(),
+    };
+    Ok((parts, end + 1))
+}
+
 /// Rewrite a cooperative-matrix kernel into plain WGSL (see the module docs). Sources without
 /// `enable wgpu_cooperative_matrix;` come back unchanged.
 pub fn emulate(src: &str) -> Result<String> {
@@ -65,18 +87,11 @@ pub fn emulate(src: &str) -> Result<String> {
         while let Some(at) = s.find(pat) {
             let rest = &s[at + pat.len()..];
             let open = rest.find("(&").ok_or_else(|| Error::Gpu("coop emulation: load without (&".into()))?;
-            let args = &rest[open + 2..];
-            let bracket = args.find('[').ok_or_else(|| Error::Gpu("coop emulation: load pointer not NAME[...]".into()))?;
-            let name = args[..bracket].trim().to_string();
-            let close = args.find("],").ok_or_else(|| Error::Gpu("coop emulation: load pointer not NAME[INDEX], STRIDE".into()))?;
-            let index = args[bracket + 1..close].to_string();
-            let end = args.find(')').ok_or_else(|| Error::Gpu("coop emulation: unterminated load".into()))?;
-            let stride = args[close + 2..end].trim().to_string();
-            let call = format!("emu_load_{name}({index}, {stride}, {row_major})");
-            let consumed = pat.len() + open + 2 + end + 1;
-            s.replace_range(at..at + consumed, &call);
-            if !loads.contains(&name) {
-                loads.push(name);
+            let (ptr, used) = pointer_args(&rest[open + 2..], "load")?;
+            let call = format!("emu_load_{}({}, {}, {row_major})", ptr.name, ptr.index, ptr.stride);
+            s.replace_range(at..at + pat.len() + open + 2 + used, &call);
+            if !loads.contains(&ptr.name) {
+                loads.push(ptr.name);
             }
         }
     }
@@ -87,17 +102,11 @@ pub fn emulate(src: &str) -> Result<String> {
         let rest = &s[at + "coopStoreT(".len()..];
         let comma = rest.find(", &").ok_or_else(|| Error::Gpu("coop emulation: store without , &".into()))?;
         let frag = rest[..comma].to_string();
-        let args = &rest[comma + 3..];
-        let bracket = args.find('[').ok_or_else(|| Error::Gpu("coop emulation: store pointer not NAME[...]".into()))?;
-        let name = args[..bracket].trim().to_string();
-        let close = args.find("],").ok_or_else(|| Error::Gpu("coop emulation: store pointer not NAME[INDEX], STRIDE".into()))?;
-        let index = args[bracket + 1..close].to_string();
-        let end = args.find(')').ok_or_else(|| Error::Gpu("coop emulation: unterminated store".into()))?;
-        let stride = args[close + 2..end].trim().to_string();
-        let call = format!("emu_store_{name}({frag}, {index}, {stride})");
-        s.replace_range(at..at + "coopStoreT(".len() + comma + 3 + end + 1, &call);
-        if !stores.contains(&name) {
-            stores.push(name);
+        let (ptr, used) = pointer_args(&rest[comma + 3..], "store")?;
+        let call = format!("emu_store_{}({frag}, {}, {})", ptr.name, ptr.index, ptr.stride);
+        s.replace_range(at..at + "coopStoreT(".len() + comma + 3 + used, &call);
+        if !stores.contains(&ptr.name) {
+            stores.push(ptr.name);
         }
     }
     if s.contains("coopStore(") || s.contains("coop_mat") || s.contains("coopLoad") {

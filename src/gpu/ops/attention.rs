@@ -82,21 +82,15 @@ pub fn prefill_coop_supports(ctx: &crate::gpu::GpuContext, head_dim: usize) -> b
 /// WGSL of `attention_prefill_coop.wgsl` for one head size (substituted as a constant, since it
 /// sizes the workgroup arrays). Public so tests can validate it where no adapter runs it.
 pub fn prefill_coop_source(head_dim: usize) -> String {
-    with_prefill_params(&super::src::ATTENTION_PREFILL_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1))
-}
-
-/// A prefill attention kernel's source with the shared parameters and bindings
-/// (`attention_prefill_params.wgsl`) after its `enable` directives, which must come first.
-fn with_prefill_params(kernel: &str) -> String {
-    let (directives, body): (Vec<&str>, Vec<&str>) = kernel.lines().partition(|l| l.trim_start().starts_with("enable "));
-    format!("{}\n{}\n{}", directives.join("\n"), super::src::ATTENTION_PREFILL_PARAMS, body.join("\n"))
+    let kernel = super::src::ATTENTION_PREFILL_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1);
+    super::with_prelude(&kernel, super::src::ATTENTION_PREFILL_PARAMS)
 }
 
 /// Causal attention of a chunk: for prefill chunks the tiled flash-attention kernel (on
 /// cooperative matrices where offered), for decode steps (and head sizes the tiled kernels do not
 /// take) the split-key kernel + merge.
 pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
-    if a.n_q >= PREFILL_MIN_QUERIES && prefill_coop_supports(rec.ctx(), a.head_dim) && a.n_heads % a.n_kv == 0 {
+    if a.n_q >= PREFILL_MIN_QUERIES && prefill_coop_supports(rec.ctx(), a.head_dim) {
         attend_prefill_coop(rec, a)
     } else if a.n_q >= PREFILL_MIN_QUERIES && prefill_supports(a.head_dim) {
         attend_prefill(rec, a)
@@ -123,7 +117,7 @@ pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
     if !prefill_supports(a.head_dim) || a.n_heads % a.n_kv != 0 {
         return Err(crate::Error::arg("head_dim", format!("prefill attention needs head_dim % 4 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
     }
-    let k = ctx.kernel("attention_prefill", &with_prefill_params(super::src::ATTENTION_PREFILL), "main", &[("D", a.head_dim as f64)])?;
+    let k = ctx.kernel("attention_prefill", &super::with_prelude(super::src::ATTENTION_PREFILL, super::src::ATTENTION_PREFILL_PARAMS), "main", &[("D", a.head_dim as f64)])?;
     dispatch_prefill(rec, &k, a, 32);
     Ok(())
 }

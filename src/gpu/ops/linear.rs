@@ -38,7 +38,9 @@ struct Params {
     x_off: u32,
 }
 
-/// Largest token count the matvec kernel takes; above it use `matmul`.
+/// Largest token count the matvec kernel takes; larger chunks go through the tiled matmul, which
+/// reads each weight block once per 64 tokens, on every adapter (on lavapipe a 64-token chunk of a
+/// 1536 x 576 layer takes 27 ms in the matmul against ~350 ms in 64 matvecs).
 pub const MATVEC_MAX_TOKENS: usize = 4;
 
 /// (format file name, source, bytes per `w_stride` unit, override constants)
@@ -68,13 +70,6 @@ pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
         .then_some(c.subgroup_min)
 }
 
-/// Token counts up to this run through matvec; larger chunks through the tiled matmul, which reads
-/// each weight block once per 64 tokens (on lavapipe a 64-token chunk of a 1536 x 576 layer takes
-/// 27 ms in the matmul against ~350 ms in 64 matvecs).
-pub fn max_matvec_tokens(_ctx: &GpuContext) -> usize {
-    MATVEC_MAX_TOKENS
-}
-
 /// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`, `matmul_coop`) composed with
 /// a weight format: directives, the shared params, the format file, the driver. Public so tests can
 /// validate the variants an adapter at hand cannot run.
@@ -88,9 +83,7 @@ pub fn kernel_source(driver: &str, fmt: TensorFormat) -> Result<String> {
         other => return Err(crate::Error::arg("driver", format!("unknown linear driver `{other}`"))),
     };
     let (_, fsrc, _, _) = format_shader(fmt)?;
-    // WGSL directives (`enable ...;`) must precede every declaration.
-    let (directives, body): (Vec<&str>, Vec<&str>) = driver_src.lines().partition(|l| l.trim_start().starts_with("enable "));
-    Ok(format!("{}\n{}\n{fsrc}\n{}", directives.join("\n"), src::LINEAR_PARAMS, body.join("\n")))
+    Ok(super::with_prelude(driver_src, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
 }
 
 fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
@@ -235,7 +228,7 @@ pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 /// Picks matvec or matmul by token count. With `norm`, the matmul path expects the caller to have
 /// normalised x already (see `norm::rmsnorm`), so pass `norm` only when n_tok <= MATVEC_MAX_TOKENS.
 pub fn linear(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -> Result<()> {
-    if io.n_tok <= max_matvec_tokens(rec.ctx()) {
+    if io.n_tok <= MATVEC_MAX_TOKENS {
         matvec(rec, w, io, epi, None)
     } else {
         matmul(rec, w, io, epi)

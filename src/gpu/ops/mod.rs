@@ -13,6 +13,13 @@ pub mod esa_attention;
 pub mod esa_pack;
 mod esa_common;
 
+/// A kernel source with shared declarations (`prelude`) inserted after its `enable` directives,
+/// which WGSL requires before every declaration.
+pub(crate) fn with_prelude(kernel: &str, prelude: &str) -> String {
+    let (directives, body): (Vec<&str>, Vec<&str>) = kernel.lines().partition(|l| l.trim_start().starts_with("enable "));
+    format!("{}\n{prelude}\n{}", directives.join("\n"), body.join("\n"))
+}
+
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
     pub const LINEAR_PARAMS: &str = include_str!("../../../shaders/linear_params.wgsl");
