@@ -32,7 +32,7 @@ fn bench_linear(c: &mut Criterion) {
             if small() && n_tok > 1 && rows * cols > 1_000_000 {
                 continue;
             }
-            let io = LinearIo { x: BufRef::from(&x), x_off: 0, x_stride: cols, y: BufRef::from(&y), y_stride: rows, y_row0: 0, n_tok };
+            let io = LinearIo { x: BufRef::from(&x), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&y), y_stride: rows, y_row0: 0, n_tok };
             g.throughput(Throughput::Bytes(m.bytes() as u64));
             g.bench_function(format!("f16 {rows}x{cols} tokens={n_tok}"), |b| {
                 b.iter(|| {
@@ -82,7 +82,7 @@ fn bench_matmul(c: &mut Criterion) {
     let (tokens, rows, cols) = if small() { (64usize, 512usize, 512usize) } else { (512, 4096, 4096) };
     let x = ctx.upload("x", bytemuck::cast_slice(&vec![0.01f32; tokens * cols])).unwrap();
     let y = ctx.storage("y", (tokens * rows * 4) as u64).unwrap();
-    let io = LinearIo { x: BufRef::from(&x), x_off: 0, x_stride: cols, y: BufRef::from(&y), y_stride: rows, y_row0: 0, n_tok: tokens };
+    let io = LinearIo { x: BufRef::from(&x), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&y), y_stride: rows, y_row0: 0, n_tok: tokens };
     let mut g = c.benchmark_group("matmul");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * tokens * rows * cols) as u64));

@@ -9,7 +9,8 @@ use std::time::Instant;
 use clap::Parser;
 use std::sync::Arc;
 
-use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo, MatmulVariant};
+use esa_wgpu::gpu::ops::linear::{self, CoopTile, Epilogue, LinearIo, MatmulVariant};
+use esa_wgpu::gpu::ops::pack_f16;
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, Recorder};
 use esa_wgpu::model::gpu_model::GpuModel;
@@ -49,6 +50,11 @@ struct Args {
     /// Formats for --matmul, comma-separated (f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k).
     #[arg(long, default_value = "f16,q8_0,q4_0,q4_1,q4_k,q5_k,q6_k")]
     formats: String,
+    /// With --matmul on an adapter with cooperative matrices: also time these tile shapes,
+    /// comma-separated WMxWNxFMxFNxBK (subgroups along tokens and rows, 16x16 fragments per
+    /// subgroup along tokens and rows, k per step), e.g. 2x4x4x2x32,2x2x4x4x32.
+    #[arg(long)]
+    coop_tiles: Option<String>,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -67,7 +73,7 @@ fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
 
 /// Y = X W^T at one shape for each format and variant: ms per product and TFLOP/s (2 t r c FLOPs),
 /// the best of `repeats` batches of 10 back-to-back dispatches after a warm-up batch.
-fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize) -> esa_wgpu::Result<()> {
+fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
     let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS")))).collect::<Result<_, _>>()?;
     let [tokens, rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS"))) };
     let mut rng = 0x2545F4914F6CDD1Du64;
@@ -80,7 +86,9 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize
     let x: Vec<f32> = (0..tokens * cols).map(|_| next()).collect();
     let xb = ctx.upload("x", bytemuck::cast_slice(&x))?;
     let yb = ctx.storage("y", (tokens * rows * 4) as u64)?;
+    let x16b = ctx.storage("x f16", pack_f16::packed_bytes(tokens, cols))?;
     let flops = 2.0 * tokens as f64 * rows as f64 * cols as f64;
+    println!("adapter workgroup memory: {} bytes", ctx.caps.max_workgroup_storage);
     println!("| matmul {tokens} tokens x {rows} rows x {cols} cols | variant | ms | TFLOP/s |");
     println!("|---|---|---|---|");
     for f in formats.split(',') {
@@ -92,28 +100,49 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize
         };
         let host = HostTensor { name: format!("w {f}"), shape: vec![rows, cols], format: fmt, data: data.into() };
         let m = GpuMatrix::upload(ctx, &host, true)?;
-        let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: tokens };
-        let mut variants = vec![MatmulVariant::Tiled];
+        let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: tokens };
+        // The session's cooperative-matrix matmuls read f16 inputs (pack_f16, not timed here).
+        let io16 = {
+            let mut rec = Recorder::new(ctx);
+            let r = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&x16b))?;
+            rec.submit()?;
+            r
+        };
+        // (label, variant, tile, f16 input): tile None = the op's own choice
+        let mut variants: Vec<(String, MatmulVariant, Option<CoopTile>, bool)> = vec![("Tiled".into(), MatmulVariant::Tiled, None, false)];
         if linear::matmul_variant(ctx) == MatmulVariant::Coop {
-            variants.insert(0, MatmulVariant::Coop);
+            let chosen = linear::coop_tile(ctx, rows, tokens);
+            variants.insert(0, (format!("Coop {chosen} f16 in"), MatmulVariant::Coop, None, true));
+            variants.insert(1, (format!("Coop {chosen} f32 in"), MatmulVariant::Coop, None, false));
+            for t in coop_tiles.into_iter().flat_map(|s| s.split(',')) {
+                let tile = CoopTile::parse(t)?;
+                variants.push((format!("Coop {tile} f16 in"), MatmulVariant::Coop, Some(tile), true));
+            }
         }
-        for v in variants {
+        for (label, v, tile, x16) in variants {
+            let io = if x16 { &io16 } else { &io };
             let batch = |n: usize| -> esa_wgpu::Result<f64> {
                 let t = Instant::now();
                 let mut rec = Recorder::new(ctx);
                 for _ in 0..n {
-                    linear::matmul_with(&mut rec, &m, &io, Epilogue::Store, v)?;
+                    match tile {
+                        Some(tile) => linear::matmul_coop_tile(&mut rec, &m, io, Epilogue::Store, tile)?,
+                        None => linear::matmul_with(&mut rec, &m, io, Epilogue::Store, v)?,
+                    }
                 }
                 rec.submit()?;
                 ctx.sync()?;
                 Ok(t.elapsed().as_secs_f64() / n as f64)
             };
-            batch(1)?;
+            if let Err(e) = batch(1) {
+                println!("| {f} | {label} | error: {e} | |");
+                continue;
+            }
             let mut best = f64::MAX;
             for _ in 0..repeats.max(1) {
                 best = best.min(batch(10)?);
             }
-            println!("| {f} | {v:?} | {:.3} | {:.3} |", best * 1e3, flops / best / 1e12);
+            println!("| {f} | {label} | {:.3} | {:.3} |", best * 1e3, flops / best / 1e12);
         }
     }
     Ok(())
@@ -142,7 +171,7 @@ fn main() -> esa_wgpu::Result<()> {
     let engine = Engine::new(&GpuOptions::default())?;
     eprintln!("gpu: {}", engine.context().describe());
     if let Some(spec) = &args.matmul {
-        return bench_matmul(engine.context(), spec, &args.formats, args.repeats);
+        return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.repeats);
     }
     let t_load = Instant::now();
     let (gpu, label) = match &args.synthetic {

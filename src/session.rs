@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::gpu::ops::{attention, linear, norm, rope_kv, sampling};
 use crate::gpu::ops::linear::{Epilogue, LinearIo};
+use crate::gpu::ops::pack_f16;
 use crate::attention::esa::EsaState;
 use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
@@ -70,6 +71,9 @@ struct Scratch {
     token: wgpu::Buffer,
     /// Host-mappable copy of `token`: the one read-back of a decode step, allocated once.
     token_staging: wgpu::Buffer,
+    /// f16 copy of a prefill matmul's input (`pack_f16`), when the matmul runs on cooperative
+    /// matrices.
+    x_f16: Option<wgpu::Buffer>,
 }
 
 pub struct Session {
@@ -130,6 +134,13 @@ impl Session {
             logits: f("logits", logit_rows * c.vocab_size)?,
             token: f("token", 4)?,
             token_staging: ctx.staging("token read-back", 4),
+            // The cooperative-matrix matmul reads its inputs as f16 (pack_f16), widest first.
+            x_f16: if linear::matmul_variant(ctx) == linear::MatmulVariant::Coop {
+                let widest_in = [c.hidden_size, c.q_dim(), c.intermediate_size].into_iter().max().unwrap_or(1);
+                Some(ctx.storage("matmul input f16", pack_f16::packed_bytes(chunk, widest_in).max(16))?)
+            } else {
+                None
+            },
         };
         let esa = match &opts.attention {
             Attention::Esa(e) => Some(EsaState::new(ctx, c, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
@@ -264,17 +275,18 @@ impl Session {
             BufRef::from(&self.s.attn),
             BufRef::from(&self.s.mlp),
         );
-        let io = |x: &BufRef, xs: usize, y: &BufRef, ys: usize, row0: usize| LinearIo { x: x.clone(), x_off: 0, x_stride: xs, y: y.clone(), y_stride: ys, y_row0: row0, n_tok: n };
+        let io = |x: &BufRef, xs: usize, y: &BufRef, ys: usize, row0: usize| LinearIo { x: x.clone(), x_off: 0, x_stride: xs, x_f16: false, y: y.clone(), y_stride: ys, y_row0: row0, n_tok: n };
+        let x16 = self.s.x_f16.as_ref().map(BufRef::from);
         for (l, layer) in m.layers.iter().enumerate() {
             // Attention block: x += O(attn(rope(QKV(norm(x)))))
             if !small {
                 norm::rmsnorm(rec, &x, &xn, &layer.attn_norm, h, h, n, c.rms_norm_eps)?;
             }
+            let xn_in = if small { None } else { Some(pack_f16::pack_if(rec, &io(&xn, h, &qkv, qkv_rows, 0), h, x16.as_ref())?) };
             for (w, row0) in &layer.qkv.parts {
-                if small {
-                    linear::matvec(rec, w, &io(&x, h, &qkv, qkv_rows, *row0), Epilogue::Store, Some((&layer.attn_norm, c.rms_norm_eps)))?;
-                } else {
-                    linear::matmul(rec, w, &io(&xn, h, &qkv, qkv_rows, *row0), Epilogue::Store)?;
+                match &xn_in {
+                    None => linear::matvec(rec, w, &io(&x, h, &qkv, qkv_rows, *row0), Epilogue::Store, Some((&layer.attn_norm, c.rms_norm_eps)))?,
+                    Some(xi) => linear::matmul(rec, w, &LinearIo { y_row0: *row0, ..xi.clone() }, Epilogue::Store)?,
                 }
             }
             let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
@@ -308,15 +320,26 @@ impl Session {
                 pos0: self.pos,
             })?;
             }
-            linear::linear(rec, &layer.o, &io(&attn, qd, &x, h, 0), Epilogue::Accumulate)?;
+            if small {
+                linear::matvec(rec, &layer.o, &io(&attn, qd, &x, h, 0), Epilogue::Accumulate, None)?;
+            } else {
+                let a = pack_f16::pack_if(rec, &io(&attn, qd, &x, h, 0), qd, x16.as_ref())?;
+                linear::matmul(rec, &layer.o, &a, Epilogue::Accumulate)?;
+            }
             // MLP block: x += down(silu(gate(norm(x))) * up(norm(x)))
             if small {
                 linear::matvec(rec, &layer.gate_up, &io(&x, h, &mlp, c.intermediate_size, 0), Epilogue::SwiGlu, Some((&layer.mlp_norm, c.rms_norm_eps)))?;
             } else {
                 norm::rmsnorm(rec, &x, &xn, &layer.mlp_norm, h, h, n, c.rms_norm_eps)?;
-                linear::matmul(rec, &layer.gate_up, &io(&xn, h, &mlp, c.intermediate_size, 0), Epilogue::SwiGlu)?;
+                let xi = pack_f16::pack_if(rec, &io(&xn, h, &mlp, c.intermediate_size, 0), h, x16.as_ref())?;
+                linear::matmul(rec, &layer.gate_up, &xi, Epilogue::SwiGlu)?;
             }
-            linear::linear(rec, &layer.down, &io(&mlp, c.intermediate_size, &x, h, 0), Epilogue::Accumulate)?;
+            if small {
+                linear::matvec(rec, &layer.down, &io(&mlp, c.intermediate_size, &x, h, 0), Epilogue::Accumulate, None)?;
+            } else {
+                let mi = pack_f16::pack_if(rec, &io(&mlp, c.intermediate_size, &x, h, 0), c.intermediate_size, x16.as_ref())?;
+                linear::matmul(rec, &layer.down, &mi, Epilogue::Accumulate)?;
+            }
         }
         // Final norm + LM head: the last token, or all of them for evaluation.
         let logits = BufRef::from(&self.s.logits);
@@ -325,7 +348,7 @@ impl Session {
             linear::linear(rec, &m.lm_head, &io(&xn, h, &logits, c.vocab_size, 0), Epilogue::Store)?;
             self.logit_rows = n;
         } else {
-            let last = LinearIo { x: x.clone(), x_off: (n - 1) * h, x_stride: h, y: logits, y_stride: c.vocab_size, y_row0: 0, n_tok: 1 };
+            let last = LinearIo { x: x.clone(), x_off: (n - 1) * h, x_stride: h, x_f16: false, y: logits, y_stride: c.vocab_size, y_row0: 0, n_tok: 1 };
             linear::matvec(rec, &m.lm_head, &last, Epilogue::Store, Some((&m.final_norm, c.rms_norm_eps)))?;
             self.logit_rows = 1;
         }

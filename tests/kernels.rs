@@ -75,7 +75,7 @@ fn matvec_all_epilogues_and_formats() {
                     let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
                     let mut rec = Recorder::new(&ctx);
-                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
                     linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();

@@ -15,7 +15,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo, MatmulVariant};
+use esa_wgpu::gpu::ops::linear::{self, CoopTile, Epilogue, LinearIo, MatmulVariant};
+use esa_wgpu::gpu::ops::pack_f16;
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
@@ -47,6 +48,12 @@ fn ctx() -> Arc<GpuContext> {
         c
     })
     .clone()
+}
+
+/// Without the binding cap: the tile tests need shards with many rows.
+fn ctx_unsharded() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| GpuContext::new(&GpuOptions::default()).expect("GPU context")).clone()
 }
 
 fn f16_round(v: &[f32]) -> Vec<f32> {
@@ -130,8 +137,13 @@ fn matmul_every_format_epilogue_and_variant() {
                     let y0 = rand_vec(&mut rng, n_tok * y_stride, 1.0);
                     let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
                     let yb = upload(&ctx, &init);
-                    let io = LinearIo { x: BufRef::from(&xb), x_off, x_stride, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
+                    let mut io = LinearIo { x: BufRef::from(&xb), x_off, x_stride, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
                     let mut rec = Recorder::new(&ctx);
+                    // the session's cooperative-matrix matmuls read f16 inputs: every other format
+                    let x16 = ctx.storage("x f16", pack_f16::packed_bytes(n_tok, cols)).unwrap();
+                    if variant == MatmulVariant::Coop && fi % 2 == 1 {
+                        io = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&x16)).unwrap();
+                    }
                     linear::matmul_with(&mut rec, &m, &io, epi, variant).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
@@ -164,8 +176,72 @@ fn matmul_every_format_epilogue_and_variant() {
 #[test]
 fn coop_kernels_validate() {
     for fmt in FORMATS {
-        for driver in ["matmul_coop", "matmul_coop128", "matmul"] {
-            validate_wgsl(&format!("{driver}+{fmt:?}"), &linear::kernel_source(driver, fmt).unwrap());
+        validate_wgsl(&format!("matmul+{fmt:?}"), &linear::kernel_source("matmul", fmt).unwrap());
+        for tile in TILES.into_iter().map(|t| CoopTile::parse(t).unwrap()).chain(CoopTile::BY_SIZE) {
+            for x16 in [false, true] {
+                validate_wgsl(&format!("matmul_coop[{tile},x16={x16}]+{fmt:?}"), &linear::coop_kernel_source(tile, fmt, x16).unwrap());
+            }
+        }
+    }
+}
+
+/// Tile shapes of the cooperative-matrix matmul that the op may choose or the benches sweep.
+const TILES: [&str; 14] = [
+    "2x4x2x2x32", "2x4x4x2x32", "2x2x4x4x32", "2x2x4x4x16", "2x4x4x4x16", "4x2x4x4x16", "2x4x4x2x16", "2x4x4x4x32x1", "4x2x4x4x32x1",
+    "2x4x4x4x16x1", "4x4x4x2x32x1", "4x4x2x4x32x1", "2x4x4x2x32x1", "2x4x2x2x32x1",
+];
+
+/// Every tile shape of `TILES` on an odd shape (a partial tile in every direction, two shards),
+/// each epilogue, two formats; where the adapter offers cooperative matrices and the tile fits its
+/// workgroup memory.
+#[test]
+fn coop_tile_shapes() {
+    let ctx = ctx_unsharded();
+    if linear::matmul_variant(&ctx) != MatmulVariant::Coop || ctx.caps.coop_emulated {
+        eprintln!("skipped: the adapter offers no cooperative matrices (too large for the emulation)");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(23);
+    for t in TILES {
+        let tile = CoopTile::parse(t).unwrap();
+        if tile.workgroup_bytes() > ctx.caps.max_workgroup_storage {
+            eprintln!("tile {tile}: needs {} bytes of workgroup memory, skipped", tile.workgroup_bytes());
+            continue;
+        }
+        for fmt in [TensorFormat::F16, TensorFormat::Q4_K] {
+            let (rows, n_tok) = (tile.rows() as usize * 2 + 34, tile.tokens() as usize + 7);
+            let cols = cols_for(fmt, 300);
+            let (host, wq) = weights(fmt, rows, cols, 9);
+            let m = upload_matrix(&ctx, &host);
+            let xs = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let xb = upload(&ctx, &xs);
+            let y = r::matmul(&f16_round(&wq), rows, cols, &f16_round(&xs));
+            let x16 = ctx.storage("x f16", pack_f16::packed_bytes(n_tok, cols)).unwrap();
+            for (epi, f16_in) in [(Epilogue::Store, false), (Epilogue::Store, true), (Epilogue::Accumulate, true), (Epilogue::SwiGlu, false), (Epilogue::SwiGlu, true)] {
+                let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * out_rows] };
+                let yb = upload(&ctx, &init);
+                let mut io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                let mut rec = Recorder::new(&ctx);
+                if f16_in {
+                    io = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&x16)).unwrap();
+                }
+                linear::matmul_coop_tile(&mut rec, &m, &io, epi, tile).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                for t in 0..n_tok {
+                    for i in 0..out_rows {
+                        let want = match epi {
+                            Epilogue::Store => y[t * rows + i],
+                            Epilogue::Accumulate => y[t * rows + i] + y0[t * out_rows + i],
+                            Epilogue::SwiGlu => r::silu(y[t * rows + 2 * i]) * y[t * rows + 2 * i + 1],
+                        };
+                        let g = got[t * out_rows + i];
+                        assert!((g - want).abs() <= 1e-3 + 1e-3 * want.abs(), "tile {tile} {fmt:?} {epi:?} f16 input {f16_in}: token {t} row {i}: gpu {g} vs reference {want}");
+                    }
+                }
+            }
         }
     }
 }
@@ -174,7 +250,7 @@ fn coop_kernels_validate() {
 /// shape large enough to select them; runs where the adapter offers cooperative matrices.
 #[test]
 fn coop_large_tiles() {
-    let ctx = ctx();
+    let ctx = ctx_unsharded();
     if linear::matmul_variant(&ctx) != MatmulVariant::Coop || ctx.caps.coop_emulated {
         eprintln!("skipped: the adapter offers no cooperative matrices (too large for the emulation)");
         return;
@@ -193,7 +269,7 @@ fn coop_large_tiles() {
             let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
             let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * out_rows] };
             let yb = upload(&ctx, &init);
-            let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+            let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
             let mut rec = Recorder::new(&ctx);
             linear::matmul_with(&mut rec, &m, &io, epi, MatmulVariant::Coop).unwrap();
             rec.submit().unwrap();
@@ -209,5 +285,45 @@ fn coop_large_tiles() {
                 }
             }
         }
+    }
+}
+
+/// pack_f16 (runs everywhere): an odd width with a strided, NaN-gapped input; each value is the f16
+/// nearest the input (compared through f16 rounding, 1 ulp allowed for the rounding mode), the
+/// padding up to a whole octet is zero, and nothing past the packed rows is written.
+#[test]
+fn pack_f16_rounds_and_pads() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(24);
+    for &(cols, n_tok) in &[(45usize, 7usize), (8, 1), (203, 33)] {
+        let (x_off, x_stride) = (5usize, cols + 3);
+        let xs = rand_vec(&mut rng, n_tok * cols, 3.0);
+        let mut x = vec![f32::NAN; x_off + n_tok * x_stride];
+        for t in 0..n_tok {
+            x[x_off + t * x_stride..][..cols].copy_from_slice(&xs[t * cols..][..cols]);
+        }
+        let xb = upload(&ctx, &x);
+        let ld = pack_f16::packed_halves(cols);
+        let bytes = pack_f16::packed_bytes(n_tok, cols) as usize + 64;
+        let out = ctx.upload("poisoned", &vec![0xffu8; bytes]).unwrap();
+        let io = LinearIo { x: BufRef::from(&xb), x_off, x_stride, x_f16: false, y: BufRef::from(&xb), y_stride: 1, y_row0: 0, n_tok };
+        let mut rec = Recorder::new(&ctx);
+        let packed = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&out)).unwrap();
+        rec.submit().unwrap();
+        assert!(packed.x_f16 && packed.x_off == 0 && packed.x_stride == ld);
+        let got: Vec<u16> = bytemuck::pod_collect_to_vec(&ctx.read(&out, 0, bytes as u64).unwrap());
+        for t in 0..n_tok {
+            for c in 0..ld {
+                let g = half::f16::from_bits(got[t * ld + c]);
+                if c >= cols {
+                    assert!(g.to_bits() == 0, "cols {cols}: token {t} pad column {c} is {g}, want 0");
+                    continue;
+                }
+                let want = half::f16::from_f32(xs[t * cols + c]);
+                let ulp = (g.to_bits() as i32 - want.to_bits() as i32).abs();
+                assert!(ulp <= 1, "cols {cols}: token {t} column {c}: {g} vs {want}");
+            }
+        }
+        assert!(got[n_tok * ld..].iter().all(|&b| b == 0xffff), "cols {cols}: written past the packed rows");
     }
 }

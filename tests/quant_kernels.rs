@@ -73,7 +73,7 @@ fn quant_matvec_every_format_and_epilogue() {
                     let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
                     let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
-                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
                     let mut rec = Recorder::new(&ctx);
                     linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
                     rec.submit().unwrap();

@@ -129,7 +129,7 @@ impl EsaState {
         let ckx = BufRef::from(&self.ckx);
         let ck = BufRef::from(&layer.ck);
         // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows.
-        let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
+        let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, x_f16: false, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
         linear::linear(rec, &layer.f_k, &io, Epilogue::Store)?;
         esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
         let layout = select_tokens(pos0, n, &self.cfg);
@@ -138,7 +138,7 @@ impl EsaState {
             None
         } else {
             let cq = BufRef::from(&self.cq);
-            let io = LinearIo { x: qkv.clone(), x_off: 0, x_stride: qkv_rows, y: cq.clone(), y_stride: d, y_row0: 0, n_tok: n };
+            let io = LinearIo { x: qkv.clone(), x_off: 0, x_stride: qkv_rows, x_f16: false, y: cq.clone(), y_stride: d, y_row0: 0, n_tok: n };
             linear::linear(rec, &layer.f_q, &io, Epilogue::Store)?;
             let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
             let n_m = layout.middle.len();

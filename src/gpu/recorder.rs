@@ -33,6 +33,11 @@ impl BufRef {
     pub fn range(buf: &wgpu::Buffer, offset: u64, size: u64) -> BufRef {
         BufRef { buf: buf.clone(), offset, size: Some(size) }
     }
+
+    /// Bytes the binding covers.
+    pub fn size(&self) -> u64 {
+        self.size.unwrap_or(self.buf.size() - self.offset)
+    }
 }
 
 type BindKey = (usize, Vec<(wgpu::Buffer, u64, Option<u64>)>, Option<(wgpu::Buffer, u64)>);

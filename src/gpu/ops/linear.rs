@@ -70,7 +70,7 @@ pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
         .then_some(c.subgroup_min)
 }
 
-/// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`, `matmul_coop`) composed with
+/// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`; `coop_kernel_source` for `matmul_coop`) composed with
 /// a weight format: directives, the shared params, the format file, the driver. Public so tests can
 /// validate the variants an adapter at hand cannot run.
 pub fn kernel_source(driver: &str, fmt: TensorFormat) -> Result<String> {
@@ -78,12 +78,156 @@ pub fn kernel_source(driver: &str, fmt: TensorFormat) -> Result<String> {
         "matvec" => src::MATVEC,
         "matvec_sg" => src::MATVEC_SG,
         "matmul" => src::MATMUL,
-        "matmul_coop" => src::MATMUL_COOP,
-        "matmul_coop128" => return Ok(kernel_source("matmul_coop", fmt)?.replacen("const BT: u32 = 64u;", "const BT: u32 = 128u;", 1)),
         other => return Err(crate::Error::arg("driver", format!("unknown linear driver `{other}`"))),
     };
     let (_, fsrc, _, _) = format_shader(fmt)?;
     Ok(super::with_prelude(driver_src, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+}
+
+/// The shape of `matmul_coop.wgsl`'s tiles: `wm` x `wn` subgroups of 32 per workgroup, each owning
+/// `fm` x `fn_` accumulator fragments of 16 x 16 (tokens x rows); `bk` values of k staged per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoopTile {
+    pub wm: u32,
+    pub wn: u32,
+    pub fm: u32,
+    pub fn_: u32,
+    pub bk: u32,
+    /// Workgroup staging buffers: 2 (one barrier per step) or 1 (two barriers, half the memory,
+    /// which lets larger tiles fit).
+    pub stages: u32,
+}
+
+impl CoopTile {
+    /// 64 tokens x 128 rows, 8 subgroups: for products with few tiles.
+    pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2 };
+    /// The op's choices, largest first (H200 sweep in docs/perf.md): 256 tokens x 128 rows and
+    /// 128 x 256 with one staging buffer of k = 32 (100 and 95 TFLOP/s on 4096 x 14336 x 4096),
+    /// 128 x 128 with two buffers of k = 16 (57 on 512 x 4096 x 4096), then `SMALL`.
+    pub const BY_SIZE: [CoopTile; 4] = [
+        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1 },
+        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1 },
+        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 16, stages: 2 },
+        CoopTile::SMALL,
+    ];
+
+    pub fn tokens(&self) -> u32 {
+        16 * self.wm * self.fm
+    }
+    pub fn rows(&self) -> u32 {
+        16 * self.wn * self.fn_
+    }
+    pub fn threads(&self) -> u32 {
+        32 * self.wm * self.wn
+    }
+    /// Bytes of workgroup memory: `stages` staging buffers of (rows + tokens) x (bk + 8) halves,
+    /// and a 16 x 16 f32 scratch per subgroup.
+    pub fn workgroup_bytes(&self) -> u32 {
+        self.stages * (self.rows() + self.tokens()) * (self.bk + 8) * 2 + 1024 * self.wm * self.wn
+    }
+
+    /// Parses `WMxWNxFMxFNxBK[xSTAGES]` (as `Display` writes it; 2 stages when left out); checks
+    /// that every thread stages whole octets and the accumulators fit in registers.
+    pub fn parse(s: &str) -> Result<CoopTile> {
+        let v: Vec<u32> = s.split('x').map(|t| t.trim().parse::<u32>()).collect::<std::result::Result<_, _>>()
+            .map_err(|_| crate::Error::arg("coop tile", format!("`{s}`: expected WMxWNxFMxFNxBK[xSTAGES], e.g. 2x4x4x2x32")))?;
+        let (wm, wn, fm, fn_, bk, stages) = match v[..] {
+            [wm, wn, fm, fn_, bk] => (wm, wn, fm, fn_, bk, 2),
+            [wm, wn, fm, fn_, bk, s] => (wm, wn, fm, fn_, bk, s),
+            _ => return Err(crate::Error::arg("coop tile", format!("`{s}`: expected five or six numbers WMxWNxFMxFNxBK[xSTAGES]"))),
+        };
+        let t = CoopTile { wm, wn, fm, fn_, bk, stages };
+        t.check()?;
+        Ok(t)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |why: &str| Err(crate::Error::arg("coop tile", format!("{self}: {why}")));
+        if self.wm == 0 || self.wn == 0 || self.fm == 0 || self.fn_ == 0 || self.bk == 0 || self.bk % 16 != 0 {
+            return bad("every size must be positive and BK a multiple of 16");
+        }
+        if self.stages != 1 && self.stages != 2 {
+            return bad("1 or 2 staging buffers");
+        }
+        if self.threads() > 1024 || self.fm * self.fn_ > 16 {
+            return bad("at most 32 subgroups and 16 accumulator fragments per subgroup");
+        }
+        let opr = self.bk / 8;
+        if (self.rows() * opr) % self.threads() != 0 || (self.tokens() * opr) % self.threads() != 0 {
+            return bad("the staged octets of a step must divide evenly among the threads");
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for CoopTile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}x{}x{}", self.wm, self.wn, self.fm, self.fn_, self.bk)?;
+        if self.stages != 2 {
+            write!(f, "x{}", self.stages)?;
+        }
+        Ok(())
+    }
+}
+
+/// `matmul_coop.wgsl` for one tile shape and weight format: the `//@TILE` block gets the tile's
+/// constants and the `//@ACC`, `//@MMA`, `//@STORE` lines expand to the accumulators, the inner
+/// products and the epilogue of each fragment (WGSL has no arrays of cooperative matrices).
+pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<String> {
+    tile.check()?;
+    let (fm, fn_) = (tile.fm, tile.fn_);
+    let mut acc = String::new();
+    let mut mma = String::new();
+    let mut store = String::new();
+    for j in 0..fn_ {
+        mma += &format!("let b{j} = coopLoad<coop_mat16x16<f16, B>>(&ws[ib + {}u * LD], LD);\n", 16 * j);
+    }
+    for i in 0..fm {
+        mma += &format!("let a{i} = coopLoadT<coop_mat16x16<f16, A>>(&xs[ia + {}u * LD], LD);\n", 16 * i);
+        for j in 0..fn_ {
+            acc += &format!("var c{i}_{j} = coop_mat16x16<f32, C>();\n");
+            mma += &format!("c{i}_{j} = coopMultiplyAdd(a{i}, b{j}, c{i}_{j});\n");
+            if !store.is_empty() {
+                store += "workgroupBarrier();\n";
+            }
+            store += &format!("coopStoreT(c{i}_{j}, &cs[cbase], 16u);\nworkgroupBarrier();\nepilogue(sg, lane, t0 + {}u, r0 + {}u);\n", 16 * i, 16 * j);
+        }
+    }
+    let consts = format!(
+        "const WM: u32 = {}u;\nconst WN: u32 = {}u;\nconst FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst BK: u32 = {}u;\nconst STAGES: u32 = {}u;\n",
+        tile.wm, tile.wn, tile.bk, tile.stages
+    );
+    let base = src::MATMUL_COOP;
+    let mut out = String::new();
+    let mut skip = false; // inside a block that is replaced or not taken
+    for line in base.lines() {
+        match line.trim() {
+            "//@TILE" => {
+                skip = true;
+                out += &consts;
+            }
+            "//@X32" => skip = x_f16,
+            "//@X16" => skip = !x_f16,
+            "//@END" => skip = false,
+            _ if skip => {}
+            "//@ACC" => out += &acc,
+            "//@MMA" => out += &mma,
+            "//@STORE" => out += &store,
+            _ => {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    let (_, fsrc, _, _) = format_shader(fmt)?;
+    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+}
+
+fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {
+    let (fname, _, unit, consts) = format_shader(fmt)?;
+    let name = format!("matmul_coop[{tile}{}]+{fname}", if x_f16 { ",x16" } else { "" });
+    let source = coop_kernel_source(tile, fmt, x_f16)?;
+    Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
 }
 
 fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
@@ -106,9 +250,12 @@ fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kern
 #[derive(Clone)]
 pub struct LinearIo {
     pub x: BufRef,
-    /// Float offset of token 0 in `x`.
+    /// Offset of token 0 in `x`, in its elements (floats, or halves with `x_f16`).
     pub x_off: usize,
     pub x_stride: usize,
+    /// `x` holds f16 rows written by `pack_f16` (offset and stride multiples of 8 halves, zero
+    /// padding past the width); only the cooperative-matrix matmul reads them.
+    pub x_f16: bool,
     pub y: BufRef,
     pub y_stride: usize,
     pub y_row0: usize,
@@ -117,6 +264,9 @@ pub struct LinearIo {
 
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
 pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>) -> Result<()> {
+    if io.x_f16 {
+        return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
+    }
     let ctx = rec.ctx();
     let sg = fixed_subgroup(ctx);
     let (k, unit) = match sg {
@@ -157,14 +307,15 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
 /// FMA tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulVariant {
-    /// `matmul_coop.wgsl`: 64-token x 128-row tiles of 16x16x16 f16 products, f32 accumulation.
+    /// `matmul_coop.wgsl`: 16x16x16 f16 products with f32 accumulation, tiles from `coop_tile`.
     Coop,
     /// `matmul.wgsl`: 64 x 64 tiles of f32 FMAs, every adapter.
     Tiled,
 }
 
-/// Tiles of 128 x 128 (rather than 128 rows x 64 tokens) once a product has this many of them.
-const COOP_TILES_FOR_128: usize = 256;
+/// A larger cooperative-matrix tile is taken while the product still has this many of them
+/// (about one per compute unit of a large GPU: fewer leave units idle).
+const COOP_MIN_TILES: usize = 128;
 
 /// The matmul variant the adapter runs best: cooperative matrices where the adapter offers 16x16x16
 /// f16 -> f32 products and subgroups of exactly 32 (the tile layout has 8 subgroups of 32).
@@ -186,21 +337,45 @@ pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -
 /// `matmul` with the variant forced (tests and benches compare them; `Coop` needs an adapter for
 /// which `matmul_variant` chose it).
 pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, variant: MatmulVariant) -> Result<()> {
-    let ctx = rec.ctx();
-    let ((k, unit), (tile_rows, tile_tok)) = match variant {
-        MatmulVariant::Coop => {
-            // 128-token tiles feed each staged weight to twice the products, but need 48 KiB of
-            // workgroup memory and halve the number of workgroups: take them when there are
-            // still enough tiles to fill a large GPU.
-            let tiles_128 = w.rows.div_ceil(128) * io.n_tok.div_ceil(128);
-            if tiles_128 >= COOP_TILES_FOR_128 && ctx.caps.max_workgroup_storage >= 49152 {
-                (kernel(ctx, "matmul_coop128", w.format)?, (128u32, 128u32))
-            } else {
-                (kernel(ctx, "matmul_coop", w.format)?, (128, 64))
+    match variant {
+        MatmulVariant::Coop => matmul_coop_tile(rec, w, io, epi, coop_tile(rec.ctx(), w.rows, io.n_tok)),
+        MatmulVariant::Tiled => {
+            if io.x_f16 {
+                return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
             }
+            let k = kernel(rec.ctx(), "matmul", w.format)?;
+            matmul_dispatch(rec, w, io, epi, k, (64, 64), false)
         }
-        MatmulVariant::Tiled => (kernel(ctx, "matmul", w.format)?, (64, 64)),
-    };
+    }
+}
+
+/// The cooperative-matrix tile for a product of `rows` x `n_tok`: the largest of
+/// `CoopTile::BY_SIZE` that fits the adapter's workgroup memory and still makes `COOP_MIN_TILES`
+/// workgroups. Larger tiles feed each staged value to more products; the global loads that stage
+/// them, not the tensor cores, bound this kernel (docs/perf.md).
+pub fn coop_tile(ctx: &GpuContext, rows: usize, n_tok: usize) -> CoopTile {
+    let tiles = |t: &CoopTile| rows.div_ceil(t.rows() as usize) * n_tok.div_ceil(t.tokens() as usize);
+    CoopTile::BY_SIZE
+        .into_iter()
+        .filter(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage)
+        .find(|t| tiles(t) >= COOP_MIN_TILES)
+        .unwrap_or(CoopTile::SMALL)
+}
+
+/// The cooperative-matrix matmul with a given tile shape (benches sweep shapes; tests cover each).
+pub fn matmul_coop_tile(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, tile: CoopTile) -> Result<()> {
+    let ctx = rec.ctx();
+    if tile.workgroup_bytes() > ctx.caps.max_workgroup_storage {
+        return Err(crate::Error::arg("coop tile", format!("{tile} needs {} bytes of workgroup memory, the adapter offers {}", tile.workgroup_bytes(), ctx.caps.max_workgroup_storage)));
+    }
+    let k = coop_kernel(ctx, tile, w.format, io.x_f16)?;
+    matmul_dispatch(rec, w, io, epi, k, (tile.rows(), tile.tokens()), true)
+}
+
+/// `tokens_first`: the grid's x counts token tiles (the cooperative-matrix kernel: the workgroups in
+/// flight together then share weight tiles, which are read from memory about once).
+fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, (k, unit): (Arc<Kernel>, usize), (tile_rows, tile_tok): (u32, u32), tokens_first: bool) -> Result<()> {
+    let ctx = rec.ctx();
     for s in &w.shards {
         let p = Params {
             rows: s.rows as u32,
@@ -216,7 +391,8 @@ pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             grid_x: 0,
             x_off: io.x_off as u32,
         };
-        let g = [(s.rows as u32).div_ceil(tile_rows), (io.n_tok as u32).div_ceil(tile_tok), 1];
+        let (gr, gt) = ((s.rows as u32).div_ceil(tile_rows), (io.n_tok as u32).div_ceil(tile_tok));
+        let g = if tokens_first { [gt, gr, 1] } else { [gr, gt, 1] };
         if g[0] > ctx.caps.max_workgroups_per_dim || g[1] > ctx.caps.max_workgroups_per_dim {
             return Err(crate::Error::arg("n_tok", format!("matmul grid {g:?} exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
         }

@@ -1,6 +1,7 @@
 //! One op per kernel: knows shapes and formats, picks the kernel variant from the adapter's
 //! capabilities, and records dispatches. The model composes ops and never touches wgpu directly.
 pub mod linear;
+pub mod pack_f16;
 pub mod quant_pack;
 pub mod norm;
 pub mod rope_kv;
@@ -27,6 +28,7 @@ pub mod src {
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
+    pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
     pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
     pub const RMSNORM: &str = include_str!("../../../shaders/rmsnorm.wgsl");
