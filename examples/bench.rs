@@ -55,6 +55,10 @@ struct Args {
     /// subgroup along tokens and rows, k per step), e.g. 2x4x4x2x32,2x2x4x4x32.
     #[arg(long)]
     coop_tiles: Option<String>,
+    /// After the timed runs, one more prefill and decode with per-kernel GPU timestamps (each
+    /// dispatch in its own pass, so the totals run slower than the table): a table per phase.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -233,5 +237,38 @@ fn main() -> esa_wgpu::Result<()> {
     if args.decode_tokens > 0 {
         println!("| decode  | {:6} | {:7.3} | {:8.1} | {:11.1} |       - |", args.decode_tokens, best_decode, dec_tps, dec_tps * gb);
     }
+    if args.profile {
+        let ctx = engine.context();
+        if !ctx.caps.timestamps {
+            println!("(no per-kernel profile: the adapter has no timestamp queries)");
+            return Ok(());
+        }
+        session.reset();
+        ctx.set_profiling(true);
+        let mut tok = session.step(&prompt, &Sampling::greedy())?;
+        print_profile(ctx, &format!("prefill of {} tokens", args.prompt_tokens));
+        if args.decode_tokens > 0 {
+            ctx.set_profiling(true);
+            for _ in 0..args.decode_tokens {
+                tok = session.step(&[tok], &Sampling::greedy())?;
+            }
+            print_profile(ctx, &format!("decode of {} tokens", args.decode_tokens));
+        }
+        ctx.set_profiling(false);
+    }
     Ok(())
+}
+
+/// The context's per-kernel totals as a table, largest first.
+fn print_profile(ctx: &GpuContext, what: &str) {
+    let (rows, untimed) = ctx.profile_report();
+    let total: f64 = rows.iter().map(|r| r.total_ms).sum();
+    println!("| kernel ({what}; GPU time {total:.2} ms) | ms | dispatches | share |");
+    println!("|---|---|---|---|");
+    for r in rows.iter().take(25) {
+        println!("| {} | {:.3} | {} | {:.1}% |", r.kernel, r.total_ms, r.dispatches, 100.0 * r.total_ms / total.max(1e-9));
+    }
+    if untimed > 0 {
+        println!("| ({untimed} dispatches untimed) | | | |");
+    }
 }

@@ -59,6 +59,7 @@ pub struct GpuContext {
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) bind_cache: Mutex<super::recorder::BindCache>,
     pub(crate) params_arena: Mutex<Option<wgpu::Buffer>>,
+    pub(crate) profile: super::profile::ProfileLock,
 }
 
 /// A compiled compute pipeline plus the bind group layout the recorder binds against.
@@ -200,6 +201,7 @@ impl GpuContext {
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
         };
+        let caps_timestamps = caps.timestamps;
         Ok(Arc::new(GpuContext {
             device,
             queue,
@@ -209,6 +211,10 @@ impl GpuContext {
             uncaptured,
             bind_cache: Mutex::new(Default::default()),
             params_arena: Mutex::new(None),
+            profile: Mutex::new(super::profile::Profile {
+                on: caps_timestamps && std::env::var("ESA_WGPU_PROFILE").is_ok_and(|v| v == "1"),
+                ..Default::default()
+            }),
         }))
     }
 

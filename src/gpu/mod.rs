@@ -2,6 +2,7 @@
 //! arena, bind-group cache), tensors on the GPU, and one op per kernel in `ops`.
 pub mod context;
 pub mod recorder;
+pub mod profile;
 pub mod tensor;
 pub mod ops;
 pub mod coop_emulation;

@@ -173,6 +173,9 @@ impl<'c> Recorder<'c> {
         }
         drop(cache);
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        if ctx.profiling() {
+            return self.submit_timed(enc, &groups, slot);
+        }
         let mut i = 0;
         while i < self.cmds.len() {
             match &self.cmds[i] {
@@ -195,6 +198,49 @@ impl<'c> Recorder<'c> {
         let idx = ctx.queue.submit([enc.finish()]);
         drop(slot);
         ctx.check()?;
+        Ok(idx)
+    }
+
+    /// `submit` with profiling on: one pass per dispatch between two timestamps, then a blocking
+    /// read of the timestamps into the context's per-kernel totals (`gpu::profile`).
+    fn submit_timed(self, mut enc: wgpu::CommandEncoder, groups: &[Option<wgpu::BindGroup>], slot: std::sync::MutexGuard<'_, Option<wgpu::Buffer>>) -> Result<wgpu::SubmissionIndex> {
+        let ctx = self.ctx;
+        let n_disp = self.cmds.iter().filter(|c| matches!(c, Cmd::Dispatch { .. })).count();
+        let timed = n_disp.min(super::profile::MAX_TIMED).max(1);
+        let qs = ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: 2 * timed as u32 });
+        let bytes = (16 * timed) as u64;
+        let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("profile resolve"), size: bytes, usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, mapped_at_creation: false });
+        let read = ctx.staging("profile read-back", bytes);
+        let mut names = Vec::with_capacity(timed);
+        for (i, cmd) in self.cmds.iter().enumerate() {
+            match cmd {
+                Cmd::Copy { src, src_off, dst, dst_off, size } => enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *size),
+                Cmd::Dispatch { kernel, groups: g, .. } => {
+                    let k = names.len() as u32;
+                    let tw = (names.len() < timed).then(|| wgpu::ComputePassTimestampWrites { query_set: &qs, beginning_of_pass_write_index: Some(2 * k), end_of_pass_write_index: Some(2 * k + 1) });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
+                    pass.set_pipeline(&kernel.pipeline);
+                    pass.set_bind_group(0, groups[i].as_ref().unwrap(), &[]);
+                    pass.dispatch_workgroups(g[0], g[1], g[2]);
+                    drop(pass);
+                    if names.len() < timed {
+                        names.push(kernel.name.clone());
+                    }
+                }
+            }
+        }
+        let used = 2 * names.len() as u32;
+        if used > 0 {
+            enc.resolve_query_set(&qs, 0..used, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        }
+        let idx = ctx.queue.submit([enc.finish()]);
+        drop(slot);
+        ctx.check()?;
+        if used > 0 {
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&ctx.read_staged(&read, bytes)?);
+            ctx.profile_add(&names, &ticks, (n_disp - names.len()) as u64);
+        }
         Ok(idx)
     }
 }

@@ -34,6 +34,30 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// Mirrors `Params` of esa_attention_coop.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CoopParams {
+    n_q: u32,
+    n_heads: u32,
+    n_kv: u32,
+    pos0: u32,
+    n_init: u32,
+    local_start: u32,
+    max_sel: u32,
+    count_index: u32,
+    w: u32,
+    q_stride: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// WGSL of `esa_attention_coop.wgsl` for one head size (a constant: it sizes workgroup arrays).
+/// Public so tests can validate it where no adapter runs it.
+pub fn coop_source(head_dim: usize) -> String {
+    super::src::ESA_ATTENTION_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct MergeParams {
@@ -63,8 +87,9 @@ pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) 
     // shrinks (m * max_split(m) <= TARGET_GROUPS / workgroups-per-query). Size for the worst chunk
     // of at most n_q queries, so a buffer sized for the prefill chunk also serves the shorter last
     // chunk and the decode steps after it.
+    // The cooperative-matrix variant writes two partials (segments) per query.
     let per_query = rows_per_split(1, n_heads, n_kv).max(1);
-    n_q.max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
+    (2 * n_q).max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
 }
 
 /// The selected middle tokens on the GPU.
@@ -126,15 +151,41 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         check_words("esa_attention", "selection.state", s.state, s.count_index + 1)?;
     }
     let ctx = rec.ctx();
-    let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
     let (sel, state, count_index, max_sel) = match &a.selection {
         Some(s) => (s.indices.clone(), s.state.clone(), s.count_index, s.max_sel),
         // Any read-only buffer satisfies the bindings; the count bound of 0 means they are not read.
         None => (a.q.clone(), a.q.clone(), 0, 0),
     };
-    let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
     let qh = a.n_q * a.n_heads;
+    let g = grid(ctx, qh as u32);
+    if a.n_q >= super::attention::PREFILL_MIN_QUERIES && super::attention::prefill_coop_supports(ctx, a.head_dim) {
+        // Tensor cores: one partial per segment (long-distance, local), merged below.
+        let name = format!("esa_attention_coop_d{}", a.head_dim);
+        let k = ctx.kernel(&name, &coop_source(a.head_dim), "main", &[])?;
+        let p = CoopParams {
+            n_q: a.n_q as u32,
+            n_heads: a.n_heads as u32,
+            n_kv: a.n_kv as u32,
+            pos0: a.pos0 as u32,
+            n_init: a.n_init as u32,
+            local_start: a.local_start as u32,
+            max_sel: max_sel as u32,
+            count_index: count_index as u32,
+            w: a.w as u32,
+            q_stride: a.q_stride as u32,
+            scale: 1.0 / (a.head_dim as f32).sqrt(),
+            _pad: 0,
+        };
+        let rows = a.n_q * (a.n_heads / a.n_kv);
+        let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
+        rec.dispatch(&k, &p, &bufs, [rows.div_ceil(64) as u32, a.n_kv as u32, 2]);
+        let mp = MergeParams { n_qh: qh as u32, n_split: 2, head_dim: a.head_dim as u32, grid_x: g[0] };
+        rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
+        return Ok(());
+    }
+    let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
+    let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
     // Workgroups per split: one per (query, KV head, chunk of up to HEADS_PER_GROUP query heads).
     let rows = rows_per_split(a.n_q, a.n_heads, a.n_kv);
     let n_split = max_split(a.n_q, a.n_heads, a.n_kv).min(n_keys.div_ceil(64).max(1));
@@ -159,7 +210,6 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
     rec.dispatch(&k, &p, &bufs, [rows as u32, n_split as u32, 1]);
-    let g = grid(ctx, qh as u32);
     let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
     Ok(())

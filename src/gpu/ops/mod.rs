@@ -42,6 +42,7 @@ pub mod src {
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
     pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
     pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
+    pub const ESA_ATTENTION_COOP: &str = include_str!("../../../shaders/esa_attention_coop.wgsl");
     pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
     pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
 }
