@@ -170,7 +170,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
         seed,
     };
     sampling.validate()?;
-    info(format!("sampling: {} (defaults from {})", describe(&sampling), model.default_sampling_source()));
+    info(format!("sampling: {} (flags not given: {})", describe(&sampling), model.default_sampling_source()));
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(Message::system(s.clone()));
