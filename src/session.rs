@@ -10,6 +10,7 @@ use crate::attention::esa::EsaState;
 use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
 use crate::model::gpu_model::GpuModel;
+use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
 
 /// Default `SessionOptions::prefill_chunk`.
@@ -36,26 +37,125 @@ impl Default for SessionOptions {
     }
 }
 
-/// How the next token is chosen. `temperature <= 0` is greedy.
+/// How the next token is chosen. `temperature <= 0` is greedy. Filters are applied in the order
+/// transformers uses: repetition penalty, temperature, top-k, top-p, min-p (`sampler` has their
+/// exact definitions).
+///
+/// Greedy decoding and plain temperature + top-p sample on the GPU (no read-back but the token);
+/// top-k, min-p or a repetition penalty make `Session::step` read the logits back and sample on the
+/// host (`needs_host`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     pub temperature: f32,
+    /// Nucleus sampling: the most likely tokens holding this much of the mass (1 = off).
     pub top_p: f32,
+    /// Only the `top_k` most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Only tokens at least `min_p` times as likely as the most likely one (0 = off).
+    pub min_p: f32,
+    /// Repetition penalty on the tokens of the last `repeat_last_n` of the context (prompt and
+    /// reply): positive logits divided by it, negative ones multiplied (1 = off).
+    pub repeat_penalty: f32,
+    /// Window of the repetition penalty in tokens (0 = off; `usize::MAX` = the whole context).
+    pub repeat_last_n: usize,
     pub seed: u64,
 }
 
 impl Sampling {
     pub fn greedy() -> Self {
-        Sampling { temperature: 0.0, top_p: 1.0, seed: 0 }
+        Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+    }
+
+    /// The defaults llama.cpp users know: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no
+    /// repetition penalty (window 64 when one is set). Used for models that say nothing else.
+    pub fn llama_cpp() -> Self {
+        Sampling { temperature: 0.8, top_p: 0.95, top_k: 40, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 42 }
+    }
+
+    /// The settings of a Hugging Face `generation_config.json`, or None when it sets none of
+    /// `do_sample`, `temperature`, `top_p`, `top_k`, `min_p`, `repetition_penalty` (many only
+    /// carry token ids). Fields it leaves out take transformers' defaults (temperature 1, top-k 50,
+    /// top-p 1, no min-p, no penalty); `do_sample: false` means greedy; a repetition penalty covers
+    /// the whole context, as in transformers.
+    pub fn from_generation_config(v: &serde_json::Value) -> Option<Sampling> {
+        const KEYS: [&str; 6] = ["do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty"];
+        if !KEYS.iter().any(|k| v.get(k).is_some_and(|x| !x.is_null())) {
+            return None;
+        }
+        let f = |k: &str, d: f32| v.get(k).and_then(|x| x.as_f64()).map_or(d, |x| x as f32);
+        let mut s = Sampling {
+            temperature: f("temperature", 1.0),
+            top_p: f("top_p", 1.0),
+            top_k: v.get("top_k").and_then(|x| x.as_u64()).map_or(50, |k| k as usize),
+            min_p: f("min_p", 0.0),
+            repeat_penalty: f("repetition_penalty", 1.0),
+            repeat_last_n: usize::MAX,
+            seed: 42,
+        };
+        if v.get("do_sample").and_then(|x| x.as_bool()) == Some(false) {
+            s.temperature = 0.0;
+        }
+        Some(s)
+    }
+
+    /// Whether the repetition penalty does anything.
+    pub fn penalises(&self) -> bool {
+        self.repeat_penalty != 1.0 && self.repeat_last_n > 0
+    }
+
+    /// Whether these settings sample on the host (top-k or min-p while sampling, or a repetition
+    /// penalty); greedy and plain temperature + top-p run on the GPU. (Top-k and min-p never
+    /// change the greedy choice.)
+    pub fn needs_host(&self) -> bool {
+        self.penalises() || (self.temperature > 0.0 && (self.top_k > 0 || self.min_p > 0.0))
+    }
+
+    /// Refuse settings no filter can mean.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &'static str, v: f32, why: &str| Err(Error::arg(what, format!("{v}: {why}")));
+        if self.temperature.is_nan() || self.temperature.is_infinite() {
+            return bad("temperature", self.temperature, "must be a finite number (0 = greedy)");
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top_p", self.top_p, "must be in 0..=1 (1 = off)");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", self.min_p, "must be in 0..=1 (0 = off)");
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return bad("repeat_penalty", self.repeat_penalty, "must be a positive number (1 = off)");
+        }
+        Ok(())
     }
 }
 
-/// Temperature 0.2 and top-p 0.9, the settings SmolLM2's model card uses: small models wander at
-/// higher temperatures (SmolLM2-135M asked for the capital of France: at 0.7 the default seed
-/// answers in looping French; at 0.2, 9 of 10 seeds name Paris, lavapipe, 2026-11-30).
+/// Temperature 0.2 and top-p 0.9, the settings SmolLM2's model card uses (the default model's;
+/// `Model::default_sampling` picks per model): small models wander at higher temperatures
+/// (SmolLM2-135M asked for the capital of France: at 0.7 the default seed answers in looping
+/// French; at 0.2, 9 of 10 seeds name Paris, lavapipe, 2026-11-30).
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.2, top_p: 0.9, seed: 42 }
+        Sampling { temperature: 0.2, top_p: 0.9, top_k: 0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed: 42 }
+    }
+}
+
+/// splitmix64: the uniform numbers sampling draws, reproducible from the seed.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Uniform in [0, 1), 24 bits.
+    pub fn uniform(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 
@@ -84,7 +184,11 @@ pub struct Session {
     pos: usize,
     /// Logit rows available after the last `feed` (1, or the chunk length with `all_logits`).
     logit_rows: usize,
-    rng: u64,
+    /// Seeded by the first sampled token's `Sampling::seed`.
+    rng: Option<SplitMix>,
+    /// Token ids in the KV cache (the repetition penalty's window).
+    history: Vec<u32>,
+    progress: Option<Arc<dyn Progress>>,
     esa: Option<EsaState>,
 }
 
@@ -146,7 +250,7 @@ impl Session {
             Attention::Esa(e) => Some(EsaState::new(ctx, c, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
             Attention::Dense => None,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: 0, esa })
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa })
     }
 
     /// ESA state (None for dense attention).
@@ -172,11 +276,19 @@ impl Session {
         self.opts.prefill_chunk
     }
 
+    /// Report the progress of prompts (feeds of more than one token) to `p`; None reports nothing.
+    /// With a reporter each prefill chunk is waited for before the next is recorded, so the count
+    /// follows the GPU (one short pipeline bubble per chunk).
+    pub fn set_progress(&mut self, p: Option<Arc<dyn Progress>>) {
+        self.progress = p;
+    }
+
     /// Keep only the first `n` tokens of the context (the rest of the cache is overwritten later).
     pub fn truncate(&mut self, n: usize) {
         if n < self.pos {
             self.pos = n;
             self.logit_rows = 0;
+            self.history.truncate(n);
         }
     }
 
@@ -184,38 +296,89 @@ impl Session {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.logit_rows = 0;
+        self.history.clear();
     }
 
     /// Append `tokens` to the context, running them through the model in chunks. Afterwards the
     /// logits of the last token (or of every token of the last chunk, with `all_logits`) are ready.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        self.run_chunks(tokens, None)
+        self.reporting(tokens.len(), |s| {
+            s.run_chunks(tokens, None)?;
+            // The stage ends when the GPU is done (only while reporting: otherwise the caller's
+            // read-back waits).
+            if s.progress.is_some() && tokens.len() > 1 {
+                s.model.ctx.sync()?;
+            }
+            Ok(())
+        })
     }
 
     /// Feed `tokens` and choose the next token, in one submission per chunk; returns its id.
+    /// Greedy and plain temperature + top-p settings sample on the GPU in the last submission;
+    /// top-k, min-p and the repetition penalty read the logits back and sample on the host
+    /// (`Sampling::needs_host`, `crate::sampler`).
     pub fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "empty"));
         }
-        self.run_chunks(tokens, Some(sampling))?;
-        let b = self.model.ctx.read_staged(&self.s.token_staging, 4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        sampling.validate()?;
+        self.reporting(tokens.len(), |s| {
+            if sampling.needs_host() {
+                s.run_chunks(tokens, None)?;
+                let logits = s.logits()?;
+                let u = s.next_uniform(sampling);
+                let recent = &s.history[s.history.len().saturating_sub(sampling.repeat_last_n)..];
+                return Ok(crate::sampler::sample(&logits, recent, sampling, u));
+            }
+            s.run_chunks(tokens, Some(sampling))?;
+            let b = s.model.ctx.read_staged(&s.s.token_staging, 4)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        })
+    }
+
+    /// Run `f` as one "prompt" stage of the progress reporter when there is one and `n_tokens > 1`
+    /// (decode steps are not reported).
+    fn reporting<T>(&mut self, n_tokens: usize, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let progress = self.progress.clone().filter(|_| n_tokens > 1);
+        if let Some(p) = &progress {
+            // One chunk is one submission with nothing to count: a spinner and the time.
+            if n_tokens > self.opts.prefill_chunk {
+                p.start("prompt", n_tokens as u64, Unit::Tokens);
+            } else {
+                p.start(&format!("prompt of {n_tokens} tokens"), 0, Unit::Tokens);
+            }
+        }
+        let result = f(self);
+        if let Some(p) = &progress {
+            p.finish();
+        }
+        result
     }
 
     /// One submission per prefill chunk; with `sampling`, the last one also samples the next token
-    /// and copies it to the staging buffer.
+    /// and copies it to the staging buffer. While a progress reporter is set, every chunk but the
+    /// last is waited for and reported.
     fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>) -> Result<()> {
         self.check_room(tokens.len())?;
+        let progress = self.progress.clone().filter(|_| tokens.len() > 1);
         let n_chunks = tokens.len().div_ceil(self.opts.prefill_chunk);
+        let mut done = 0;
         for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
             self.record_chunk(&mut rec, chunk)?;
-            if let (Some(s), true) = (sampling, i + 1 == n_chunks) {
+            self.history.extend_from_slice(chunk);
+            let last = i + 1 == n_chunks;
+            if let (Some(s), true) = (sampling, last) {
                 self.record_sample(&mut rec, s)?;
                 rec.copy(&self.s.token, 0, &self.s.token_staging, 0, 4);
             }
             rec.submit()?;
+            done += chunk.len();
+            if let (Some(p), false) = (&progress, last) {
+                ctx.sync()?;
+                p.update(done as u64);
+            }
         }
         Ok(())
     }
@@ -243,17 +406,13 @@ impl Session {
         Ok(())
     }
 
+    /// One uniform per sampled token (greedy ones too), reproducible from the seed.
+    fn next_uniform(&mut self, s: &Sampling) -> f32 {
+        self.rng.get_or_insert_with(|| SplitMix::new(s.seed)).uniform()
+    }
+
     fn record_sample(&mut self, rec: &mut Recorder, s: &Sampling) -> Result<()> {
-        if self.rng == 0 {
-            self.rng = s.seed ^ 0x9E37_79B9_7F4A_7C15;
-        }
-        // splitmix64: one uniform per sampled token, reproducible from the seed.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+        let u = self.next_uniform(s);
         let v = self.model.cfg.vocab_size;
         sampling::sample(rec, &BufRef::from(&self.s.logits), (self.logit_rows - 1) * v, v, s.temperature, s.top_p, u, &BufRef::from(&self.s.token))
     }

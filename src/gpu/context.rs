@@ -92,14 +92,26 @@ impl GpuContext {
     pub async fn new_async(opts: &GpuOptions) -> Result<Arc<GpuContext>> {
         let backend = std::env::var("ESA_WGPU_BACKEND").ok().or(opts.backend.clone());
         let wanted = std::env::var("ESA_WGPU_ADAPTER").ok().or(opts.adapter.clone());
-        let backends = match &backend {
-            Some(b) => parse_backend(b)?,
-            None => wgpu::Backends::PRIMARY | wgpu::Backends::GL,
+        // Only the backends asked for; by default the platform's primary ones (Vulkan, Metal,
+        // DX12), and GL only where they find no adapter: initialising a backend nobody uses costs
+        // time and can print its own errors.
+        let enumerate = |backends: wgpu::Backends| async move {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+            desc.backends = backends;
+            let instance = wgpu::Instance::new(desc);
+            let adapters = instance.enumerate_adapters(backends).await;
+            (instance, adapters)
         };
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = backends;
-        let instance = wgpu::Instance::new(desc);
-        let adapters = instance.enumerate_adapters(backends).await;
+        let asked = match &backend {
+            Some(b) => parse_backend(b)?,
+            None => wgpu::Backends::PRIMARY,
+        };
+        let (mut _instance, mut adapters) = enumerate(asked).await;
+        let mut backends = asked;
+        if adapters.is_empty() && backend.is_none() {
+            (_instance, adapters) = enumerate(wgpu::Backends::GL).await;
+            backends |= wgpu::Backends::GL;
+        }
         if adapters.is_empty() {
             return Err(Error::Gpu(format!(
                 "no GPU adapter found for backends {backends:?}; install a Vulkan/Metal/DX12 driver \

@@ -58,6 +58,18 @@ fn upload_vector(ctx: &GpuContext, src: &dyn WeightSource, name: &str, n: usize)
 
 impl GpuModel {
     pub fn load(ctx: Arc<GpuContext>, source: Box<dyn WeightSource + Send + Sync>) -> Result<GpuModel> {
+        Self::load_with_progress(ctx, source, &crate::progress::Silent)
+    }
+
+    /// `load`, reporting the layers uploaded (and the LM head as one more) to `progress`.
+    pub fn load_with_progress(ctx: Arc<GpuContext>, source: Box<dyn WeightSource + Send + Sync>, progress: &dyn crate::progress::Progress) -> Result<GpuModel> {
+        progress.start("loading model", source.config().num_layers as u64 + 1, crate::progress::Unit::Layers);
+        let model = Self::load_reporting(ctx, source, progress);
+        progress.finish();
+        model
+    }
+
+    fn load_reporting(ctx: Arc<GpuContext>, source: Box<dyn WeightSource + Send + Sync>, progress: &dyn crate::progress::Progress) -> Result<GpuModel> {
         let cfg = source.config().clone();
         let src: &dyn WeightSource = source.as_ref();
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
@@ -102,6 +114,7 @@ impl GpuModel {
                 gate_up,
                 down,
             });
+            progress.update(i as u64 + 1);
         }
         let final_norm = upload_vector(&ctx, src, "model.norm.weight", h)?;
         let embed = expect(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
