@@ -78,6 +78,9 @@ struct Args {
     /// ESA: text files to calibrate on with `--esa-maps auto` (default: /usr/share/common-licenses).
     #[arg(long, num_args = 1..)]
     esa_calibration_text: Vec<PathBuf>,
+    /// ESA: most tokens `--esa-maps auto` calibrates on (fewer: faster first run on slow adapters).
+    #[arg(long, default_value_t = 16_384)]
+    esa_calibration_tokens: usize,
 }
 
 fn main() {
@@ -89,8 +92,8 @@ fn main() {
 
 /// `--esa-maps auto`: the cached maps of this model, calibrating them first (with a progress bar)
 /// if there are none yet.
-fn auto_maps(model: &esa_wgpu::Model, config: &EsaConfig, text: &[PathBuf]) -> esa_wgpu::Result<Option<PathBuf>> {
-    let mut opts = calibrate::AutoOptions::new(config.d_compressed, config.long_distance_query_pos());
+fn auto_maps(model: &esa_wgpu::Model, config: &EsaConfig, text: &[PathBuf], max_tokens: usize) -> esa_wgpu::Result<Option<PathBuf>> {
+    let mut opts = calibrate::AutoOptions { max_tokens, ..calibrate::AutoOptions::new(config.d_compressed, config.long_distance_query_pos()) };
     if !text.is_empty() {
         let mut t = String::new();
         for f in text {
@@ -147,7 +150,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
                 d_compressed: args.esa_d,
             };
             let maps = match &args.esa_maps {
-                Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, &args.esa_calibration_text)?,
+                Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, &args.esa_calibration_text, args.esa_calibration_tokens)?,
                 other => other.clone(),
             };
             Attention::Esa(EsaOptions { config, maps })

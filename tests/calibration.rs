@@ -253,3 +253,27 @@ fn maps_file_round_trip_and_refusal_for_another_model() {
     let err = other.session(SessionOptions { max_context: 64, attention: esa(&path), ..Default::default() }).err().expect("maps of another model must be refused").to_string();
     assert!(err.contains("tiny-d8.safetensors") && err.contains("another model") && err.contains(&model.gpu.identity), "{err}");
 }
+
+/// `auto_maps` (what `--esa-maps auto` calls) calibrates once, caches the file under the model
+/// cache, finds it the second time without running the model, and leaves exact maps alone.
+#[test]
+fn auto_maps_calibrate_once_then_come_from_the_cache() {
+    let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
+    let cache = tempfile::tempdir().unwrap();
+    // Only this test in this binary reads the cache location.
+    std::env::set_var("ESA_WGPU_CACHE", cache.path());
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let text = "It was the best of times, it was the worst of times, it was the age of wisdom. ".repeat(3);
+    let opts = calibrate::AutoOptions { max_tokens: 120, text: Some((text, "test text".into())), ..calibrate::AutoOptions::new(8, 16) };
+    let mut calls = 0;
+    let path = calibrate::auto_maps(&model, &opts, &mut |_, _| calls += 1).unwrap().expect("d' 8 < 24 needs maps");
+    assert!(path.starts_with(cache.path().join("esa-maps")) && path.is_file(), "{}", path.display());
+    assert!(calls > 1);
+    let (maps, info) = calibrate::load_maps(&path).unwrap();
+    assert_eq!((maps.len(), info.d_compressed, info.w, info.model.as_str(), info.text.as_str()), (3, 8, 16, model.gpu.identity.as_str(), "test text"));
+    assert_eq!(info.tokens, 120 - 16);
+    let mut again = 0;
+    assert_eq!(calibrate::auto_maps(&model, &opts, &mut |_, _| again += 1).unwrap(), Some(path));
+    assert_eq!(again, 0, "the cached file must be used");
+    assert_eq!(calibrate::auto_maps(&model, &calibrate::AutoOptions::new(24, 16), &mut |_, _| {}).unwrap(), None);
+}
