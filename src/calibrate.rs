@@ -482,7 +482,7 @@ pub fn load_maps(path: &Path) -> Result<(Vec<LayerMaps>, MapsInfo)> {
 
 /// Where the default calibration text comes from: the license texts every Debian or Ubuntu
 /// system ships in `base-files` (GPL, LGPL, GFDL, Apache, MPL, Artistic, CC0: ~260 KB of
-/// English prose, ~60k SmolLM2 tokens).
+/// English prose, ~52k SmolLM2 tokens).
 pub const DEFAULT_TEXT_DIR: &str = "/usr/share/common-licenses";
 
 /// The default calibration text: the regular files of [`DEFAULT_TEXT_DIR`] in name order
