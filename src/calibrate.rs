@@ -413,6 +413,8 @@ pub struct MapsInfo {
     pub model_name: String,
     pub d_compressed: usize,
     pub w: usize,
+    /// Query (and key) vectors per layer in the moments: the calibration tokens less the
+    /// skipped leading positions of each window.
     pub tokens: usize,
     pub method: String,
     pub text: String,
