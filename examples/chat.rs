@@ -3,11 +3,14 @@
 //!   cargo run --release --example chat                     # default model (SmolLM2-135M-Instruct)
 //!   cargo run --release --example chat -- --model DIR_OR_GGUF --temperature 0.2
 //!   cargo run --release --example chat -- --prompt "Why is the sky blue?"
+//!   cargo run --release --example chat -- --attention esa --esa-maps auto   # calibrated maps, d' 128
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
+use esa_wgpu::calibrate;
+use indicatif::{ProgressBar, ProgressStyle};
 use esa_wgpu::{Attention, Bars, Engine, EsaConfig, EsaOptions, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
 
 #[derive(Parser, Debug)]
@@ -80,13 +83,24 @@ struct Args {
     /// ESA: position of long-distance queries (default: --esa-local).
     #[arg(long)]
     esa_w: Option<usize>,
-    /// ESA: calibrated compression maps (safetensors); default: exact maps.
+    /// ESA: calibrated compression maps (safetensors), or `auto`: calibrate this model once on
+    /// the default text (or --esa-calibration-text) and cache the maps beside the models.
+    /// Default: exact maps (width n_kv * head_dim).
     #[arg(long)]
     esa_maps: Option<PathBuf>,
     /// Print only the reply: no progress bars, no adapter, model or speed lines (errors still go
     /// to stderr). Bars are also left out when stderr is not a terminal.
     #[arg(long, short)]
     quiet: bool,
+    /// ESA: compressed width d' of `--esa-maps auto` (at or above the exact width: exact maps).
+    #[arg(long, default_value_t = 128)]
+    esa_d: usize,
+    /// ESA: text files to calibrate on with `--esa-maps auto` (default: /usr/share/common-licenses).
+    #[arg(long, num_args = 1..)]
+    esa_calibration_text: Vec<PathBuf>,
+    /// ESA: most tokens `--esa-maps auto` calibrates on (fewer: faster first run on slow adapters).
+    #[arg(long, default_value_t = 16_384)]
+    esa_calibration_tokens: usize,
 }
 
 fn main() {
@@ -104,6 +118,39 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// `--esa-maps auto`: the cached maps of this model, calibrating them first (with a progress bar)
+/// if there are none yet.
+fn auto_maps(model: &esa_wgpu::Model, config: &EsaConfig, text: &[PathBuf], max_tokens: usize) -> esa_wgpu::Result<Option<PathBuf>> {
+    let mut opts = calibrate::AutoOptions { max_tokens, ..calibrate::AutoOptions::new(config.d_compressed, config.long_distance_query_pos()) };
+    if !text.is_empty() {
+        let mut t = String::new();
+        for f in text {
+            t.push_str(&std::fs::read_to_string(f).map_err(|e| esa_wgpu::Error::io(f, e))?);
+            t.push_str("\n\n");
+        }
+        opts.text = Some((t, text.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")));
+    }
+    let cached = calibrate::cached_maps_path(&model.gpu, opts.d_compressed, opts.w)?;
+    if !cached.is_file() && opts.d_compressed < model.config().kv_dim() {
+        eprintln!("calibrating ESA maps (d' = {}, w = {}) on the first {} tokens of the text; cached for later runs in {}", opts.d_compressed, opts.w, opts.max_tokens, cached.display());
+    }
+    let pb = ProgressBar::hidden();
+    pb.set_style(ProgressStyle::with_template("calibrating [{bar:40}] {pos}/{len} tokens ({elapsed}, eta {eta})").unwrap().progress_chars("=> "));
+    let maps = calibrate::auto_maps(model, &opts, &mut |done, total| {
+        if pb.is_hidden() {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    match &maps {
+        Some(p) => eprintln!("ESA maps: {}", p.display()),
+        None => eprintln!("ESA maps: d' = {} is at least the exact width {}: exact maps", opts.d_compressed, model.config().kv_dim()),
+    }
+    Ok(maps)
 }
 
 fn run(args: Args) -> esa_wgpu::Result<()> {
@@ -129,18 +176,22 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
     ));
     let attention = match args.attention.as_str() {
         "dense" => Attention::Dense,
-        "esa" => Attention::Esa(EsaOptions {
-            config: EsaConfig {
+        "esa" => {
+            let config = EsaConfig {
                 n_init: args.esa_init,
                 n_local: args.esa_local,
                 top_k: args.esa_top_k,
                 chunk: args.esa_chunk,
                 eps: args.esa_eps,
                 w: args.esa_w,
-                ..Default::default()
-            },
-            maps: args.esa_maps.clone(),
-        }),
+                d_compressed: args.esa_d,
+            };
+            let maps = match &args.esa_maps {
+                Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, &args.esa_calibration_text, args.esa_calibration_tokens)?,
+                other => other.clone(),
+            };
+            Attention::Esa(EsaOptions { config, maps })
+        }
         other => return Err(esa_wgpu::Error::arg("--attention", format!("`{other}`: use dense or esa"))),
     };
     // Dense attention stays within the trained context; ESA is what goes past it.

@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 pub mod attention;
 pub mod session;
 pub mod engine;
+pub mod calibrate;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use engine::{Chat, Engine, FinishReason, Model, Reply};

@@ -190,6 +190,9 @@ pub struct Session {
     history: Vec<u32>,
     progress: Option<Arc<dyn Progress>>,
     esa: Option<EsaState>,
+    /// Host-mappable copy of every layer's fused QKV projection for one chunk (`feed_capturing`
+    /// only; allocated on first use).
+    capture: Option<wgpu::Buffer>,
 }
 
 impl Session {
@@ -247,10 +250,10 @@ impl Session {
             },
         };
         let esa = match &opts.attention {
-            Attention::Esa(e) => Some(EsaState::new(ctx, c, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
+            Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
             Attention::Dense => None,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa })
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, capture: None })
     }
 
     /// ESA state (None for dense attention).
@@ -366,7 +369,7 @@ impl Session {
         for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
-            self.record_chunk(&mut rec, chunk)?;
+            self.record_chunk(&mut rec, chunk, None)?;
             self.history.extend_from_slice(chunk);
             let last = i + 1 == n_chunks;
             if let (Some(s), true) = (sampling, last) {
@@ -381,6 +384,47 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Feed `tokens` like [`feed`](Self::feed), and after each chunk hand `on_chunk(pos0, n, qkv)`
+    /// every layer's QKV projection of that chunk, read back from the GPU: `qkv` is
+    /// `[num_layers][n][q_dim + 2 kv_dim]` f32, each row the un-rotated queries, un-rotated keys
+    /// and values of one token (what calibration of ESA's maps collects). One extra copy per
+    /// layer and one read-back per chunk; nothing else in the forward pass changes.
+    pub fn feed_capturing(&mut self, tokens: &[u32], mut on_chunk: impl FnMut(usize, usize, &[f32]) -> Result<()>) -> Result<()> {
+        self.check_room(tokens.len())?;
+        let c = &self.model.cfg;
+        let row_bytes = (c.q_dim() + 2 * c.kv_dim()) as u64 * 4;
+        let layer_bytes = self.opts.prefill_chunk as u64 * row_bytes;
+        let size = layer_bytes * c.num_layers as u64;
+        let ctx = self.model.ctx.clone();
+        if size > ctx.caps.max_buffer {
+            return Err(Error::arg(
+                "prefill_chunk",
+                format!("capturing {} layers of {} tokens needs a {size}-byte buffer, over the adapter's {}; lower prefill_chunk", c.num_layers, self.opts.prefill_chunk, ctx.caps.max_buffer),
+            ));
+        }
+        let cap = match self.capture.take() {
+            Some(b) => b,
+            None => ctx.staging("qkv capture", size),
+        };
+        let result = (|| {
+            for chunk in tokens.chunks(self.opts.prefill_chunk) {
+                let pos0 = self.pos;
+                let mut rec = Recorder::new(&ctx);
+                self.record_chunk(&mut rec, chunk, Some(&cap))?;
+                rec.submit()?;
+                let n = chunk.len();
+                let layers = self.model.cfg.num_layers;
+                // Each layer's rows were copied packed at l * n rows.
+                let bytes = ctx.read_staged(&cap, layers as u64 * n as u64 * row_bytes)?;
+                let qkv: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+                on_chunk(pos0, n, &qkv)?;
+            }
+            Ok(())
+        })();
+        self.capture = Some(cap);
+        result
     }
 
     /// Logits of the last token.
@@ -417,7 +461,8 @@ impl Session {
         sampling::sample(rec, &BufRef::from(&self.s.logits), (self.logit_rows - 1) * v, v, s.temperature, s.top_p, u, &BufRef::from(&self.s.token))
     }
 
-    fn record_chunk(&mut self, rec: &mut Recorder, tokens: &[u32]) -> Result<()> {
+    /// `capture`: copy each layer's QKV rows there, packed (`feed_capturing`).
+    fn record_chunk(&mut self, rec: &mut Recorder, tokens: &[u32], capture: Option<&wgpu::Buffer>) -> Result<()> {
         let m = self.model.clone();
         let c = &m.cfg;
         let n = tokens.len();
@@ -447,6 +492,10 @@ impl Session {
                     None => linear::matvec(rec, w, &io(&x, h, &qkv, qkv_rows, *row0), Epilogue::Store, Some((&layer.attn_norm, c.rms_norm_eps)))?,
                     Some(xi) => linear::matmul(rec, w, &LinearIo { y_row0: *row0, ..xi.clone() }, Epilogue::Store)?,
                 }
+            }
+            if let Some(cap) = capture {
+                let bytes = (n * qkv_rows * 4) as u64;
+                rec.copy(&self.s.qkv, 0, cap, l as u64 * bytes, bytes);
             }
             let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
             rope_kv::rope_kv(rec, &rope_kv::RopeKv {

@@ -42,10 +42,23 @@ fn matrix(ctx: &GpuContext, name: &str, rows: usize, cols: usize, v: &[f32]) -> 
     GpuMatrix::upload_f32(ctx, &t)
 }
 
-/// Read `layers.{i}.f_q` / `f_k` from a maps file, checking shapes against the model.
-fn load_maps(path: &Path, c: &Config) -> Result<(usize, Vec<(Vec<f32>, Vec<f32>)>)> {
+/// Read `layers.{i}.f_q` / `f_k` from a maps file, checking shapes against the model, and the
+/// model identity when the file records one (calibrated files do; hand-made ones may not).
+fn load_maps(path: &Path, c: &Config, identity: &str) -> Result<(usize, Vec<(Vec<f32>, Vec<f32>)>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    if let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(&bytes) {
+        let meta = meta.metadata().clone().unwrap_or_default();
+        if let Some(id) = meta.get(crate::calibrate::META_MODEL) {
+            if id != identity {
+                let name = meta.get(crate::calibrate::META_MODEL_NAME).map_or(String::new(), |n| format!(" `{n}`"));
+                return Err(Error::format(
+                    path,
+                    format!("these ESA maps were calibrated for another model{name} (identity {id}); the loaded model's identity is {identity}. Calibrate maps for it (`--esa-maps auto`, or the calibrate example)"),
+                ));
+            }
+        }
+    }
     let mut d = 0;
     let mut out = Vec::new();
     for l in 0..c.num_layers {
@@ -72,7 +85,9 @@ fn load_maps(path: &Path, c: &Config) -> Result<(usize, Vec<(Vec<f32>, Vec<f32>)
 }
 
 impl EsaState {
-    pub fn new(ctx: &GpuContext, c: &Config, inv_freq: &[f32], opts: &EsaOptions, max_ctx: usize, chunk: usize) -> Result<EsaState> {
+    /// `identity`: the model's fingerprint (`GpuModel::identity`), checked against a maps file's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(ctx: &GpuContext, c: &Config, identity: &str, inv_freq: &[f32], opts: &EsaOptions, max_ctx: usize, chunk: usize) -> Result<EsaState> {
         let cfg = opts.config.clone();
         cfg.validate()?;
         if c.head_dim % 4 != 0 {
@@ -80,7 +95,7 @@ impl EsaState {
         }
         let shape = HeadShape::from(c);
         let (d, maps) = match &opts.maps {
-            Some(p) => load_maps(p, c)?,
+            Some(p) => load_maps(p, c, identity)?,
             None => {
                 let (fq, fk) = lossless_maps(shape);
                 (c.kv_dim(), vec![(fq, fk); c.num_layers])

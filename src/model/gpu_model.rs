@@ -40,6 +40,26 @@ pub struct GpuModel {
     embed_row_bytes: usize,
     /// Total bytes of weights on the GPU (bandwidth accounting).
     pub gpu_bytes: usize,
+    /// Fingerprint of the weights (see [`model_identity`]): ties calibrated ESA maps to a model.
+    pub identity: String,
+}
+
+/// A short fingerprint of a model: SHA-256 over its shape (architecture, sizes, RoPE) and the
+/// stored bytes of layer 0's K projection, first 16 hex digits. Two files of the same
+/// checkpoint in different formats or quantizations get different identities (their keys differ).
+pub fn model_identity(src: &dyn WeightSource) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let c = src.config();
+    let mut h = Sha256::new();
+    let shape = format!(
+        "{:?} h{} i{} l{} q{} kv{} d{} v{} theta{} {:?}",
+        c.arch, c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size, c.rope_theta, c.rope_scaling
+    );
+    h.update(shape.as_bytes());
+    let k = src.tensor("model.layers.0.self_attn.k_proj.weight")?;
+    h.update(format!("{:?}", k.format).as_bytes());
+    h.update(&k.data);
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
 fn expect<'a>(src: &'a dyn WeightSource, name: &str, shape: &[usize]) -> Result<HostTensor<'a>> {
@@ -128,8 +148,9 @@ impl GpuModel {
         gpu_bytes += lm_head.bytes();
         drop(embed);
         let inv_freq = ctx.upload("rope inv_freq", bytemuck::cast_slice(&cfg.rope_inv_freqs()))?;
+        let identity = model_identity(src)?;
         ctx.check()?;
-        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes })
+        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes, identity })
     }
 
     /// Embedding rows of `tokens`, concatenated, f32.
