@@ -1,6 +1,5 @@
-// Parameters and bindings shared by the two prefill attention kernels (attention_prefill.wgsl,
-// attention_prefill_coop.wgsl); the op prepends this file. Mirrors `PrefillParams` in
-// src/gpu/ops/attention.rs.
+// Parameters and bindings of the portable prefill attention kernel (attention_prefill.wgsl); the
+// op prepends this file. Mirrors `PrefillParams` in src/gpu/ops/attention.rs.
 //   n_q: queries of the chunk; n_heads / n_kv: query and KV heads; pos0: position of query 0;
 //   scale: 1 / sqrt(head_dim).
 

@@ -1,10 +1,10 @@
 enable f16;
 enable wgpu_cooperative_matrix;
-// esa_attention_coop: ESA's attention of a prefill chunk on cooperative matrices (16x16x16 f16
-// products, f32 accumulators); the tiling of attention_prefill_coop.wgsl applied to ESA's two key
-// segments, one segment per dispatch z, each written as a partial (m, l, o) that
-// attention_merge.wgsl combines (one softmax over both). Chosen by `esa_attention::attend` where the
-// dense kernel's cooperative-matrix variant runs and the chunk has at least 8 queries.
+// esa_attention_coop: attention of a prefill chunk on cooperative matrices (16x16x16 f16 products,
+// f32 accumulators), over ESA's two key segments, one segment per dispatch z, each written as a
+// partial (m, l, o) that attention_merge.wgsl combines (one softmax over both). Chosen for chunks
+// of at least 8 queries where the cooperative-matrix matmul runs, by `esa_attention::attend` and,
+// for dense attention, by `attention::attend_prefill_coop`.
 //   z = 0, long-distance part: virtual keys e < n_long = n_init + min(state[count_index], max_sel):
 //          cache row e (e < n_init) or sel[e - n_init]; keys at position 0 (as cached), the query
 //          rotated to w; no causal mask (every such key precedes the chunk).
@@ -12,6 +12,8 @@ enable wgpu_cooperative_matrix;
 //          rotated to pos0 + t; causal: row <= pos0 + t.
 // Two passes over the keys (as the dense kernel): pass 1 keeps each row's max m and sum l of
 // exp(S - m); pass 2 accumulates o = sum exp(S - m) V, unnormalised, which is what the merge wants.
+// Dense causal attention of a chunk is the local part alone (n_init = 0, no selection,
+// local_start = 0, queries already rotated: `attention::attend_prefill_coop`).
 // Dispatch: (ceil(n_q * G / 64), n_kv, 2) workgroups of 256 threads (8 subgroups of 32). Rows of a
 // workgroup: 64 (token, head) pairs of one KV group (row R: token R / G, head kvh * G + R % G).
 // D (head_dim, a multiple of 32, at most 128) is substituted into the source by the op.
@@ -31,7 +33,7 @@ struct Params {
     w: u32,
     q_stride: u32,
     scale: f32,
-    _pad0: u32,
+    rotate_q: u32, // 0: the queries come rotated to their positions already (dense attention)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -144,11 +146,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let b = t * p.q_stride + (kvh * g + row % g) * D;
             let q0 = q[b + e];
             let q1 = q[b + e + half];
-            let a = f32(select(p.pos0 + t, p.w, seg == 0u)) * inv_freq[e];
-            let c = cos(a);
-            let s = sin(a);
-            lo = q0 * c - q1 * s;
-            hi = q1 * c + q0 * s;
+            lo = q0;
+            hi = q1;
+            if (p.rotate_q != 0u) {
+                let a = f32(select(p.pos0 + t, p.w, seg == 0u)) * inv_freq[e];
+                let c = cos(a);
+                let s = sin(a);
+                lo = q0 * c - q1 * s;
+                hi = q1 * c + q0 * s;
+            }
         }
         qs[r * LD + e] = f16(lo);
         qs[r * LD + e + half] = f16(hi);

@@ -211,7 +211,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
 #[test]
 fn coop_attention_validates() {
     for d in [32usize, 64, 96, 128] {
-        validate_wgsl(&format!("attention_prefill_coop d={d}"), &attention::prefill_coop_source(d));
+        validate_wgsl(&format!("esa_attention_coop d={d}"), &esa_wgpu::gpu::ops::esa_attention::coop_source(d));
     }
 }
 
@@ -312,7 +312,7 @@ fn coop_attention_emulated() {
             let mut rec = Recorder::new(&ctx);
             let (qr, kr, vr, or) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&out));
             rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&upload(&ctx, &qkv)), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
-            let part = BufRef::from(&poisoned(&ctx, 4));
+            let part = BufRef::from(&poisoned(&ctx, attention::scratch_floats(n, nh, d)));
             attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
             rec.submit().unwrap();
             let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);

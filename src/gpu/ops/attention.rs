@@ -33,7 +33,8 @@ const TARGET_GROUPS: usize = 1024;
 
 /// Floats of scratch the partial results need for a chunk of `n_q` queries.
 pub fn scratch_floats(n_q: usize, n_heads: usize, head_dim: usize) -> usize {
-    (n_q * n_heads).max(TARGET_GROUPS) * (head_dim + 2)
+    // the cooperative-matrix prefill kernel writes two partials per (query, head)
+    (2 * n_q * n_heads).max(TARGET_GROUPS) * (head_dim + 2)
 }
 
 pub struct Attend<'a> {
@@ -79,13 +80,6 @@ pub fn prefill_coop_supports(ctx: &crate::gpu::GpuContext, head_dim: usize) -> b
     super::linear::matmul_variant(ctx) == super::linear::MatmulVariant::Coop && head_dim % 32 == 0 && head_dim <= 128
 }
 
-/// WGSL of `attention_prefill_coop.wgsl` for one head size (substituted as a constant, since it
-/// sizes the workgroup arrays). Public so tests can validate it where no adapter runs it.
-pub fn prefill_coop_source(head_dim: usize) -> String {
-    let kernel = super::src::ATTENTION_PREFILL_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1);
-    super::with_prelude(&kernel, super::src::ATTENTION_PREFILL_PARAMS)
-}
-
 /// Causal attention of a chunk: for prefill chunks the tiled flash-attention kernel (on
 /// cooperative matrices where offered), for decode steps (and head sizes the tiled kernels do not
 /// take) the split-key kernel + merge.
@@ -99,16 +93,33 @@ pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
     }
 }
 
-/// `attention_prefill_coop.wgsl`: one workgroup per 64 (token, head) rows of a KV group.
+/// Causal attention of a chunk on cooperative matrices: `esa_attention_coop.wgsl`'s local part alone
+/// (no initial or selected keys, local window from row 0, queries already rotated) plus the merge.
 pub fn attend_prefill_coop(rec: &mut Recorder, a: &Attend) -> Result<()> {
     let ctx = rec.ctx();
     if !prefill_coop_supports(ctx, a.head_dim) || a.n_heads % a.n_kv != 0 {
         return Err(crate::Error::arg("head_dim", format!("cooperative-matrix prefill attention needs such an adapter, head_dim % 32 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
     }
-    let name = format!("attention_prefill_coop_d{}", a.head_dim);
-    let k = ctx.kernel(&name, &prefill_coop_source(a.head_dim), "main", &[])?;
-    dispatch_prefill(rec, &k, a, 64);
-    Ok(())
+    let dense = super::esa_attention::EsaAttend {
+        q: a.q,
+        q_stride: a.n_heads * a.head_dim,
+        k_cache: a.k_cache,
+        v_cache: a.v_cache,
+        inv_freq: a.inv_freq,
+        selection: None,
+        part: a.part,
+        out: a.out,
+        n_q: a.n_q,
+        n_heads: a.n_heads,
+        n_kv: a.n_kv,
+        head_dim: a.head_dim,
+        pos0: a.pos0,
+        n_init: 0,
+        local_start: 0,
+        w: 0,
+    };
+    // No selection: any read-only buffer fills its bindings (a count bound of 0: never read).
+    super::esa_attention::attend_coop(rec, &dense, (a.q.clone(), a.q.clone(), 0, 0), false)
 }
 
 /// `attention_prefill.wgsl`: one workgroup per 32 (token, head) rows of a KV group; no partials.

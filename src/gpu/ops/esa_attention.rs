@@ -49,7 +49,7 @@ struct CoopParams {
     w: u32,
     q_stride: u32,
     scale: f32,
-    _pad: u32,
+    rotate_q: u32,
 }
 
 /// WGSL of `esa_attention_coop.wgsl` for one head size (a constant: it sizes workgroup arrays).
@@ -130,6 +130,41 @@ pub struct EsaAttend<'a> {
     pub w: usize,
 }
 
+/// `esa_attention_coop.wgsl` + merge: one partial per key segment (long-distance, local) on
+/// cooperative matrices. `selection`: (indices, state, count_index, max_sel), any read-only buffers
+/// with max_sel 0 when nothing is selected. `rotate_q`: false when `a.q` holds queries already
+/// rotated to their positions (dense attention, which has no long-distance part).
+pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool) -> Result<()> {
+    let ctx = rec.ctx();
+    let need = 2 * a.n_q * a.n_heads * (a.head_dim + 2);
+    super::esa_common::check_words("esa_attention_coop", "part", a.part, need)?;
+    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
+    let name = format!("esa_attention_coop_d{}", a.head_dim);
+    let k = ctx.kernel(&name, &coop_source(a.head_dim), "main", &[])?;
+    let p = CoopParams {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        pos0: a.pos0 as u32,
+        n_init: a.n_init as u32,
+        local_start: a.local_start as u32,
+        max_sel: max_sel as u32,
+        count_index: count_index as u32,
+        w: a.w as u32,
+        q_stride: a.q_stride as u32,
+        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        rotate_q: rotate_q as u32,
+    };
+    let rows = a.n_q * (a.n_heads / a.n_kv);
+    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
+    rec.dispatch(&k, &p, &bufs, [rows.div_ceil(64) as u32, a.n_kv as u32, 2]);
+    let qh = a.n_q * a.n_heads;
+    let g = grid(ctx, qh as u32);
+    let mp = MergeParams { n_qh: qh as u32, n_split: 2, head_dim: a.head_dim as u32, grid_x: g[0] };
+    rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
+    Ok(())
+}
+
 /// Records the attention into `out`. Use `reference::esa::select_tokens` for n_init/local_start:
 /// in the dense case pass `n_init = 0`, `local_start = 0`, `selection = None`.
 pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
@@ -160,29 +195,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     let qh = a.n_q * a.n_heads;
     let g = grid(ctx, qh as u32);
     if a.n_q >= super::attention::PREFILL_MIN_QUERIES && super::attention::prefill_coop_supports(ctx, a.head_dim) {
-        // Tensor cores: one partial per segment (long-distance, local), merged below.
-        let name = format!("esa_attention_coop_d{}", a.head_dim);
-        let k = ctx.kernel(&name, &coop_source(a.head_dim), "main", &[])?;
-        let p = CoopParams {
-            n_q: a.n_q as u32,
-            n_heads: a.n_heads as u32,
-            n_kv: a.n_kv as u32,
-            pos0: a.pos0 as u32,
-            n_init: a.n_init as u32,
-            local_start: a.local_start as u32,
-            max_sel: max_sel as u32,
-            count_index: count_index as u32,
-            w: a.w as u32,
-            q_stride: a.q_stride as u32,
-            scale: 1.0 / (a.head_dim as f32).sqrt(),
-            _pad: 0,
-        };
-        let rows = a.n_q * (a.n_heads / a.n_kv);
-        let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
-        rec.dispatch(&k, &p, &bufs, [rows.div_ceil(64) as u32, a.n_kv as u32, 2]);
-        let mp = MergeParams { n_qh: qh as u32, n_split: 2, head_dim: a.head_dim as u32, grid_x: g[0] };
-        rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
-        return Ok(());
+        return attend_coop(rec, a, (sel, state, count_index, max_sel), true);
     }
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
