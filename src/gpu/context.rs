@@ -243,6 +243,13 @@ impl GpuContext {
     /// Compile (once) and return the kernel `entry` of `source`, specialised by WGSL `override`
     /// constants. The cache key is name + entry + constants.
     pub fn kernel(&self, name: &str, source: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Arc<Kernel>> {
+        self.kernel_with(name, entry, constants, || Ok(source.to_string()))
+    }
+
+    /// `kernel` for sources composed at run time (a driver with a weight format, a tile shape):
+    /// `source` runs only when `name` + entry + constants is not cached yet, so the ops that call
+    /// this on every dispatch build no shader text after the first.
+    pub fn kernel_with(&self, name: &str, entry: &str, constants: &[(&str, f64)], source: impl FnOnce() -> Result<String>) -> Result<Arc<Kernel>> {
         let mut key = format!("{name}:{entry}");
         for (k, v) in constants {
             key.push_str(&format!(":{k}={v}"));
@@ -250,13 +257,10 @@ impl GpuContext {
         if let Some(k) = self.pipelines.lock().unwrap().get(&key) {
             return Ok(k.clone());
         }
-        let emulated;
-        let source = if self.caps.coop_emulated && source.contains("enable wgpu_cooperative_matrix;") {
-            emulated = super::coop_emulation::emulate(source)?;
-            emulated.as_str()
-        } else {
-            source
-        };
+        let mut source = source()?;
+        if self.caps.coop_emulated && source.contains("enable wgpu_cooperative_matrix;") {
+            source = super::coop_emulation::emulate(&source)?;
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         // Bounds checks stay on (a bad index must never read outside a buffer), but every loop in
         // these kernels has a bound it provably reaches, so the loop counters wgpu would add to
@@ -267,7 +271,7 @@ impl GpuContext {
         // only check dropped is loop bounding, and each kernel's loops terminate (see above).
         let module = unsafe {
             self.device.create_shader_module_trusted(
-                wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.into()) },
+                wgpu::ShaderModuleDescriptor { label: Some(name), source: wgpu::ShaderSource::Wgsl(source.as_str().into()) },
                 checks,
             )
         };

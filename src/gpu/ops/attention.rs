@@ -128,7 +128,7 @@ pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
     if !prefill_supports(a.head_dim) || a.n_heads % a.n_kv != 0 {
         return Err(crate::Error::arg("head_dim", format!("prefill attention needs head_dim % 4 == 0 and <= 128 (got {}) and n_heads a multiple of n_kv", a.head_dim)));
     }
-    let k = ctx.kernel("attention_prefill", &super::with_prelude(super::src::ATTENTION_PREFILL, super::src::ATTENTION_PREFILL_PARAMS), "main", &[("D", a.head_dim as f64)])?;
+    let k = ctx.kernel_with("attention_prefill", "main", &[("D", a.head_dim as f64)], || Ok(super::with_prelude(super::src::ATTENTION_PREFILL, super::src::ATTENTION_PREFILL_PARAMS)))?;
     dispatch_prefill(rec, &k, a, 32);
     Ok(())
 }

@@ -140,7 +140,7 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     super::esa_common::check_words("esa_attention_coop", "part", a.part, need)?;
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
     let name = format!("esa_attention_coop_d{}", a.head_dim);
-    let k = ctx.kernel(&name, &coop_source(a.head_dim), "main", &[])?;
+    let k = ctx.kernel_with(&name, "main", &[], || Ok(coop_source(a.head_dim)))?;
     let p = CoopParams {
         n_q: a.n_q as u32,
         n_heads: a.n_heads as u32,
@@ -186,18 +186,18 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         check_words("esa_attention", "selection.state", s.state, s.count_index + 1)?;
     }
     let ctx = rec.ctx();
-    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
     let (sel, state, count_index, max_sel) = match &a.selection {
         Some(s) => (s.indices.clone(), s.state.clone(), s.count_index, s.max_sel),
         // Any read-only buffer satisfies the bindings; the count bound of 0 means they are not read.
         None => (a.q.clone(), a.q.clone(), 0, 0),
     };
-    let qh = a.n_q * a.n_heads;
-    let g = grid(ctx, qh as u32);
     if a.n_q >= super::attention::PREFILL_MIN_QUERIES && super::attention::prefill_coop_supports(ctx, a.head_dim) {
         return attend_coop(rec, a, (sel, state, count_index, max_sel), true);
     }
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
+    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
+    let qh = a.n_q * a.n_heads;
+    let g = grid(ctx, qh as u32);
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
     // Workgroups per split: one per (query, KV head, chunk of up to HEADS_PER_GROUP query heads).
     let rows = rows_per_split(a.n_q, a.n_heads, a.n_kv);

@@ -197,10 +197,9 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
         "const WM: u32 = {}u;\nconst WN: u32 = {}u;\nconst FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst BK: u32 = {}u;\nconst STAGES: u32 = {}u;\n",
         tile.wm, tile.wn, tile.bk, tile.stages
     );
-    let base = src::MATMUL_COOP;
     let mut out = String::new();
     let mut skip = false; // inside a block that is replaced or not taken
-    for line in base.lines() {
+    for line in src::MATMUL_COOP.lines() {
         match line.trim() {
             "//@TILE" => {
                 skip = true;
@@ -226,8 +225,7 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
 fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, consts) = format_shader(fmt)?;
     let name = format!("matmul_coop[{tile}{}]+{fname}", if x_f16 { ",x16" } else { "" });
-    let source = coop_kernel_source(tile, fmt, x_f16)?;
-    Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
+    Ok((ctx.kernel_with(&name, "main", &consts, || coop_kernel_source(tile, fmt, x_f16))?, unit))
 }
 
 fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kernel>, usize)> {
@@ -241,8 +239,7 @@ fn kernel(ctx: &GpuContext, driver: &str, fmt: TensorFormat) -> Result<(Arc<Kern
         consts.push(("LANES", (256 / rows) as f64));
     }
     let name = format!("{driver}+{fname}");
-    let source = kernel_source(driver, fmt)?;
-    Ok((ctx.kernel(&name, &source, "main", &consts)?, unit))
+    Ok((ctx.kernel_with(&name, "main", &consts, || kernel_source(driver, fmt))?, unit))
 }
 
 /// Layout of the activations: `n_tok` rows of `x_stride` floats in `x`; outputs at
