@@ -64,7 +64,8 @@ fn pointer_args(args: &str, what: &str) -> Result<(PointerArgs, usize)> {
     let bad = |m: &str| Error::Gpu(format!("coop emulation: {what} {m}"));
     let bracket = args.find('[').ok_or_else(|| bad("pointer not NAME[...]"))?;
     let close = args.find("],").ok_or_else(|| bad("pointer not NAME[INDEX], STRIDE"))?;
-    let end = args.find(')').ok_or_else(|| bad("unterminated"))?;
+    // the call's closing parenthesis: the first after the stride (the index may hold parentheses)
+    let end = close + args[close..].find(')').ok_or_else(|| bad("unterminated"))?;
     let parts = PointerArgs {
         name: args[..bracket].trim().to_string(),
         index: args[bracket + 1..close].to_string(),
