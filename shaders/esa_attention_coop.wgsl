@@ -58,6 +58,7 @@ var<workgroup> vs: array<f16, BC * LD>;
 var<workgroup> ps: array<f16, BR * LDP>; // P = exp(S - m) / l
 var<workgroup> cs: array<f32, 2048>; // 8 subgroups x [16][16] fragment scratch
 var<workgroup> row_m: array<f32, BR>;
+var<workgroup> row_l: array<f32, BR>;
 // 16 bytes, not 4: a 4-byte workgroup variable can leave the f16 arrays that the matrix loads read
 // off 16-byte alignment (seen on the H200: shifted columns).
 var<workgroup> wg_keys: vec4<u32>;
@@ -104,29 +105,6 @@ fn stage(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32) {
             vs[kj * LD + e + half] = f16(v1);
         }
     }
-}
-
-// Stages virtual keys kb .. kb + BC (with their values when `values`), then writes subgroup
-// (rf, kf)'s fragment of S = Q K^T (rows 16 rf .., keys 16 kf ..) to its scratch at cs[sg * 256].
-// Both passes call it: pass 2 recomputes S rather than keeping it.
-fn score_tile(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32, rf: u32, kf: u32) {
-    workgroupBarrier();
-    stage(li, kb, n_keys, kvh, values, seg);
-    workgroupBarrier();
-    var acc = coop_mat16x16<f32, C>();
-    for (var dd = 0u; dd < D; dd += 16u) {
-        let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[rf * 16u * LD + dd], LD);
-        let b = coopLoad<coop_mat16x16<f16, B>>(&ks[kf * 16u * LD + dd], LD);
-        acc = coopMultiplyAdd(a, b, acc);
-    }
-    coopStoreT(acc, &cs[(kf * 4u + rf) * 256u], 16u);
-    workgroupBarrier();
-}
-
-// Whether virtual key `key` of the segment counts for a query at chunk offset t: every listed
-// long-distance key; local keys up to the query's own position (causal).
-fn visible(key: u32, n_keys: u32, seg: u32, t: u32) -> bool {
-    return key < n_keys && (seg == 0u || p.local_start + key <= p.pos0 + t);
 }
 
 @compute @workgroup_size(256)
@@ -192,13 +170,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     // Pass 1: running max and sum per row.
     for (var kb = 0u; kb < n_keys; kb += BC) {
-        score_tile(li, kb, n_keys, kvh, false, seg, rf, kf);
+        workgroupBarrier();
+        stage(li, kb, n_keys, kvh, false, seg);
+        workgroupBarrier();
+        var acc = coop_mat16x16<f32, C>();
+        for (var dd = 0u; dd < D; dd += 16u) {
+            let ia = rf * 16u * LD + dd;
+            let ib = kf * 16u * LD + dd;
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[ia], ld);
+            let b = coopLoad<coop_mat16x16<f16, B>>(&ks[ib], ld);
+            acc = coopMultiplyAdd(a, b, acc);
+        }
+        coopStoreT(acc, &cs[cbase], s16);
+        workgroupBarrier();
         var mx = NEG;
         var vals: array<f32, 8>;
         for (var n = 0u; n < 8u; n++) {
             let key = kb + kf * 16u + lh * 8u + n;
             var s = NEG;
-            if (my_row < n_rows && visible(key, n_keys, seg, my_t)) { s = cs[cbase + lm * 16u + lh * 8u + n] * p.scale; }
+            if (my_row < n_rows && key < n_keys && (seg == 0u || p.local_start + key <= p.pos0 + my_t)) { s = cs[cbase + lm * 16u + lh * 8u + n] * p.scale; }
             vals[n] = s;
             mx = max(mx, s);
         }
@@ -229,6 +219,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let m = max(m0, m1);
         let l = select(0.0, l0 * exp(m0 - m), m0 > NEG) + select(0.0, l1 * exp(m1 - m), m1 > NEG);
         row_m[li] = m;
+        row_l[li] = l;
         // this row's (m, l) of the partial; an empty segment leaves (-3e38, 0) and o = 0
         let row = r0 + li;
         if (row < n_rows) {
@@ -245,13 +236,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o2 = coop_mat16x16<f32, C>();
     var o3 = coop_mat16x16<f32, C>();
     for (var kb = 0u; kb < n_keys; kb += BC) {
-        score_tile(li, kb, n_keys, kvh, true, seg, rf, kf);
+        workgroupBarrier();
+        stage(li, kb, n_keys, kvh, true, seg);
+        workgroupBarrier();
+        var acc = coop_mat16x16<f32, C>();
+        for (var dd = 0u; dd < D; dd += 16u) {
+            let ia = rf * 16u * LD + dd;
+            let ib = kf * 16u * LD + dd;
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[ia], ld);
+            let b = coopLoad<coop_mat16x16<f16, B>>(&ks[ib], ld);
+            acc = coopMultiplyAdd(a, b, acc);
+        }
+        coopStoreT(acc, &cs[cbase], s16);
+        workgroupBarrier();
         let rm = row_m[rf * 16u + lm];
         for (var n = 0u; n < 8u; n++) {
             let kl = kf * 16u + lh * 8u + n;
             let key = kb + kl;
             var pv = 0.0;
-            if (my_row < n_rows && visible(key, n_keys, seg, my_t)) {
+            if (my_row < n_rows && key < n_keys && (seg == 0u || p.local_start + key <= p.pos0 + my_t)) {
                 pv = exp(cs[cbase + lm * 16u + lh * 8u + n] * p.scale - rm); // unnormalised
             }
             ps[(rf * 16u + lm) * LDP + kl] = f16(pv);
