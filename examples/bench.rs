@@ -10,7 +10,7 @@ use clap::Parser;
 use std::sync::Arc;
 
 use esa_wgpu::gpu::ops::linear::{self, CoopTile, Epilogue, LinearIo, MatmulVariant};
-use esa_wgpu::gpu::ops::pack_f16;
+use esa_wgpu::gpu::ops::{pack_f16, read_bandwidth};
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, Recorder};
 use esa_wgpu::model::gpu_model::GpuModel;
@@ -59,6 +59,15 @@ struct Args {
     /// dispatch in its own pass, so the totals run slower than the table): a table per phase.
     #[arg(long)]
     profile: bool,
+    /// Time a pure streaming read of a large buffer (the bandwidth floor of every decode figure)
+    /// and exit.
+    #[arg(long)]
+    bandwidth: bool,
+    /// Time the decode matvec alone instead of a model: ROWSxCOLS (e.g. 14336x4096), one token,
+    /// for each format in --formats and each matvec variant the adapter runs; GB/s of weights read
+    /// and their share of the --bandwidth read, measured first.
+    #[arg(long)]
+    matvec: Option<String>,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -152,6 +161,87 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Op
     Ok(())
 }
 
+/// Random weights of `rows x cols` in `fmt` (16-bit formats from `next`, quantised ones from
+/// `quant::random_blocks`).
+fn random_weights(fmt: TensorFormat, rows: usize, cols: usize, next: &mut impl FnMut() -> f32) -> Vec<u8> {
+    match fmt {
+        TensorFormat::F16 => bytemuck::cast_slice(&(0..rows * cols).map(|_| half::f16::from_f32(next())).collect::<Vec<_>>()).to_vec(),
+        TensorFormat::BF16 => bytemuck::cast_slice(&(0..rows * cols).map(|_| half::bf16::from_f32(next())).collect::<Vec<_>>()).to_vec(),
+        q => esa_wgpu::quant::random_blocks(q, rows, cols, 7),
+    }
+}
+
+/// Seconds per call of `record` (recorded `n` times into one submission), the best of `repeats`
+/// batches of `n` after a warm-up batch of one.
+fn time_batches(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnMut(&mut Recorder) -> esa_wgpu::Result<()>) -> esa_wgpu::Result<f64> {
+    let mut batch = |n: usize| -> esa_wgpu::Result<f64> {
+        let t = Instant::now();
+        let mut rec = Recorder::new(ctx);
+        for _ in 0..n {
+            record(&mut rec)?;
+        }
+        rec.submit()?;
+        ctx.sync()?;
+        Ok(t.elapsed().as_secs_f64() / n as f64)
+    };
+    batch(1)?;
+    let mut best = f64::MAX;
+    for _ in 0..repeats.max(1) {
+        best = best.min(batch(n)?);
+    }
+    Ok(best)
+}
+
+/// GB/s of a streaming read of the largest buffer the adapter binds (at most 1 GiB): the floor
+/// that every decode kernel is compared with.
+fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
+    let bytes = ctx.caps.max_binding.min(1 << 30) / 256 * 256;
+    let src = ctx.storage("read src", bytes)?;
+    let out = ctx.storage("read out", read_bandwidth::groups_for(bytes) as u64 * 4)?;
+    let (s, o) = (BufRef::from(&src), BufRef::from(&out));
+    let secs = time_batches(ctx, 20, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?;
+    let gbs = bytes as f64 / secs / 1e9;
+    println!("| streaming read | {:.0} MiB | {:.3} ms | {gbs:.1} GB/s |", bytes as f64 / (1 << 20) as f64, secs * 1e3);
+    Ok(gbs)
+}
+
+/// One-token matvec at ROWSxCOLS for each format and variant: ms, GB/s of weights (bytes as
+/// stored on the GPU) and the share of the streaming-read bandwidth.
+fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize) -> esa_wgpu::Result<()> {
+    let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS")))).collect::<Result<_, _>>()?;
+    let [rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS"))) };
+    println!("| what | size | ms | GB/s |");
+    println!("|---|---|---|---|");
+    let floor = bench_bandwidth(ctx, repeats)?;
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let x: Vec<f32> = (0..cols).map(|_| next()).collect();
+    let xb = ctx.upload("x", bytemuck::cast_slice(&x))?;
+    let gamma = ctx.upload("gamma", bytemuck::cast_slice(&vec![1.0f32; cols]))?;
+    let yb = ctx.storage("y", (rows * 4) as u64)?;
+    println!();
+    println!("| matvec {rows} x {cols}, 1 token, fused norm | variant | ms | weight GB/s | of read |");
+    println!("|---|---|---|---|---|");
+    for f in formats.split(',') {
+        let fmt = parse_format(f.trim())?;
+        let host = HostTensor { name: format!("w {f}"), shape: vec![rows, cols], format: fmt, data: random_weights(fmt, rows, cols, &mut next).into() };
+        let m = GpuMatrix::upload(ctx, &host, true)?;
+        let bytes = (m.row_bytes * rows) as f64;
+        let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: 1 };
+        for v in linear::matvec_variants(ctx) {
+            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
+            let gbs = bytes / secs / 1e9;
+            println!("| {f} | {v:?} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
+        }
+    }
+    Ok(())
+}
+
 /// FLOPs of a prefill of `n` tokens: 2 per weight per token in the layers' matrices (the LM head
 /// runs on the last token only), plus attention's QK^T and PV (4 * head_dim per query head and
 /// attended key). Dense: query t attends t + 1 keys. ESA: at most the budget (initial + local +
@@ -176,6 +266,14 @@ fn main() -> esa_wgpu::Result<()> {
     eprintln!("gpu: {}", engine.context().describe());
     if let Some(spec) = &args.matmul {
         return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.repeats);
+    }
+    if let Some(spec) = &args.matvec {
+        return bench_matvec(engine.context(), spec, &args.formats, args.repeats);
+    }
+    if args.bandwidth {
+        println!("| what | size | ms | GB/s |");
+        println!("|---|---|---|---|");
+        return bench_bandwidth(engine.context(), args.repeats).map(|_| ());
     }
     let t_load = Instant::now();
     let (gpu, label) = match &args.synthetic {

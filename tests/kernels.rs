@@ -61,7 +61,8 @@ fn matvec_all_epilogues_and_formats() {
     let mut rng = StdRng::seed_from_u64(1);
     // F32: the full-precision format ESA's compression maps use (`GpuMatrix::upload_f32`).
     for fmt in [TensorFormat::F16, TensorFormat::BF16, TensorFormat::F32] {
-        for &(rows, cols, n_tok) in &[(37usize, 45usize, 1usize), (74, 203, 3), (130, 8, 4), (2, 1, 1)] {
+        // cols % 8 == 0 (with a vec4-aligned x) take matvec_wide where the adapter has subgroups
+        for &(rows, cols, n_tok) in &[(37usize, 45usize, 1usize), (74, 203, 3), (130, 8, 4), (2, 1, 1), (66, 200, 2)] {
             let w = rand_vec(&mut rng, rows * cols, 0.5);
             let (host, wq) = host_16("w", &w, rows, cols, fmt);
             let m = if fmt == TensorFormat::F32 { GpuMatrix::upload_f32(&ctx, &host).unwrap() } else { GpuMatrix::upload(&ctx, &host, true).unwrap() };
@@ -71,12 +72,13 @@ fn matvec_all_epilogues_and_formats() {
             let gb = upload(&ctx, &gamma);
             for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
                 for use_norm in [false, true] {
+                  for variant in linear::matvec_variants(&ctx) {
                     let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
                     let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
                     let mut rec = Recorder::new(&ctx);
                     let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
-                    linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
+                    linear::matvec_with(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5)), variant).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
                     let mut want = Vec::new();
@@ -90,7 +92,8 @@ fn matvec_all_epilogues_and_formats() {
                             Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
                         }
                     }
-                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} subgroups={}", ctx.caps.subgroups), &got, &want, 1e-3, 1e-3);
+                    assert_close(&format!("matvec {variant:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
+                  }
                 }
             }
         }
@@ -321,4 +324,33 @@ fn coop_attention_emulated() {
             pos0 += n;
         }
     }
+}
+
+/// The bench's bandwidth probe reads every word exactly once: each workgroup's XOR matches the
+/// XOR of the vec4s it owns (index i belongs to workgroup (i mod stride) / 256), for a size that
+/// leaves a ragged tail and a size smaller than one pass.
+#[test]
+fn read_bandwidth_reads_every_word_once() {
+    use esa_wgpu::gpu::ops::read_bandwidth;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(5);
+    let words: Vec<u32> = (0..(1 << 20) + 4 * 777).map(|_| rand::Rng::gen(&mut rng)).collect();
+    let src = ctx.upload("src", bytemuck::cast_slice(&words)).unwrap();
+    for bytes in [words.len() as u64 * 4, 16 * 1000, 16 * 200_001] {
+        let groups = read_bandwidth::groups_for(bytes) as usize;
+        let out = ctx.upload("out", &vec![0xabu8; groups * 4 + 64]).unwrap();
+        let mut rec = Recorder::new(&ctx);
+        assert_eq!(read_bandwidth::read_all(&mut rec, &BufRef::from(&src), bytes, &BufRef::from(&out)).unwrap() as usize, groups);
+        rec.submit().unwrap();
+        let got = ctx.read_u32(&out, 0, groups).unwrap();
+        let mut want = vec![0u32; groups];
+        let stride = groups * 256;
+        for i in 0..(bytes / 16) as usize {
+            want[(i % stride) / 256] ^= words[4 * i] ^ words[4 * i + 1] ^ words[4 * i + 2] ^ words[4 * i + 3];
+        }
+        assert_eq!(got, want, "{bytes} bytes in {groups} workgroups");
+    }
+    let out = poisoned(&ctx, 16);
+    let err = read_bandwidth::read_all(&mut Recorder::new(&ctx), &BufRef::from(&src), 20, &BufRef::from(&out)).unwrap_err();
+    assert!(format!("{err}").contains("read_bandwidth bytes"), "{err}");
 }

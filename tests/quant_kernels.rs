@@ -70,12 +70,13 @@ fn quant_matvec_every_format_and_epilogue() {
                     continue; // SwiGLU weights are (gate, up) row pairs
                 }
                 for use_norm in [false, true] {
+                  for variant in linear::matvec_variants(&ctx) {
                     let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
                     let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
                     let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
                     let mut rec = Recorder::new(&ctx);
-                    linear::matvec(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5))).unwrap();
+                    linear::matvec_with(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5)), variant).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
                     let mut want = Vec::new();
@@ -90,10 +91,81 @@ fn quant_matvec_every_format_and_epilogue() {
                         }
                     }
                     let shards = m.shards.len();
-                    assert_close(&format!("matvec {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);
+                    assert_close(&format!("matvec {variant:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);
+                  }
                 }
             }
         }
     }
 }
 
+
+/// `matvec_wide` at every shape the op can pick (threads per row group x rows per group), every
+/// format including f16, with 3 tokens and the fused norm: idle threads (more threads than
+/// octets), clamped rows past the shard (rows not a multiple of the rows per workgroup) and each
+/// epilogue. Adapters without fixed-size subgroups have no wide variant and skip.
+#[test]
+fn matvec_wide_every_shape() {
+    let ctx = ctx();
+    let Some(sg) = linear::fixed_subgroup(&ctx) else {
+        eprintln!("skipped: no fixed-size subgroups");
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(12);
+    let n_tok = 3;
+    for (fi, fmt) in [TensorFormat::F16].into_iter().chain(FORMATS).enumerate() {
+        let (rows, cols) = (70usize, cols_for(fmt, 16)); // 512 columns: 64 octets
+        let (host, wq) = if fmt == TensorFormat::F16 {
+            let w = rand_vec(&mut rng, rows * cols, 0.5);
+            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (HostTensor { name: "w f16".into(), shape: vec![rows, cols], format: fmt, data: bytemuck::cast_slice(&h).to_vec().into() }, h.iter().map(|v| v.to_f32()).collect())
+        } else {
+            weights(fmt, rows, cols, 50 + fi as u64)
+        };
+        let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+        let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+        let gamma = rand_vec(&mut rng, cols, 1.0);
+        let (xb, gb) = (upload(&ctx, &x), upload(&ctx, &gamma));
+        let want_y: Vec<Vec<f32>> = (0..n_tok).map(|t| r::matvec(&wq, rows, cols, &r::rmsnorm(&x[t * cols..(t + 1) * cols], &gamma, 1e-5))).collect();
+        let mut t = sg.max(16);
+        while t <= 256 {
+            for nr in [1u32, 2, 4] {
+                // every shape for f16 and Q4_K; one per (format, T) for the others (pipelines are slow to build on lavapipe)
+                if !(fmt == TensorFormat::F16 || fmt == TensorFormat::Q4_K || nr == [1, 2, 4][fi % 3]) {
+                    continue;
+                }
+                for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                    if epi == Epilogue::SwiGlu && nr == 1 {
+                        continue;
+                    }
+                    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                    let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                    let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    let mut rec = Recorder::new(&ctx);
+                    linear::matvec_wide(&mut rec, &m, &io, epi, Some((&gb, 1e-5)), (t, nr)).unwrap();
+                    rec.submit().unwrap();
+                    let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                    let mut want = Vec::new();
+                    for (tk, y) in want_y.iter().enumerate() {
+                        match epi {
+                            Epilogue::Store => want.extend(y),
+                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[tk * rows..]).map(|(a, b)| a + b)),
+                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
+                        }
+                    }
+                    assert_close(&format!("matvec_wide T={t} NR={nr} {fmt:?} {rows}x{cols} n{n_tok} {epi:?}"), &got, &want);
+                }
+            }
+            t *= 2;
+        }
+    }
+    // shapes the op refuses
+    let io = LinearIo { x: BufRef::from(&upload(&ctx, &[0.0; 64])), x_off: 0, x_stride: 64, x_f16: false, y: BufRef::from(&poisoned(&ctx, 64)), y_stride: 64, y_row0: 0, n_tok: 1 };
+    let (host, _) = weights(TensorFormat::Q8_0, 2, 64, 1);
+    let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+    for shape in [(48, 1), (512, 1), (64, 3), (8, 1)] {
+        let err = linear::matvec_wide(&mut Recorder::new(&ctx), &m, &io, Epilogue::Store, None, shape).unwrap_err();
+        assert!(format!("{err}").contains("matvec_wide shape"), "{err}");
+    }
+}

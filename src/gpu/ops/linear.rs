@@ -70,7 +70,7 @@ pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
         .then_some(c.subgroup_min)
 }
 
-/// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`; `coop_kernel_source` for `matmul_coop`) composed with
+/// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`; `wide_kernel_source` for `matvec_wide`; `coop_kernel_source` for `matmul_coop`) composed with
 /// a weight format: directives, the shared params, the format file, the driver. Public so tests can
 /// validate the variants an adapter at hand cannot run.
 pub fn kernel_source(driver: &str, fmt: TensorFormat) -> Result<String> {
@@ -259,26 +259,106 @@ pub struct LinearIo {
     pub n_tok: usize,
 }
 
+/// How a few tokens are multiplied (decode): the variants differ in how they spread a row over
+/// threads, not in what they compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatvecVariant {
+    /// `matvec.wgsl`: rows reduced in workgroup memory; every adapter.
+    Portable,
+    /// `matvec_sg.wgsl`: one row per subgroup, no barriers; CPU adapters (lavapipe).
+    Subgroup,
+    /// `matvec_wide.wgsl`: several rows per group of threads with vec4 input loads, the input
+    /// normalised once per workgroup; GPUs with fixed-size subgroups. Needs cols % 8 == 0 and a
+    /// vec4-aligned input (others take `Subgroup`).
+    Wide,
+}
+
+/// The matvec variant the adapter runs best.
+pub fn matvec_variant(ctx: &GpuContext) -> MatvecVariant {
+    match fixed_subgroup(ctx) {
+        None => MatvecVariant::Portable,
+        Some(_) if ctx.info.device_type == wgpu::DeviceType::Cpu => MatvecVariant::Subgroup,
+        Some(_) => MatvecVariant::Wide,
+    }
+}
+
+/// Every matvec variant this adapter can run (tests compare them all with the reference).
+pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
+    match fixed_subgroup(ctx) {
+        None => vec![MatvecVariant::Portable],
+        Some(_) => vec![MatvecVariant::Portable, MatvecVariant::Subgroup, MatvecVariant::Wide],
+    }
+}
+
+/// `matvec_wide`'s shape for a product: (threads per row group T, rows per group NR). T gives each
+/// thread about four octets of a row (at least one subgroup, and at least 16 so the reduction's
+/// 16 (token, row) slots per group fit in 256 threads); NR (4, else 2, else 1: SwiGLU needs
+/// pairs) is lowered while the product would have fewer than 256 workgroups, so small models
+/// still spread over a large GPU.
+pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> (u32, u32) {
+    let octets = (cols / 8).max(1) as u32;
+    let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 256);
+    let groups = 256 / t;
+    let mut nr = 4;
+    while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
+        nr /= 2;
+    }
+    (t, nr)
+}
+
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
 pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>) -> Result<()> {
+    let v = matvec_variant(rec.ctx());
+    matvec_with(rec, w, io, epi, norm, v)
+}
+
+/// `matvec` with the variant forced (tests and benches; one of `matvec_variants`). `Wide` falls
+/// back to `Subgroup` for inputs it cannot read as vec4.
+pub fn matvec_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant) -> Result<()> {
+    matvec_dispatch(rec, w, io, epi, norm, variant, None)
+}
+
+/// `matvec_wide` with its shape forced: (threads per row group, rows per group), as `wide_shape`
+/// returns them (tests cover every shape the op can pick).
+pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, (t, nr): (u32, u32)) -> Result<()> {
+    let sg = fixed_subgroup(rec.ctx()).unwrap_or(32);
+    if !t.is_power_of_two() || t < sg.max(16) || t > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) {
+        return Err(crate::Error::arg("matvec_wide shape", format!("({t}, {nr}): threads per group a power of two in {}..=256, rows per group 1, 2 or 4 (2 or 4 for SwiGLU)", sg.max(16))));
+    }
+    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some((t, nr)))
+}
+
+fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<(u32, u32)>) -> Result<()> {
     if io.x_f16 {
         return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
     }
+    if io.n_tok > MATVEC_MAX_TOKENS {
+        return Err(crate::Error::arg("n_tok", format!("matvec takes at most {MATVEC_MAX_TOKENS} tokens, got {}", io.n_tok)));
+    }
     let ctx = rec.ctx();
     let sg = fixed_subgroup(ctx);
-    let (k, unit) = match sg {
-        Some(_) => kernel(ctx, "matvec_sg", w.format)?,
-        None => kernel(ctx, "matvec", w.format)?,
-    };
+    if variant != MatvecVariant::Portable && sg.is_none() {
+        return Err(crate::Error::arg("matvec variant", format!("{variant:?} needs subgroups of one fixed size, which this adapter lacks")));
+    }
+    let vec4_ok = w.cols % 8 == 0 && io.x_off % 4 == 0 && (io.x_stride % 4 == 0 || io.n_tok == 1);
+    let variant = if variant == MatvecVariant::Wide && !vec4_ok { MatvecVariant::Subgroup } else { variant };
+    let swiglu = epi == Epilogue::SwiGlu;
     let gamma = match norm {
         Some((g, _)) => BufRef::from(g),
         None => io.x.clone(), // bound but unread
     };
     for s in &w.shards {
-        let groups = match sg {
+        let ((k, unit), groups) = match variant {
+            MatvecVariant::Portable => (kernel(ctx, "matvec", w.format)?, (s.rows as u32).div_ceil(matvec_rows(ctx))),
             // one output row per subgroup; SwiGLU outputs are row pairs
-            Some(sg) => ((if epi == Epilogue::SwiGlu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg),
-            None => (s.rows as u32).div_ceil(matvec_rows(ctx)),
+            MatvecVariant::Subgroup => {
+                let sg = sg.unwrap_or(32);
+                (kernel(ctx, "matvec_sg", w.format)?, ((if swiglu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg))
+            }
+            MatvecVariant::Wide => {
+                let (t, nr) = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu));
+                (wide_kernel(ctx, w.format, t, nr, io.n_tok)?, (s.rows as u32).div_ceil(256 / t * nr))
+            }
         };
         let g = grid(ctx, groups);
         let p = Params {
@@ -298,6 +378,85 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
         rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], g);
     }
     Ok(())
+}
+
+/// Octets of each row per main-loop iteration of `matvec_wide`.
+const WIDE_UNROLL: usize = 2;
+
+/// `matvec_wide.wgsl` for `nr` rows per group and `n_tok` tokens: the `//@CONSTS` block gets them
+/// and the `//@ACC`, `//@MAIN`, `//@TAIL`, `//@REDUCE` lines expand to one register and one line
+/// per (token, row) (and per unrolled octet), so nothing lives in an indexed array.
+pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, n_tok: usize) -> Result<String> {
+    if !(1..=4).contains(&nr) || !(1..=MATVEC_MAX_TOKENS).contains(&n_tok) {
+        return Err(crate::Error::arg("matvec_wide", format!("{nr} rows and {n_tok} tokens per pipeline: both 1..=4")));
+    }
+    let mut acc = String::new();
+    for t in 0..n_tok {
+        acc += &format!("let xb{t} = (p.x_off + {t}u * p.x_stride) / 4u;\n");
+        for r in 0..nr {
+            acc += &format!("var a{t}_{r} = 0.0;\n");
+        }
+    }
+    // one step of `u` octets starting at `o`: weight loads first, then inputs, then the products
+    let step = |u: usize| {
+        let mut b = String::new();
+        for k in 0..u {
+            b += &format!("let o{k} = oc + {k}u * T;\n");
+            for r in 0..nr {
+                b += &format!("let w{k}_{r} = fmt_load8(min(first + {r}u, last_row), 8u * o{k});\n");
+            }
+        }
+        for k in 0..u {
+            b += &format!("var g{k}l = vec4<f32>(1.0);\nvar g{k}h = vec4<f32>(1.0);\nif (use_gamma) {{ g{k}l = gamma[2u * o{k}]; g{k}h = gamma[2u * o{k} + 1u]; }}\n");
+            for t in 0..n_tok {
+                b += &format!("let x{k}_{t}l = x[xb{t} + 2u * o{k}] * g{k}l * scale[{t}];\nlet x{k}_{t}h = x[xb{t} + 2u * o{k} + 1u] * g{k}h * scale[{t}];\n");
+            }
+        }
+        for k in 0..u {
+            for t in 0..n_tok {
+                for r in 0..nr {
+                    b += &format!("a{t}_{r} += dot(w{k}_{r}.lo, x{k}_{t}l) + dot(w{k}_{r}.hi, x{k}_{t}h);\n");
+                }
+            }
+        }
+        b
+    };
+    let mut reduce = String::new();
+    for t in 0..n_tok {
+        for r in 0..nr {
+            reduce += &format!("{{ let s = subgroupAdd(a{t}_{r}); if (li % SG == 0u) {{ red[(sub * NTOK + {t}u) * 4u + {r}u] = s; }} }}\n");
+        }
+    }
+    let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {WIDE_UNROLL}u;\n");
+    let mut out = String::new();
+    let mut skip = false;
+    for line in src::MATVEC_WIDE.lines() {
+        match line.trim() {
+            l if l.starts_with("//@CONSTS") => {
+                skip = true;
+                out += &consts;
+            }
+            "//@END" => skip = false,
+            _ if skip => {}
+            "//@ACC" => out += &acc,
+            "//@MAIN" => out += &step(WIDE_UNROLL),
+            "//@TAIL" => out += &step(1),
+            "//@REDUCE" => out += &reduce,
+            _ => {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    let (_, fsrc, _, _) = format_shader(fmt)?;
+    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+}
+
+fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, t: u32, nr: u32, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {
+    let (fname, _, unit, mut consts) = format_shader(fmt)?;
+    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("T", t as f64)]);
+    let name = format!("matvec_wide[{nr}x{n_tok}]+{fname}");
+    Ok((ctx.kernel_with(&name, "main", &consts, || wide_kernel_source(fmt, nr as usize, n_tok))?, unit))
 }
 
 /// How a chunk of tokens is multiplied: on cooperative matrices (tensor cores) or with the portable

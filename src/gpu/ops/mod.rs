@@ -2,6 +2,7 @@
 //! capabilities, and records dispatches. The model composes ops and never touches wgpu directly.
 pub mod linear;
 pub mod pack_f16;
+pub mod read_bandwidth;
 pub mod quant_pack;
 pub mod norm;
 pub mod rope_kv;
@@ -26,8 +27,10 @@ pub mod src {
     pub const LINEAR_PARAMS: &str = include_str!("../../../shaders/linear_params.wgsl");
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
+    pub const MATVEC_WIDE: &str = include_str!("../../../shaders/matvec_wide.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
+    pub const READ_BANDWIDTH: &str = include_str!("../../../shaders/read_bandwidth.wgsl");
     pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
     pub const WFMT_F32: &str = include_str!("../../../shaders/wfmt_f32.wgsl");
