@@ -68,6 +68,10 @@ struct Args {
     /// and their share of the --bandwidth read, measured first.
     #[arg(long)]
     matvec: Option<String>,
+    /// With --matvec: also time these matvec_wide shapes, comma-separated TxNRxU (threads per row
+    /// group, rows per group, octets per iteration), e.g. 128x4x2,256x2x4.
+    #[arg(long)]
+    wide_shapes: Option<String>,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -207,7 +211,7 @@ fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
 
 /// One-token matvec at ROWSxCOLS for each format and variant: ms, GB/s of weights (bytes as
 /// stored on the GPU) and the share of the streaming-read bandwidth.
-fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize) -> esa_wgpu::Result<()> {
+fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
     let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS")))).collect::<Result<_, _>>()?;
     let [rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS"))) };
     println!("| what | size | ms | GB/s |");
@@ -236,7 +240,14 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, repeats: usize
         for v in linear::matvec_variants(ctx) {
             let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
             let gbs = bytes / secs / 1e9;
-            println!("| {f} | {v:?} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
+            let shape = if v == linear::MatvecVariant::Wide { format!(" {}", linear::wide_shape(linear::fixed_subgroup(ctx).unwrap_or(32), rows, cols, false)) } else { String::new() };
+            println!("| {f} | {v:?}{shape} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
+        }
+        for sh in wide_shapes.into_iter().flat_map(|s| s.split(',')) {
+            let sh = linear::WideShape::parse(sh)?;
+            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
+            let gbs = bytes / secs / 1e9;
+            println!("| {f} | Wide {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
     }
     Ok(())
@@ -268,7 +279,7 @@ fn main() -> esa_wgpu::Result<()> {
         return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.repeats);
     }
     if let Some(spec) = &args.matvec {
-        return bench_matvec(engine.context(), spec, &args.formats, args.repeats);
+        return bench_matvec(engine.context(), spec, &args.formats, args.wide_shapes.as_deref(), args.repeats);
     }
     if args.bandwidth {
         println!("| what | size | ms | GB/s |");
@@ -308,14 +319,17 @@ fn main() -> esa_wgpu::Result<()> {
     let mut best_decode = f64::MAX;
     for _ in 0..args.repeats.max(1) {
         session.reset();
+        // The chat's path: the prompt, then pipelined decode steps (`Session::generate`); the
+        // prompt's time runs to its token's arrival, the decode's from there to the last one.
         let t = Instant::now();
-        let mut tok = session.step(&prompt, &Sampling::greedy())?;
-        best_prefill = best_prefill.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..args.decode_tokens {
-            tok = session.step(&[tok], &Sampling::greedy())?;
-        }
-        best_decode = best_decode.min(t.elapsed().as_secs_f64());
+        let mut first = None;
+        session.generate(&prompt, &Sampling::greedy(), args.decode_tokens + 1, |_| {
+            first.get_or_insert_with(Instant::now);
+            Ok(true)
+        })?;
+        let first = first.unwrap_or_else(Instant::now);
+        best_prefill = best_prefill.min((first - t).as_secs_f64());
+        best_decode = best_decode.min(first.elapsed().as_secs_f64());
     }
     let gb = gpu.gpu_bytes as f64 / 1e9;
     let dec_tps = args.decode_tokens as f64 / best_decode;
@@ -343,13 +357,11 @@ fn main() -> esa_wgpu::Result<()> {
         }
         session.reset();
         ctx.set_profiling(true);
-        let mut tok = session.step(&prompt, &Sampling::greedy())?;
+        let tok = session.step(&prompt, &Sampling::greedy())?;
         print_profile(ctx, &format!("prefill of {} tokens", args.prompt_tokens));
         if args.decode_tokens > 0 {
             ctx.set_profiling(true);
-            for _ in 0..args.decode_tokens {
-                tok = session.step(&[tok], &Sampling::greedy())?;
-            }
+            session.generate(&[tok], &Sampling::greedy(), args.decode_tokens, |_| Ok(true))?;
             print_profile(ctx, &format!("decode of {} tokens", args.decode_tokens));
         }
         ctx.set_profiling(false);

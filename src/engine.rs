@@ -214,33 +214,38 @@ impl Chat {
         keep = keep.min(ids.len() - 1);
         self.session.truncate(keep);
         self.context.truncate(keep);
+        // Decode is pipelined (`Session::generate`): the GPU runs ahead of this loop by a few
+        // steps, and a stop token ends it at most that many steps late (they are discarded).
         let t0 = Instant::now();
-        let mut next = self.session.step(&ids[keep..], sampling)?;
-        self.context.extend_from_slice(&ids[keep..]);
-        let prefill_secs = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
+        let mut t1 = None;
         let mut out = Vec::new();
         let mut text = String::new();
         let mut stream = self.model.tokenizer.stream();
-        let finish = loop {
-            if self.model.is_stop(next) {
-                break FinishReason::Stop;
+        let mut finish = FinishReason::ContextFull;
+        let model = &self.model;
+        self.session.generate(&ids[keep..], sampling, max_tokens.max(1), |tok| {
+            t1.get_or_insert_with(Instant::now);
+            if model.is_stop(tok) {
+                finish = FinishReason::Stop;
+                return Ok(false);
             }
-            out.push(next);
-            if let Some(piece) = stream.push(next) {
+            out.push(tok);
+            if let Some(piece) = stream.push(tok) {
                 on_piece(&piece);
                 text.push_str(&piece);
             }
             if out.len() >= max_tokens {
-                break FinishReason::Length;
+                finish = FinishReason::Length;
+                return Ok(false);
             }
-            if self.session.position() >= max_ctx {
-                break FinishReason::ContextFull;
-            }
-            let tok = next;
-            next = self.session.step(&[tok], sampling)?;
-            self.context.push(tok);
-        };
+            Ok(true)
+        })?;
+        let t1 = t1.unwrap_or_else(Instant::now);
+        let prefill_secs = (t1 - t0).as_secs_f64();
+        // The cache holds the prompt and the first `fed` tokens produced.
+        let fed = self.session.position() - ids.len();
+        self.context.extend_from_slice(&ids[keep..]);
+        self.context.extend_from_slice(&out[..fed]);
         if let Some(piece) = stream.flush() {
             on_piece(&piece);
             text.push_str(&piece);

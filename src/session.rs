@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::ops::{attention, linear, norm, rope_kv, sampling};
+use crate::gpu::ops::{attention, embed, linear, norm, rope_kv, sampling};
 use crate::gpu::ops::linear::{Epilogue, LinearIo};
 use crate::gpu::ops::pack_f16;
 use crate::attention::esa::EsaState;
@@ -15,6 +15,20 @@ use crate::{Error, Result};
 
 /// Default `SessionOptions::prefill_chunk`.
 pub const DEFAULT_PREFILL_CHUNK: usize = 2048;
+
+/// Decode steps [`Session::generate`] keeps submitted ahead of the host's read-back: the GPU
+/// works on step N + 1 and N + 2 while the host reads step N's token.
+pub const PIPELINE_DEPTH: usize = 3;
+
+/// Where a chunk's token ids come from.
+#[derive(Clone, Copy)]
+enum Ids<'a> {
+    /// Uploaded with the chunk (checked against the vocabulary first).
+    Host(&'a [u32]),
+    /// The one id the previous submission's sampler wrote to `token`: a decode step whose input
+    /// never left the GPU.
+    Sampled,
+}
 
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
@@ -171,6 +185,10 @@ struct Scratch {
     token: wgpu::Buffer,
     /// Host-mappable copy of `token`: the one read-back of a decode step, allocated once.
     token_staging: wgpu::Buffer,
+    /// Token ids of a chunk fed from the host, gathered into `x` on the GPU (`ops::embed`).
+    ids: wgpu::Buffer,
+    /// Host-mappable copies of `token` for the steps `generate` keeps in flight, one per step.
+    ring: Vec<wgpu::Buffer>,
     /// f16 copy of a prefill matmul's input (`pack_f16`), when the matmul runs on cooperative
     /// matrices.
     x_f16: Option<wgpu::Buffer>,
@@ -241,6 +259,8 @@ impl Session {
             logits: f("logits", logit_rows * c.vocab_size)?,
             token: f("token", 4)?,
             token_staging: ctx.staging("token read-back", 4),
+            ids: f("token ids", chunk)?,
+            ring: (0..PIPELINE_DEPTH).map(|i| ctx.staging(&format!("token ring {i}"), 4)).collect(),
             // The cooperative-matrix matmul reads its inputs as f16 (pack_f16), widest first.
             x_f16: if linear::matmul_variant(ctx) == linear::MatmulVariant::Coop {
                 let widest_in = [c.hidden_size, c.q_dim(), c.intermediate_size].into_iter().max().unwrap_or(1);
@@ -306,7 +326,7 @@ impl Session {
     /// logits of the last token (or of every token of the last chunk, with `all_logits`) are ready.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
         self.reporting(tokens.len(), |s| {
-            s.run_chunks(tokens, None)?;
+            s.run_chunks(tokens, None, None)?;
             // The stage ends when the GPU is done (only while reporting: otherwise the caller's
             // read-back waits).
             if s.progress.is_some() && tokens.len() > 1 {
@@ -327,16 +347,114 @@ impl Session {
         sampling.validate()?;
         self.reporting(tokens.len(), |s| {
             if sampling.needs_host() {
-                s.run_chunks(tokens, None)?;
+                s.run_chunks(tokens, None, None)?;
                 let logits = s.logits()?;
                 let u = s.next_uniform(sampling);
                 let recent = &s.history[s.history.len().saturating_sub(sampling.repeat_last_n)..];
                 return Ok(crate::sampler::sample(&logits, recent, sampling, u));
             }
-            s.run_chunks(tokens, Some(sampling))?;
+            s.run_chunks(tokens, Some(sampling), None)?;
             let b = s.model.ctx.read_staged(&s.s.token_staging, 4)?;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         })
+    }
+
+    /// Feed `tokens`, then produce up to `max_new` tokens, each fed back for the next without
+    /// leaving the GPU: step N + 1 is submitted before step N's token is read, up to
+    /// [`PIPELINE_DEPTH`] steps ahead, and the ids come back through a ring of mappable buffers.
+    /// `on_token` sees the ids in order and returns false to stop (a stop token, enough text);
+    /// steps already submitted past that point are discarded, so the context and the sampler
+    /// end exactly as if each token had come from [`step`](Self::step): the prompt and every id
+    /// seen but the last. Stops early when the context is full. Settings that sample on the host
+    /// (`Sampling::needs_host`) run step by step. Returns the number of ids `on_token` saw.
+    pub fn generate(&mut self, tokens: &[u32], sampling: &Sampling, max_new: usize, mut on_token: impl FnMut(u32) -> Result<bool>) -> Result<usize> {
+        if tokens.is_empty() {
+            return Err(Error::arg("tokens", "empty"));
+        }
+        sampling.validate()?;
+        if max_new == 0 {
+            self.feed(tokens)?;
+            return Ok(0);
+        }
+        if sampling.needs_host() {
+            let mut next = self.step(tokens, sampling)?;
+            let mut n = 0;
+            loop {
+                n += 1;
+                if !on_token(next)? || n >= max_new || self.pos >= self.opts.max_context {
+                    return Ok(n);
+                }
+                next = self.step(&[next], sampling)?;
+            }
+        }
+        let ctx = self.model.ctx.clone();
+        let start = self.pos + tokens.len();
+        let first = self.reporting(tokens.len(), |s| s.run_chunks(tokens, Some(sampling), Some(0)))?;
+        let map = |buf: &wgpu::Buffer| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            buf.slice(..4).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            rx
+        };
+        // (ring slot, submission, map result, sampler state after its draw), oldest first
+        type InFlight = (usize, wgpu::SubmissionIndex, std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>, Option<SplitMix>);
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+        if let Some(idx) = first {
+            in_flight.push_back((0, idx, map(&self.s.ring[0]), self.rng.clone()));
+        }
+        let mut submitted = 1;
+        let mut seen: Vec<u32> = Vec::new();
+        let mut rng = self.rng.clone();
+        let result = (|| -> Result<()> {
+            loop {
+                while submitted < max_new && in_flight.len() < PIPELINE_DEPTH && self.pos < self.opts.max_context {
+                    let slot = submitted % PIPELINE_DEPTH;
+                    let mut rec = Recorder::new(&ctx);
+                    self.record_chunk(&mut rec, Ids::Sampled, None)?;
+                    self.record_sample(&mut rec, sampling)?;
+                    rec.copy(&self.s.token, 0, &self.s.ring[slot], 0, 4);
+                    let idx = rec.submit()?;
+                    in_flight.push_back((slot, idx, map(&self.s.ring[slot]), self.rng.clone()));
+                    submitted += 1;
+                }
+                let Some((slot, idx, rx, rng_after)) = in_flight.pop_front() else { return Ok(()) };
+                ctx.device
+                    .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                rx.recv()
+                    .map_err(|_| Error::Gpu("map callback dropped".into()))?
+                    .map_err(|e| Error::Gpu(format!("mapping the token ring: {e}")))?;
+                let b = self.s.ring[slot].slice(..4).get_mapped_range().map_err(|e| Error::Gpu(format!("mapping the token ring: {e:?}")))?[..4].to_vec();
+                self.s.ring[slot].unmap();
+                let tok = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                seen.push(tok);
+                rng = rng_after;
+                if !on_token(tok)? {
+                    return Ok(());
+                }
+            }
+        })();
+        // Steps submitted past the last token seen: wait for them and release their ring slots.
+        if !in_flight.is_empty() {
+            let _ = ctx.device.poll(wgpu::PollType::wait_indefinitely());
+            for (slot, _, rx, _) in in_flight.drain(..) {
+                if let Ok(Ok(())) = rx.recv() {
+                    self.s.ring[slot].unmap();
+                }
+            }
+        }
+        // The context: the prompt and every token seen but the last (which was never fed).
+        let keep = start + seen.len().saturating_sub(1);
+        if keep < self.pos {
+            self.pos = keep;
+            self.logit_rows = 0; // the logits are a discarded step's
+        }
+        self.history.truncate(start);
+        self.history.extend_from_slice(&seen[..seen.len().saturating_sub(1)]);
+        self.rng = rng;
+        ctx.check()?;
+        result.map(|_| seen.len())
     }
 
     /// Run `f` as one "prompt" stage of the progress reporter when there is one and `n_tokens > 1`
@@ -359,31 +477,36 @@ impl Session {
     }
 
     /// One submission per prefill chunk; with `sampling`, the last one also samples the next token
-    /// and copies it to the staging buffer. While a progress reporter is set, every chunk but the
-    /// last is waited for and reported.
-    fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>) -> Result<()> {
+    /// and copies it to `read_back` (else the staging buffer). While a progress reporter is set,
+    /// every chunk but the last is waited for and reported. Returns the last submission.
+    fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>, read_back: Option<usize>) -> Result<Option<wgpu::SubmissionIndex>> {
         self.check_room(tokens.len())?;
         let progress = self.progress.clone().filter(|_| tokens.len() > 1);
         let n_chunks = tokens.len().div_ceil(self.opts.prefill_chunk);
         let mut done = 0;
+        let mut submitted = None;
         for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
-            self.record_chunk(&mut rec, chunk, None)?;
+            self.record_chunk(&mut rec, Ids::Host(chunk), None)?;
             self.history.extend_from_slice(chunk);
             let last = i + 1 == n_chunks;
             if let (Some(s), true) = (sampling, last) {
                 self.record_sample(&mut rec, s)?;
-                rec.copy(&self.s.token, 0, &self.s.token_staging, 0, 4);
+                let dst = match read_back {
+                    Some(slot) => &self.s.ring[slot],
+                    None => &self.s.token_staging,
+                };
+                rec.copy(&self.s.token, 0, dst, 0, 4);
             }
-            rec.submit()?;
+            submitted = Some(rec.submit()?);
             done += chunk.len();
             if let (Some(p), false) = (&progress, last) {
                 ctx.sync()?;
                 p.update(done as u64);
             }
         }
-        Ok(())
+        Ok(submitted)
     }
 
     /// Feed `tokens` like [`feed`](Self::feed), and after each chunk hand `on_chunk(pos0, n, qkv)`
@@ -412,7 +535,7 @@ impl Session {
             for chunk in tokens.chunks(self.opts.prefill_chunk) {
                 let pos0 = self.pos;
                 let mut rec = Recorder::new(&ctx);
-                self.record_chunk(&mut rec, chunk, Some(&cap))?;
+                self.record_chunk(&mut rec, Ids::Host(chunk), Some(&cap))?;
                 rec.submit()?;
                 let n = chunk.len();
                 let layers = self.model.cfg.num_layers;
@@ -462,14 +585,22 @@ impl Session {
     }
 
     /// `capture`: copy each layer's QKV rows there, packed (`feed_capturing`).
-    fn record_chunk(&mut self, rec: &mut Recorder, tokens: &[u32], capture: Option<&wgpu::Buffer>) -> Result<()> {
+    fn record_chunk(&mut self, rec: &mut Recorder, ids: Ids, capture: Option<&wgpu::Buffer>) -> Result<()> {
         let m = self.model.clone();
         let c = &m.cfg;
-        let n = tokens.len();
         let (h, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
         let qkv_rows = qd + 2 * kvd;
-        let emb = m.embed(tokens)?;
-        m.ctx.write(&self.s.x, 0, bytemuck::cast_slice(&emb));
+        let (ids_buf, n) = match ids {
+            Ids::Host(tokens) => {
+                if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(Error::arg("tokens", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+                }
+                m.ctx.write(&self.s.ids, 0, bytemuck::cast_slice(tokens));
+                (BufRef::from(&self.s.ids), tokens.len())
+            }
+            Ids::Sampled => (BufRef::from(&self.s.token), 1),
+        };
+        embed::embed_rows(rec, m.embedding_table(), &ids_buf, 0, n, &BufRef::from(&self.s.x), h)?;
         let small = n <= linear::MATVEC_MAX_TOKENS;
         let (x, xn, qkv, q, attn, mlp) = (
             BufRef::from(&self.s.x),

@@ -100,7 +100,8 @@ fn quant_matvec_every_format_and_epilogue() {
 }
 
 
-/// `matvec_wide` at every shape the op can pick (threads per row group x rows per group), every
+/// `matvec_wide` at every shape the op can pick (threads per row group x rows per group, with 1-4
+/// octets per iteration), every
 /// format including f16, with 3 tokens and the fused norm: idle threads (more threads than
 /// octets), clamped rows past the shard (rows not a multiple of the rows per workgroup) and each
 /// epilogue. Adapters without fixed-size subgroups have no wide variant and skip.
@@ -143,7 +144,7 @@ fn matvec_wide_every_shape() {
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
                     let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
                     let mut rec = Recorder::new(&ctx);
-                    linear::matvec_wide(&mut rec, &m, &io, epi, Some((&gb, 1e-5)), (t, nr)).unwrap();
+                    linear::matvec_wide(&mut rec, &m, &io, epi, Some((&gb, 1e-5)), linear::WideShape { t, nr, u: [1, 2, 3, 4][(t.trailing_zeros() as usize + nr as usize) % 4] }).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
                     let mut want = Vec::new();
@@ -164,7 +165,7 @@ fn matvec_wide_every_shape() {
     let io = LinearIo { x: BufRef::from(&upload(&ctx, &[0.0; 64])), x_off: 0, x_stride: 64, x_f16: false, y: BufRef::from(&poisoned(&ctx, 64)), y_stride: 64, y_row0: 0, n_tok: 1 };
     let (host, _) = weights(TensorFormat::Q8_0, 2, 64, 1);
     let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
-    for shape in [(48, 1), (512, 1), (64, 3), (8, 1)] {
+    for shape in ["48x1x1", "512x1x1", "64x3x1", "8x1x1", "64x1x5"].map(|s| linear::WideShape::parse(s).unwrap()) {
         let err = linear::matvec_wide(&mut Recorder::new(&ctx), &m, &io, Epilogue::Store, None, shape).unwrap_err();
         assert!(format!("{err}").contains("matvec_wide shape"), "{err}");
     }

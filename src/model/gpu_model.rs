@@ -33,6 +33,9 @@ pub struct GpuModel {
     pub layers: Vec<Layer>,
     pub final_norm: wgpu::Buffer,
     pub lm_head: GpuMatrix,
+    /// The embedding table on the GPU in its stored format (rows gathered by `ops::embed`), when
+    /// `lm_head` cannot serve: untied heads, and f32 tables (`lm_head` holds them as 16-bit).
+    embed_table: Option<GpuMatrix>,
     pub inv_freq: wgpu::Buffer,
     /// The embedding table stays in the (memory-mapped) source; rows are gathered on the host.
     pub source: Box<dyn WeightSource + Send + Sync>,
@@ -140,20 +143,32 @@ impl GpuModel {
         let embed = expect(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let embed_format = embed.format;
         let embed_row_bytes = embed.format.row_bytes(h).ok_or_else(|| Error::tensor("model.embed_tokens.weight", "row not a whole number of blocks"))?;
-        let lm_head = if cfg.tie_word_embeddings || !src.has_tensor("lm_head.weight") {
+        let tied = cfg.tie_word_embeddings || !src.has_tensor("lm_head.weight");
+        let lm_head = if tied {
             GpuMatrix::upload(&ctx, &embed, false)?
         } else {
             GpuMatrix::upload(&ctx, &expect(src, "lm_head.weight", &[cfg.vocab_size, h])?, false)?
+        };
+        let embed_table = match (tied, embed.format) {
+            (_, TensorFormat::F32) => Some(GpuMatrix::upload_f32(&ctx, &embed)?),
+            (true, _) => None,
+            (false, _) => Some(GpuMatrix::upload(&ctx, &embed, false)?),
         };
         gpu_bytes += lm_head.bytes();
         drop(embed);
         let inv_freq = ctx.upload("rope inv_freq", bytemuck::cast_slice(&cfg.rope_inv_freqs()))?;
         let identity = model_identity(src)?;
         ctx.check()?;
-        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes, identity })
+        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, embed_table, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes, identity })
     }
 
-    /// Embedding rows of `tokens`, concatenated, f32.
+    /// The embedding table on the GPU (`ops::embed::embed_rows` gathers from it).
+    pub fn embedding_table(&self) -> &GpuMatrix {
+        self.embed_table.as_ref().unwrap_or(&self.lm_head)
+    }
+
+    /// Embedding rows of `tokens`, concatenated, f32, dequantised on the host from the source
+    /// (the CPU reference; the session gathers on the GPU).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let name = "model.embed_tokens.weight";
         let t = self.source.tensor(name)?;

@@ -44,7 +44,7 @@ struct Params {
 pub const MATVEC_MAX_TOKENS: usize = 4;
 
 /// (format file name, source, bytes per `w_stride` unit, override constants)
-fn format_shader(fmt: TensorFormat) -> Result<(&'static str, &'static str, usize, Vec<(&'static str, f64)>)> {
+pub(crate) fn format_shader(fmt: TensorFormat) -> Result<(&'static str, &'static str, usize, Vec<(&'static str, f64)>)> {
     Ok(match fmt {
         TensorFormat::F16 => ("wfmt_f16", src::WFMT_F16, 16, vec![("BF16", 0.0)]),
         TensorFormat::BF16 => ("wfmt_f16", src::WFMT_F16, 16, vec![("BF16", 1.0)]),
@@ -290,20 +290,57 @@ pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
     }
 }
 
-/// `matvec_wide`'s shape for a product: (threads per row group T, rows per group NR). T gives each
-/// thread about four octets of a row (at least one subgroup, and at least 16 so the reduction's
-/// 16 (token, row) slots per group fit in 256 threads); NR (4, else 2, else 1: SwiGLU needs
-/// pairs) is lowered while the product would have fewer than 256 workgroups, so small models
-/// still spread over a large GPU.
-pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> (u32, u32) {
+/// `matvec_wide`'s shape: `t` threads per row group (a power of two, at least one subgroup and at
+/// least 16 so the reduction's 16 (token, row) slots per group fit in 256 threads, at most 256),
+/// `nr` rows per group (1, 2 or 4; SwiGLU needs pairs), `u` octets of each row per main-loop
+/// iteration (1..=4): `nr * u` weight loads in flight per thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WideShape {
+    pub t: u32,
+    pub nr: u32,
+    pub u: u32,
+}
+
+impl WideShape {
+    /// Parses `TxNRxU` (as `Display` writes it).
+    pub fn parse(s: &str) -> Result<WideShape> {
+        let v: Vec<u32> = s.split('x').map(|t| t.trim().parse::<u32>()).collect::<std::result::Result<_, _>>()
+            .map_err(|_| crate::Error::arg("matvec_wide shape", format!("`{s}`: expected TxNRxU, e.g. 128x4x2")))?;
+        match v[..] {
+            [t, nr, u] => Ok(WideShape { t, nr, u }),
+            _ => Err(crate::Error::arg("matvec_wide shape", format!("`{s}`: expected three numbers TxNRxU"))),
+        }
+    }
+
+    fn check(&self, sg: u32, swiglu: bool) -> Result<()> {
+        let WideShape { t, nr, u } = *self;
+        if !t.is_power_of_two() || t < sg.max(16) || t > 256 || !matches!(nr, 1 | 2 | 4) || (swiglu && nr == 1) || !(1..=4).contains(&u) {
+            return Err(crate::Error::arg("matvec_wide shape", format!("{self}: threads per group a power of two in {}..=256, rows per group 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 octets per iteration", sg.max(16))));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for WideShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.t, self.nr, self.u)
+    }
+}
+
+/// The op's `matvec_wide` shape for a product: T gives each thread about four octets of a row, at
+/// most 128 threads (H200 sweep in docs/perf.md: 128x4x2 streams 4096 x 14336 f16 at 2.9 TB/s, 256
+/// threads at 2.6); NR
+/// (4, else 2, else 1) is lowered while the product would have fewer than 256 workgroups, so small
+/// models still spread over a large GPU; U = 2.
+pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> WideShape {
     let octets = (cols / 8).max(1) as u32;
-    let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 256);
+    let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 128);
     let groups = 256 / t;
     let mut nr = 4;
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
         nr /= 2;
     }
-    (t, nr)
+    WideShape { t, nr, u: 2 }
 }
 
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
@@ -318,17 +355,13 @@ pub fn matvec_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
     matvec_dispatch(rec, w, io, epi, norm, variant, None)
 }
 
-/// `matvec_wide` with its shape forced: (threads per row group, rows per group), as `wide_shape`
-/// returns them (tests cover every shape the op can pick).
-pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, (t, nr): (u32, u32)) -> Result<()> {
-    let sg = fixed_subgroup(rec.ctx()).unwrap_or(32);
-    if !t.is_power_of_two() || t < sg.max(16) || t > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) {
-        return Err(crate::Error::arg("matvec_wide shape", format!("({t}, {nr}): threads per group a power of two in {}..=256, rows per group 1, 2 or 4 (2 or 4 for SwiGLU)", sg.max(16))));
-    }
-    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some((t, nr)))
+/// `matvec_wide` with its shape forced (tests cover every shape; the bench sweeps them).
+pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: WideShape) -> Result<()> {
+    shape.check(fixed_subgroup(rec.ctx()).unwrap_or(32), epi == Epilogue::SwiGlu)?;
+    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some(shape))
 }
 
-fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<(u32, u32)>) -> Result<()> {
+fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>) -> Result<()> {
     if io.x_f16 {
         return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
     }
@@ -356,8 +389,8 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
                 (kernel(ctx, "matvec_sg", w.format)?, ((if swiglu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg))
             }
             MatvecVariant::Wide => {
-                let (t, nr) = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu));
-                (wide_kernel(ctx, w.format, t, nr, io.n_tok)?, (s.rows as u32).div_ceil(256 / t * nr))
+                let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu));
+                (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
             }
         };
         let g = grid(ctx, groups);
@@ -380,15 +413,13 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
     Ok(())
 }
 
-/// Octets of each row per main-loop iteration of `matvec_wide`.
-const WIDE_UNROLL: usize = 2;
-
-/// `matvec_wide.wgsl` for `nr` rows per group and `n_tok` tokens: the `//@CONSTS` block gets them
-/// and the `//@ACC`, `//@MAIN`, `//@TAIL`, `//@REDUCE` lines expand to one register and one line
-/// per (token, row) (and per unrolled octet), so nothing lives in an indexed array.
-pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, n_tok: usize) -> Result<String> {
-    if !(1..=4).contains(&nr) || !(1..=MATVEC_MAX_TOKENS).contains(&n_tok) {
-        return Err(crate::Error::arg("matvec_wide", format!("{nr} rows and {n_tok} tokens per pipeline: both 1..=4")));
+/// `matvec_wide.wgsl` for `nr` rows per group, `u` octets per iteration and `n_tok` tokens: the
+/// `//@CONSTS` block gets them and the `//@ACC`, `//@MAIN`, `//@TAIL`, `//@REDUCE` lines expand to
+/// one register and one line per (token, row) (and per unrolled octet), so nothing lives in an
+/// indexed array.
+pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, n_tok: usize) -> Result<String> {
+    if !(1..=4).contains(&nr) || !(1..=4).contains(&u) || !(1..=MATVEC_MAX_TOKENS).contains(&n_tok) {
+        return Err(crate::Error::arg("matvec_wide", format!("{nr} rows, {u} octets and {n_tok} tokens per pipeline: each 1..=4")));
     }
     let mut acc = String::new();
     for t in 0..n_tok {
@@ -427,7 +458,7 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, n_tok: usize) -> Result<
             reduce += &format!("{{ let s = subgroupAdd(a{t}_{r}); if (li % SG == 0u) {{ red[(sub * NTOK + {t}u) * 4u + {r}u] = s; }} }}\n");
         }
     }
-    let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {WIDE_UNROLL}u;\n");
+    let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {u}u;\n");
     let mut out = String::new();
     let mut skip = false;
     for line in src::MATVEC_WIDE.lines() {
@@ -439,7 +470,7 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, n_tok: usize) -> Result<
             "//@END" => skip = false,
             _ if skip => {}
             "//@ACC" => out += &acc,
-            "//@MAIN" => out += &step(WIDE_UNROLL),
+            "//@MAIN" => out += &step(u),
             "//@TAIL" => out += &step(1),
             "//@REDUCE" => out += &reduce,
             _ => {
@@ -452,11 +483,11 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, n_tok: usize) -> Result<
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
 }
 
-fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, t: u32, nr: u32, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {
+fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: WideShape, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, mut consts) = format_shader(fmt)?;
-    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("T", t as f64)]);
-    let name = format!("matvec_wide[{nr}x{n_tok}]+{fname}");
-    Ok((ctx.kernel_with(&name, "main", &consts, || wide_kernel_source(fmt, nr as usize, n_tok))?, unit))
+    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("T", sh.t as f64)]);
+    let name = format!("matvec_wide[{}x{}x{n_tok}]+{fname}", sh.nr, sh.u);
+    Ok((ctx.kernel_with(&name, "main", &consts, || wide_kernel_source(fmt, sh.nr as usize, sh.u as usize, n_tok))?, unit))
 }
 
 /// How a chunk of tokens is multiplied: on cooperative matrices (tensor cores) or with the portable

@@ -1,6 +1,7 @@
 //! One op per kernel: knows shapes and formats, picks the kernel variant from the adapter's
 //! capabilities, and records dispatches. The model composes ops and never touches wgpu directly.
 pub mod linear;
+pub mod embed;
 pub mod pack_f16;
 pub mod read_bandwidth;
 pub mod quant_pack;
@@ -30,6 +31,7 @@ pub mod src {
     pub const MATVEC_WIDE: &str = include_str!("../../../shaders/matvec_wide.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
+    pub const EMBED_ROWS: &str = include_str!("../../../shaders/embed_rows.wgsl");
     pub const READ_BANDWIDTH: &str = include_str!("../../../shaders/read_bandwidth.wgsl");
     pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
     pub const WFMT_F16: &str = include_str!("../../../shaders/wfmt_f16.wgsl");
