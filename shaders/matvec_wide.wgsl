@@ -30,7 +30,8 @@ override T: u32 = 128u;
 //@CONSTS (the op writes this pipeline's values)
 const NR: u32 = 4u; // rows per group: 1, 2 or 4
 const NTOK: u32 = 4u; // tokens (the dispatch's n_tok, 1..=4)
-const U: u32 = 2u; // octets of each row per main-loop iteration
+const U: u32 = 2u; // runs of each row per main-loop iteration
+const V: u32 = 1u; // consecutive octets per run (4: one 32-value block of a quantised format)
 //@END
 const MAX_SUBGROUPS: u32 = 64u; // 256 threads in subgroups of at least 4
 
@@ -78,17 +79,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // per-(token, row) lines at the //@ markers for its NTOK and NR: WGSL has no register arrays,
     // and a function-scope array indexed in loops may live in slow local memory). Rows past the
     // shard are clamped (their loads are wasted, never stored) so every thread reaches the
-    // subgroup operations. Each iteration of the main loop handles U octets of every row, so
-    // U * NR weight loads are in flight per thread.
+    // subgroup operations. Each iteration of the main loop handles U runs of V consecutive
+    // octets of every row (thread i takes runs i, i + T, ...), so U * V * NR octet loads are in
+    // flight per thread; with V = 4 a thread reads a quantised block's words once for its four
+    // octets.
     let last_row = p.rows - 1u;
-    let nocts = p.cols / 8u;
+    let nsteps = p.cols / (8u * V); // runs of V consecutive octets (the op checks divisibility)
     let use_gamma = p.norm == 1u;
     //@ACC
     var oc = ti;
-    for (; oc + (U - 1u) * T < nocts; oc += U * T) {
+    for (; oc + (U - 1u) * T < nsteps; oc += U * T) {
         //@MAIN
     }
-    for (; oc < nocts; oc += T) {
+    for (; oc < nsteps; oc += T) {
         //@TAIL
     }
     //@REDUCE

@@ -144,7 +144,11 @@ fn matvec_wide_every_shape() {
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
                     let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
                     let mut rec = Recorder::new(&ctx);
-                    linear::matvec_wide(&mut rec, &m, &io, epi, Some((&gb, 1e-5)), linear::WideShape { t, nr, u: [1, 2, 3, 4][(t.trailing_zeros() as usize + nr as usize) % 4] }).unwrap();
+                    linear::matvec_wide(&mut rec, &m, &io, epi, Some((&gb, 1e-5)), {
+                        // (runs per iteration, octets per run), varied over the shapes; at most 4 octets in flight per row (pipelines are slow to build on lavapipe)
+                        let (u, v) = [(1, 1), (2, 1), (3, 1), (4, 1), (1, 2), (2, 2), (1, 4)][(t.trailing_zeros() as usize + nr as usize + fi) % 7];
+                        linear::WideShape { t, nr, u, v }
+                    }).unwrap();
                     rec.submit().unwrap();
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
                     let mut want = Vec::new();
@@ -162,10 +166,11 @@ fn matvec_wide_every_shape() {
         }
     }
     // shapes the op refuses
-    let io = LinearIo { x: BufRef::from(&upload(&ctx, &[0.0; 64])), x_off: 0, x_stride: 64, x_f16: false, y: BufRef::from(&poisoned(&ctx, 64)), y_stride: 64, y_row0: 0, n_tok: 1 };
-    let (host, _) = weights(TensorFormat::Q8_0, 2, 64, 1);
+    let io = LinearIo { x: BufRef::from(&upload(&ctx, &[0.0; 64])), x_off: 0, x_stride: 40, x_f16: false, y: BufRef::from(&poisoned(&ctx, 64)), y_stride: 64, y_row0: 0, n_tok: 1 };
+    // f16, 40 columns: 5 octets, not whole runs of 2
+    let host = HostTensor { name: "w f16".into(), shape: vec![2, 40], format: TensorFormat::F16, data: vec![0u8; 160].into() };
     let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
-    for shape in ["48x1x1", "512x1x1", "64x3x1", "8x1x1", "64x1x5"].map(|s| linear::WideShape::parse(s).unwrap()) {
+    for shape in ["48x1x1", "512x1x1", "64x3x1", "8x1x1", "64x1x5", "64x1x1x3", "64x1x1x2"].map(|s| linear::WideShape::parse(s).unwrap()) {
         let err = linear::matvec_wide(&mut Recorder::new(&ctx), &m, &io, Epilogue::Store, None, shape).unwrap_err();
         assert!(format!("{err}").contains("matvec_wide shape"), "{err}");
     }

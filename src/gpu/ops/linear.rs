@@ -292,30 +292,36 @@ pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
 
 /// `matvec_wide`'s shape: `t` threads per row group (a power of two, at least one subgroup and at
 /// least 16 so the reduction's 16 (token, row) slots per group fit in 256 threads, at most 256),
-/// `nr` rows per group (1, 2 or 4; SwiGLU needs pairs), `u` octets of each row per main-loop
-/// iteration (1..=4): `nr * u` weight loads in flight per thread.
+/// `nr` rows per group (1, 2 or 4; SwiGLU needs pairs), `u` runs of each row per main-loop
+/// iteration (1..=4), `v` consecutive octets per run (1, 2 or 4; cols must be a multiple of 8v):
+/// `nr * u * v` octet loads in flight per thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WideShape {
     pub t: u32,
     pub nr: u32,
     pub u: u32,
+    pub v: u32,
 }
 
 impl WideShape {
-    /// Parses `TxNRxU` (as `Display` writes it).
+    /// Parses `TxNRxU[xV]` (as `Display` writes it; V = 1 when left out).
     pub fn parse(s: &str) -> Result<WideShape> {
         let v: Vec<u32> = s.split('x').map(|t| t.trim().parse::<u32>()).collect::<std::result::Result<_, _>>()
-            .map_err(|_| crate::Error::arg("matvec_wide shape", format!("`{s}`: expected TxNRxU, e.g. 128x4x2")))?;
+            .map_err(|_| crate::Error::arg("matvec_wide shape", format!("`{s}`: expected TxNRxU[xV], e.g. 128x4x2")))?;
         match v[..] {
-            [t, nr, u] => Ok(WideShape { t, nr, u }),
-            _ => Err(crate::Error::arg("matvec_wide shape", format!("`{s}`: expected three numbers TxNRxU"))),
+            [t, nr, u] => Ok(WideShape { t, nr, u, v: 1 }),
+            [t, nr, u, v] => Ok(WideShape { t, nr, u, v }),
+            _ => Err(crate::Error::arg("matvec_wide shape", format!("`{s}`: expected three or four numbers TxNRxU[xV]"))),
         }
     }
 
-    fn check(&self, sg: u32, swiglu: bool) -> Result<()> {
-        let WideShape { t, nr, u } = *self;
-        if !t.is_power_of_two() || t < sg.max(16) || t > 256 || !matches!(nr, 1 | 2 | 4) || (swiglu && nr == 1) || !(1..=4).contains(&u) {
-            return Err(crate::Error::arg("matvec_wide shape", format!("{self}: threads per group a power of two in {}..=256, rows per group 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 octets per iteration", sg.max(16))));
+    fn check(&self, sg: u32, swiglu: bool, cols: usize) -> Result<()> {
+        let WideShape { t, nr, u, v } = *self;
+        if !t.is_power_of_two() || t < sg.max(16) || t > 256 || !matches!(nr, 1 | 2 | 4) || (swiglu && nr == 1) || !(1..=4).contains(&u) || !matches!(v, 1 | 2 | 4) {
+            return Err(crate::Error::arg("matvec_wide shape", format!("{self}: threads per group a power of two in {}..=256, rows per group 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 runs per iteration, 1, 2 or 4 octets per run", sg.max(16))));
+        }
+        if cols % (8 * v as usize) != 0 {
+            return Err(crate::Error::arg("matvec_wide shape", format!("{self}: {cols} columns are not a whole number of runs of {v} octets")));
         }
         Ok(())
     }
@@ -323,7 +329,11 @@ impl WideShape {
 
 impl std::fmt::Display for WideShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}", self.t, self.nr, self.u)
+        write!(f, "{}x{}x{}", self.t, self.nr, self.u)?;
+        if self.v != 1 {
+            write!(f, "x{}", self.v)?;
+        }
+        Ok(())
     }
 }
 
@@ -340,7 +350,7 @@ pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> WideShape 
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
         nr /= 2;
     }
-    WideShape { t, nr, u: 2 }
+    WideShape { t, nr, u: 2, v: 1 }
 }
 
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
@@ -357,7 +367,7 @@ pub fn matvec_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 
 /// `matvec_wide` with its shape forced (tests cover every shape; the bench sweeps them).
 pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: WideShape) -> Result<()> {
-    shape.check(fixed_subgroup(rec.ctx()).unwrap_or(32), epi == Epilogue::SwiGlu)?;
+    shape.check(fixed_subgroup(rec.ctx()).unwrap_or(32), epi == Epilogue::SwiGlu, w.cols)?;
     matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some(shape))
 }
 
@@ -417,9 +427,9 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 /// `//@CONSTS` block gets them and the `//@ACC`, `//@MAIN`, `//@TAIL`, `//@REDUCE` lines expand to
 /// one register and one line per (token, row) (and per unrolled octet), so nothing lives in an
 /// indexed array.
-pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, n_tok: usize) -> Result<String> {
-    if !(1..=4).contains(&nr) || !(1..=4).contains(&u) || !(1..=MATVEC_MAX_TOKENS).contains(&n_tok) {
-        return Err(crate::Error::arg("matvec_wide", format!("{nr} rows, {u} octets and {n_tok} tokens per pipeline: each 1..=4")));
+pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, v: usize, n_tok: usize) -> Result<String> {
+    if !(1..=4).contains(&nr) || !(1..=4).contains(&u) || !matches!(v, 1 | 2 | 4) || !(1..=MATVEC_MAX_TOKENS).contains(&n_tok) {
+        return Err(crate::Error::arg("matvec_wide", format!("{nr} rows, {u} runs of {v} octets and {n_tok} tokens per pipeline: rows, runs and tokens 1..=4, octets 1, 2 or 4")));
     }
     let mut acc = String::new();
     for t in 0..n_tok {
@@ -428,25 +438,25 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, n_tok: usize) 
             acc += &format!("var a{t}_{r} = 0.0;\n");
         }
     }
-    // one step of `u` octets starting at `o`: weight loads first, then inputs, then the products
+    // one step of `u` runs starting at run `oc`: per octet, weight loads first, then inputs, then
+    // the products
     let step = |u: usize| {
         let mut b = String::new();
         for k in 0..u {
-            b += &format!("let o{k} = oc + {k}u * T;\n");
-            for r in 0..nr {
-                b += &format!("let w{k}_{r} = fmt_load8(min(first + {r}u, last_row), 8u * o{k});\n");
-            }
-        }
-        for k in 0..u {
-            b += &format!("var g{k}l = vec4<f32>(1.0);\nvar g{k}h = vec4<f32>(1.0);\nif (use_gamma) {{ g{k}l = gamma[2u * o{k}]; g{k}h = gamma[2u * o{k} + 1u]; }}\n");
-            for t in 0..n_tok {
-                b += &format!("let x{k}_{t}l = x[xb{t} + 2u * o{k}] * g{k}l * scale[{t}];\nlet x{k}_{t}h = x[xb{t} + 2u * o{k} + 1u] * g{k}h * scale[{t}];\n");
-            }
-        }
-        for k in 0..u {
-            for t in 0..n_tok {
+            for j in 0..v {
+                let o = format!("o{k}_{j}");
+                b += &format!("let {o} = (oc + {k}u * T) * V + {j}u;\n");
                 for r in 0..nr {
-                    b += &format!("a{t}_{r} += dot(w{k}_{r}.lo, x{k}_{t}l) + dot(w{k}_{r}.hi, x{k}_{t}h);\n");
+                    b += &format!("let w{k}_{j}_{r} = fmt_load8(min(first + {r}u, last_row), 8u * {o});\n");
+                }
+                b += &format!("var g{k}_{j}l = vec4<f32>(1.0);\nvar g{k}_{j}h = vec4<f32>(1.0);\nif (use_gamma) {{ g{k}_{j}l = gamma[2u * {o}]; g{k}_{j}h = gamma[2u * {o} + 1u]; }}\n");
+                for t in 0..n_tok {
+                    b += &format!("let x{k}_{j}_{t}l = x[xb{t} + 2u * {o}] * g{k}_{j}l * scale[{t}];\nlet x{k}_{j}_{t}h = x[xb{t} + 2u * {o} + 1u] * g{k}_{j}h * scale[{t}];\n");
+                }
+                for t in 0..n_tok {
+                    for r in 0..nr {
+                        b += &format!("a{t}_{r} += dot(w{k}_{j}_{r}.lo, x{k}_{j}_{t}l) + dot(w{k}_{j}_{r}.hi, x{k}_{j}_{t}h);\n");
+                    }
                 }
             }
         }
@@ -458,7 +468,7 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, n_tok: usize) 
             reduce += &format!("{{ let s = subgroupAdd(a{t}_{r}); if (li % SG == 0u) {{ red[(sub * NTOK + {t}u) * 4u + {r}u] = s; }} }}\n");
         }
     }
-    let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {u}u;\n");
+    let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {u}u;\nconst V: u32 = {v}u;\n");
     let mut out = String::new();
     let mut skip = false;
     for line in src::MATVEC_WIDE.lines() {
@@ -486,8 +496,8 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, n_tok: usize) 
 fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: WideShape, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, mut consts) = format_shader(fmt)?;
     consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("T", sh.t as f64)]);
-    let name = format!("matvec_wide[{}x{}x{n_tok}]+{fname}", sh.nr, sh.u);
-    Ok((ctx.kernel_with(&name, "main", &consts, || wide_kernel_source(fmt, sh.nr as usize, sh.u as usize, n_tok))?, unit))
+    let name = format!("matvec_wide[{}x{}x{}x{n_tok}]+{fname}", sh.nr, sh.u, sh.v);
+    Ok((ctx.kernel_with(&name, "main", &consts, || wide_kernel_source(fmt, sh.nr as usize, sh.u as usize, sh.v as usize, n_tok))?, unit))
 }
 
 /// How a chunk of tokens is multiplied: on cooperative matrices (tensor cores) or with the portable
