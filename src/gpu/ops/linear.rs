@@ -339,10 +339,11 @@ impl std::fmt::Display for WideShape {
 
 /// The op's `matvec_wide` shape for a product: T gives each thread about four octets of a row, at
 /// most 128 threads (H200 sweep in docs/perf.md: 128x4x2 streams 4096 x 14336 f16 at 2.9 TB/s, 256
-/// threads at 2.6); NR
-/// (4, else 2, else 1) is lowered while the product would have fewer than 256 workgroups, so small
-/// models still spread over a large GPU; U = 2.
-pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> WideShape {
+/// threads at 2.6); NR (4, else 2, else 1) is lowered while the product would have fewer than 256
+/// workgroups, so small models still spread over a large GPU. 16-bit and f32 weights: U = 2 runs
+/// of one octet; block-quantised ones (`quantised`, whole 32-value blocks): one run of four octets,
+/// a whole block per thread, so its scale and packed words are loaded once.
+pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, quantised: bool) -> WideShape {
     let octets = (cols / 8).max(1) as u32;
     let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 128);
     let groups = 256 / t;
@@ -350,7 +351,11 @@ pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> WideShape 
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
         nr /= 2;
     }
-    WideShape { t, nr, u: 2, v: 1 }
+    if quantised && cols % 32 == 0 {
+        WideShape { t, nr, u: 1, v: 4 }
+    } else {
+        WideShape { t, nr, u: 2, v: 1 }
+    }
 }
 
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
@@ -399,7 +404,8 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
                 (kernel(ctx, "matvec_sg", w.format)?, ((if swiglu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg))
             }
             MatvecVariant::Wide => {
-                let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu));
+                let quantised = !matches!(w.format, TensorFormat::F16 | TensorFormat::BF16 | TensorFormat::F32);
+                let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, quantised));
                 (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
             }
         };
