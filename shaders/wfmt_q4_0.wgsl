@@ -42,3 +42,17 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let sh = 4u * (j / 16u);
     return Oct(d * (nib4(w[wi] >> sh) - 8.0), d * (nib4(w[wi + 1u] >> sh) - 8.0));
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: the scale and the four
+// nibble words loaded once. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let d = unpack2x16float(w[base]).x;
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        o[i] = d * (nib4(q) - 8.0);
+        o[i + 4u] = d * (nib4(q >> 4u) - 8.0);
+    }
+    return o;
+}

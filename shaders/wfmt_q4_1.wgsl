@@ -41,3 +41,17 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let sh = 4u * (j / 16u);
     return Oct(dm.x * nib4(w[wi] >> sh) + dm.y, dm.x * nib4(w[wi + 1u] >> sh) + dm.y);
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: the scales and the four
+// nibble words loaded once. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let dm = unpack2x16float(w[base]);
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        o[i] = fma(vec4<f32>(dm.x), nib4(q), vec4<f32>(dm.y));
+        o[i + 4u] = fma(vec4<f32>(dm.x), nib4(q >> 4u), vec4<f32>(dm.y));
+    }
+    return o;
+}

@@ -26,3 +26,15 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let wi = base + 1u + (col % 32u) / 4u;
     return Oct(d * vec4<f32>(unpack4xI8(w[wi])), d * vec4<f32>(unpack4xI8(w[wi + 1u])));
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: one scale load and eight
+// words. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 9u;
+    let d = unpack2x16float(w[base]).x;
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        o[i] = d * vec4<f32>(unpack4xI8(w[base + 1u + i]));
+    }
+    return o;
+}

@@ -26,6 +26,7 @@ pub mod src {
     pub const LINEAR_PARAMS: &str = include_str!("../../../shaders/linear_params.wgsl");
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
+    pub const MATVEC_CPU: &str = include_str!("../../../shaders/matvec_cpu.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
     pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
