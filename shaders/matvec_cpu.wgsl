@@ -42,18 +42,6 @@ fn xval(base: u32, c: u32, sc: f32) -> f32 {
     return x[base + c];
 }
 
-fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
-    var s = a[0] * b[0];
-    s = fma(a[1], b[1], s);
-    s = fma(a[2], b[2], s);
-    s = fma(a[3], b[3], s);
-    s = fma(a[4], b[4], s);
-    s = fma(a[5], b[5], s);
-    s = fma(a[6], b[6], s);
-    s = fma(a[7], b[7], s);
-    return (s.x + s.y) + (s.z + s.w);
-}
-
 @compute @workgroup_size(16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_invocation_id) lane: u32) {
@@ -93,10 +81,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 xs[k][6] = subgroupBroadcast(v, 6u);
                 xs[k][7] = subgroupBroadcast(v, 7u);
             }
-            for (var r = 0u; r < R; r++) {
-                let wv = fmt_dec32(min(wr0 + r, p.rows - 1u), s * 32u);
-                for (var k = 0u; k < TT; k++) {
-                    acc[r * TT + k] += dot32(wv, xs[k]);
+            if (TT == 1u) {
+                // one token: the format's own dot product (integer weights scaled once per block)
+                let xt = ((xs[0][0] + xs[0][1]) + (xs[0][2] + xs[0][3])) + ((xs[0][4] + xs[0][5]) + (xs[0][6] + xs[0][7]));
+                let xsum = (xt.x + xt.y) + (xt.z + xt.w);
+                for (var r = 0u; r < R; r++) {
+                    acc[r] += fmt_dot32(min(wr0 + r, p.rows - 1u), s * 32u, xs[0], xsum);
+                }
+            } else {
+                for (var r = 0u; r < R; r++) {
+                    let wv = fmt_dec32(min(wr0 + r, p.rows - 1u), s * 32u);
+                    for (var k = 0u; k < TT; k++) {
+                        acc[r * TT + k] += dot32(wv, xs[k]);
+                    }
                 }
             }
         }

@@ -61,3 +61,8 @@ fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
     }
     return o;
 }
+
+// The dot product of values col .. col + 31 with xs, for matvec_cpu's one-token pass.
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot32(fmt_dec32(row, col), xs);
+}

@@ -38,3 +38,15 @@ fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
     }
     return o;
 }
+
+// The dot product of values col .. col + 31 (one block) with xs, for matvec_cpu's one-token pass:
+// d * sum(q x).
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 9u;
+    let d = unpack2x16float(w[base]).x;
+    var qx = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        qx = fma(vec4<f32>(unpack4xI8(w[base + 1u + i])), xs[i], qx);
+    }
+    return d * ((qx.x + qx.y) + (qx.z + qx.w));
+}

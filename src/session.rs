@@ -470,7 +470,9 @@ impl Session {
         let qkv_rows = qd + 2 * kvd;
         let emb = m.embed(tokens)?;
         m.ctx.write(&self.s.x, 0, bytemuck::cast_slice(&emb));
-        let small = n <= linear::MATVEC_MAX_TOKENS;
+        // `small`: the linear layers take the matvec path with the RMSNorm fused in: a few tokens,
+        // or any chunk on a CPU adapter (whose one linear kernel takes every token count).
+        let small = n <= linear::MATVEC_MAX_TOKENS || linear::cpu_variant(&m.ctx);
         let (x, xn, qkv, q, attn, mlp) = (
             BufRef::from(&self.s.x),
             BufRef::from(&self.s.xn),

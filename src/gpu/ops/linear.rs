@@ -335,7 +335,8 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
     }
     let ctx = rec.ctx();
     if cpu_variant(ctx) {
-        return linear_cpu(rec, w, io, epi, norm, (CPU_ROWS, 1));
+        let shape = if io.n_tok == 1 { (CPU_ROWS, 1) } else { CPU_PREFILL };
+        return linear_cpu(rec, w, io, epi, norm, shape);
     }
     let sg = fixed_subgroup(ctx);
     let (k, unit) = match sg {
