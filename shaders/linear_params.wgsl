@@ -27,7 +27,7 @@ struct Oct {
     hi: vec4<f32>,
 }
 
-// The dot product of 32 values held as eight vec4 (matvec_cpu and the formats' fmt_dot32).
+// The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).
 fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
     var s = a[0] * b[0];
     s = fma(a[1], b[1], s);

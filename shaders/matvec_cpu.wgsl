@@ -14,8 +14,9 @@
 //   - no workgroup memory and no barriers; few workgroups of 16 invocations (R x 16 weight rows
 //     each), so a 3072-row layer is 24 workgroups: enough to keep every CPU thread busy.
 //
-// Composed after a weight-format file (wfmt_*.wgsl: `w`, `fmt_dec32`); the op prepends
-// `const R` (weight rows per lane) and `const TT` (tokens per pass over the weights).
+// Composed after a weight-format file (wfmt_*.wgsl: `w`, `fmt_dec32`, `fmt_dot32`); the op
+// prepends `const R` (weight rows per lane) and `const TT` (tokens per pass over the weights) and
+// writes out the `//@` lines for them (`linear::cpu_kernel_source`).
 // Dispatch: ceil(rows / (16 R)) workgroups of 16 (flat wg.x + wg.y * grid_x). Lane i of
 // workgroup g owns weight rows (16 g + i) R .. + R - 1 (a lane past the last row runs on a clamped
 // row so its subgroup's loads stay whole, and writes nothing). Tokens in passes of TT.
@@ -35,11 +36,12 @@
 // fmt_block_dot (the other matvec drivers' path, unused here) reads the input through xin.
 fn xin(i: u32) -> f32 { return 0.0; }
 
-// Input value c of the row at `base`, normalised; 0 past the row (which may hold anything).
+// Input value c of the row at `base`, normalised; 0 past the row (which may hold anything, even
+// NaN: select drops it). Branch-free: a branch here would mask every load after it.
 fn xval(base: u32, c: u32, sc: f32) -> f32 {
-    if (c >= p.cols) { return 0.0; }
-    if (p.norm == 1u) { return x[base + c] * gamma[c] * sc; }
-    return x[base + c];
+    let ci = min(c, p.cols - 1u);
+    let v = x[base + ci] * select(1.0, gamma[ci] * sc, p.norm == 1u);
+    return select(0.0, v, c < p.cols);
 }
 
 @compute @workgroup_size(16)
@@ -50,71 +52,60 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let nsl = (p.cols + 31u) / 32u;
     let l4 = (lane % 8u) * 4u;
     for (var t0 = 0u; t0 < p.n_tok; t0 += TT) {
-        var base: array<u32, TT>;
-        var sc: array<f32, TT>;
-        for (var k = 0u; k < TT; k++) {
-            base[k] = p.x_off + min(t0 + k, p.n_tok - 1u) * p.x_stride;
-            sc[k] = 1.0;
-            if (p.norm == 1u) {
-                var ss = 0.0;
-                for (var c = lane; c < p.cols; c += 8u) {
-                    let v = x[base[k] + c];
-                    ss += v * v;
-                }
-                // lanes 8 and up (subgroups wider than 8) repeat lanes 0..7: counted once
-                sc[k] = inverseSqrt(subgroupAdd(select(0.0, ss, lane < 8u)) / f32(p.cols) + p.eps);
-            }
-        }
-        var acc: array<f32, R * TT>;
+        // The op writes the lines below out for each token k < TT and row r < R (one variable
+        // each: private arrays indexed in loops would become memory on a CPU adapter):
+        //   token k's input offset base_k and norm scale sc_k, accumulators a_r_k;
+        //   per slice: the slice of token k (xs_k, via `xslice`), each row's weights decoded once
+        //   (`fmt_dec32`, or `fmt_dot32` straight on the block for one token) and dotted with
+        //   every token's slice; at the end the epilogue of each (row, token).
+//@SETUP
         for (var s = 0u; s < nsl; s++) {
-            let c = s * 32u + l4;
-            var xs: array<array<vec4<f32>, 8>, TT>;
-            for (var k = 0u; k < TT; k++) {
-                let v = vec4<f32>(xval(base[k], c, sc[k]), xval(base[k], c + 1u, sc[k]),
-                                  xval(base[k], c + 2u, sc[k]), xval(base[k], c + 3u, sc[k]));
-                xs[k][0] = subgroupBroadcast(v, 0u);
-                xs[k][1] = subgroupBroadcast(v, 1u);
-                xs[k][2] = subgroupBroadcast(v, 2u);
-                xs[k][3] = subgroupBroadcast(v, 3u);
-                xs[k][4] = subgroupBroadcast(v, 4u);
-                xs[k][5] = subgroupBroadcast(v, 5u);
-                xs[k][6] = subgroupBroadcast(v, 6u);
-                xs[k][7] = subgroupBroadcast(v, 7u);
-            }
-            if (TT == 1u) {
-                // one token: the format's own dot product (integer weights scaled once per block)
-                let xt = ((xs[0][0] + xs[0][1]) + (xs[0][2] + xs[0][3])) + ((xs[0][4] + xs[0][5]) + (xs[0][6] + xs[0][7]));
-                let xsum = (xt.x + xt.y) + (xt.z + xt.w);
-                for (var r = 0u; r < R; r++) {
-                    acc[r] += fmt_dot32(min(wr0 + r, p.rows - 1u), s * 32u, xs[0], xsum);
-                }
-            } else {
-                for (var r = 0u; r < R; r++) {
-                    let wv = fmt_dec32(min(wr0 + r, p.rows - 1u), s * 32u);
-                    for (var k = 0u; k < TT; k++) {
-                        acc[r * TT + k] += dot32(wv, xs[k]);
-                    }
-                }
-            }
+            let c = s * 32u;
+//@SLICE
         }
-        for (var k = 0u; k < TT; k++) {
-            let t = t0 + k;
-            if (t >= p.n_tok) { break; }
-            if (p.mode == 2u) {
-                for (var r = 0u; r < R; r += 2u) {
-                    if (wr0 + r < p.rows) {
-                        let g = acc[r * TT + k];
-                        y[t * p.y_stride + (p.row0 + wr0 + r) / 2u] = g / (1.0 + exp(-g)) * acc[(r + 1u) * TT + k];
-                    }
-                }
-            } else {
-                for (var r = 0u; r < R; r++) {
-                    if (wr0 + r < p.rows) {
-                        let o = t * p.y_stride + p.row0 + wr0 + r;
-                        if (p.mode == 0u) { y[o] = acc[r * TT + k]; } else { y[o] = y[o] + acc[r * TT + k]; }
-                    }
-                }
-            }
-        }
+//@STORE
     }
+}
+
+// Token k's input offset (its row clamped to the last token, so a short last pass reads valid rows).
+fn xbase(t0: u32, k: u32) -> u32 {
+    return p.x_off + min(t0 + k, p.n_tok - 1u) * p.x_stride;
+}
+
+// The RMSNorm scale of the input row at `base` (1 without the norm); every lane gets the same.
+fn xscale(base: u32, lane: u32) -> f32 {
+    if (p.norm == 0u) { return 1.0; }
+    var ss = 0.0;
+    for (var c = lane % 8u; c < p.cols; c += 8u) {
+        let v = x[base + c];
+        ss += v * v;
+    }
+    // lanes 8 and up (subgroups wider than 8) repeat lanes 0..7: counted once
+    return inverseSqrt(subgroupAdd(select(0.0, ss, lane < 8u)) / f32(p.cols) + p.eps);
+}
+
+// Columns c .. c + 31 of the input row at `base`, normalised: lane i (mod 8) loads four of them and
+// subgroupBroadcast (constant lane indices: a register shuffle) hands all 32 to every lane.
+fn xslice(base: u32, c: u32, l4: u32, sc: f32) -> array<vec4<f32>, 8> {
+    let v = vec4<f32>(xval(base, c + l4, sc), xval(base, c + l4 + 1u, sc), xval(base, c + l4 + 2u, sc), xval(base, c + l4 + 3u, sc));
+    return array<vec4<f32>, 8>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+                               subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+
+fn sum32(a: array<vec4<f32>, 8>) -> f32 {
+    let t = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    return (t.x + t.y) + (t.z + t.w);
+}
+
+// The epilogue of output (weight row wr, token t) with dot product v.
+fn store(wr: u32, t: u32, v: f32) {
+    if (wr >= p.rows || t >= p.n_tok) { return; }
+    let o = t * p.y_stride + p.row0 + wr;
+    if (p.mode == 0u) { y[o] = v; } else { y[o] = y[o] + v; }
+}
+
+// SwiGLU: weight rows (wr, wr + 1) = (gate, up) of output (row0 + wr) / 2.
+fn store_swiglu(wr: u32, t: u32, g: f32, u: f32) {
+    if (wr >= p.rows || t >= p.n_tok) { return; }
+    y[t * p.y_stride + (p.row0 + wr) / 2u] = g / (1.0 + exp(-g)) * u;
 }
