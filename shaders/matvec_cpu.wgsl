@@ -17,9 +17,11 @@
 // Composed after a weight-format file (wfmt_*.wgsl: `w`, `fmt_dec32`, `fmt_dot32`); the op
 // prepends `const R` (weight rows per lane) and `const TT` (tokens per pass over the weights) and
 // writes out the `//@` lines for them (`linear::cpu_kernel_source`).
-// Dispatch: ceil(rows / (16 R)) workgroups of 16 (flat wg.x + wg.y * grid_x). Lane i of
-// workgroup g owns weight rows (16 g + i) R .. + R - 1 (a lane past the last row runs on a clamped
-// row so its subgroup's loads stay whole, and writes nothing). Tokens in passes of TT.
+// Dispatch: ceil(rows / (16 R)) workgroups of 16 (flat wg.x + wg.y * grid_x) times Z along z.
+// Lane i of workgroup g owns weight rows (16 g + i) R .. + R - 1 (a lane past the last row runs on
+// a clamped row so its subgroup's loads stay whole, and writes nothing). Tokens in passes of TT:
+// workgroup z takes passes z, z + Z, ... (the op makes Z the number of passes, capped, so a
+// prefill chunk of a narrow layer still spreads over every CPU thread).
 // Layout as in matvec.wgsl: x[x_off + t * x_stride + c]; y[t * y_stride + row0 + r] (store or
 // accumulate); SwiGLU: weight rows (2k, 2k + 1) are (gate, up) of output (row0 + 2k) / 2, and R is
 // even so a lane holds whole pairs. norm == 1: x is RMS-normalised with gamma first.
@@ -45,13 +47,13 @@ fn xval(base: u32, c: u32, sc: f32) -> f32 {
 }
 
 @compute @workgroup_size(16)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
-        @builtin(subgroup_invocation_id) lane: u32) {
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let group = wg.x + wg.y * p.grid_x;
     let wr0 = (group * 16u + li) * R;
     let nsl = (p.cols + 31u) / 32u;
     let l4 = (lane % 8u) * 4u;
-    for (var t0 = 0u; t0 < p.n_tok; t0 += TT) {
+    for (var t0 = wg.z * TT; t0 < p.n_tok; t0 += TT * nwg.z) {
         // The op writes the lines below out for each token k < TT and row r < R (one variable
         // each: private arrays indexed in loops would become memory on a CPU adapter):
         //   token k's input offset base_k and norm scale sc_k, accumulators a_r_k;

@@ -190,10 +190,14 @@ pub fn linear_cpu(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogu
             grid_x: g[0],
             x_off: io.x_off as u32,
         };
-        rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], g);
+        let passes = (io.n_tok as u32).div_ceil(tokens).clamp(1, ctx.caps.max_workgroups_per_dim.min(CPU_MAX_PASS_GROUPS));
+        rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], [g[0], g[1], passes]);
     }
     Ok(())
 }
+
+/// Workgroups along the token passes of `matvec_cpu.wgsl` at most (each takes every Z-th pass).
+const CPU_MAX_PASS_GROUPS: u32 = 1024;
 
 /// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`; `coop_kernel_source` for `matmul_coop`) composed with
 /// a weight format: directives, the shared params, the format file, the driver. Public so tests can
