@@ -95,10 +95,11 @@ pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
     }
 }
 
-/// Whether `attention_cpu.wgsl` takes this shape: head_dim a multiple of 4 (at most 256), whole
-/// GQA groups of at most 8 heads, and an adapter that runs `matvec_cpu.wgsl`.
+/// Whether `attention_cpu.wgsl` takes this shape: head_dim a positive multiple of 4 (at most
+/// 256) and whole GQA groups of at most 8 heads (the adapter must also be
+/// `linear::cpu_capable`).
 pub fn cpu_supports(a: &Attend) -> bool {
-    a.head_dim % 4 == 0 && a.head_dim <= 256 && a.n_kv > 0 && a.n_heads % a.n_kv == 0 && a.n_heads / a.n_kv <= 8
+    a.head_dim > 0 && a.head_dim % 4 == 0 && a.head_dim <= 256 && a.n_kv > 0 && a.n_heads % a.n_kv == 0 && a.n_heads / a.n_kv <= 8
 }
 
 /// Keys per split below which a CPU adapter's decode step runs in one split (and skips the merge).
@@ -112,6 +113,9 @@ pub fn attend_cpu(rec: &mut Recorder, a: &Attend) -> Result<()> {
     let ctx = rec.ctx();
     if !cpu_supports(a) || !super::linear::cpu_capable(ctx) {
         return Err(crate::Error::arg("head_dim", format!("CPU attention needs head_dim % 4 == 0 and <= 256 (got {}), n_heads a multiple of n_kv with at most 8 per group, and subgroups of one fixed size >= 8", a.head_dim)));
+    }
+    if a.n_q == 0 {
+        return Ok(());
     }
     let sg = super::linear::fixed_subgroup(ctx).unwrap_or(8);
     let g = a.n_heads / a.n_kv;
