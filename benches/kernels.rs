@@ -91,6 +91,9 @@ fn bench_matmul(c: &mut Criterion) {
     if linear::matmul_variant(&ctx) == MatmulVariant::Coop {
         variants.push(MatmulVariant::Coop);
     }
+    if linear::cpu_variant(&ctx) {
+        variants.push(MatmulVariant::Cpu);
+    }
     for fmt in formats {
         let data = match fmt {
             TensorFormat::F16 | TensorFormat::BF16 => bytemuck::cast_slice(&vec![0x3c00u16; rows * cols]).to_vec(),
@@ -113,7 +116,8 @@ fn bench_matmul(c: &mut Criterion) {
 }
 
 /// Attention of a prefill chunk over the cache: the tiled kernel (`attention_prefill.wgsl`)
-/// against the split-key one, at a Llama-3-8B head shape.
+/// against the split-key one (and, on CPU adapters, `attention_cpu.wgsl`), at a Llama-3-8B head
+/// shape.
 fn bench_attention_prefill(c: &mut Criterion) {
     let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU");
     let (nh, nkv, d) = (32usize, 8usize, 128usize);
@@ -130,13 +134,19 @@ fn bench_attention_prefill(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_prefill");
     g.sample_size(10);
     g.throughput(Throughput::Elements(flops as u64));
-    for tiled in [true, false] {
-        g.bench_function(format!("{} {n_q} queries at {pos0} heads={nh}/{nkv} d={d}", if tiled { "tiled" } else { "split" }), |b| {
+    // the CPU adapters' kernel (attention_cpu.wgsl) where it is the one the op picks
+    let kinds: &[&str] = if linear::cpu_variant(&ctx) { &["tiled", "split", "cpu"] } else { &["tiled", "split"] };
+    for &kind in kinds {
+        g.bench_function(format!("{kind} {n_q} queries at {pos0} heads={nh}/{nkv} d={d}"), |b| {
             b.iter(|| {
                 let mut rec = Recorder::new(&ctx);
                 let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
                 let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0 };
-                if tiled { attention::attend_prefill(&mut rec, &a).unwrap() } else { attention::attend_split(&mut rec, &a).unwrap() }
+                match kind {
+                    "tiled" => attention::attend_prefill(&mut rec, &a).unwrap(),
+                    "split" => attention::attend_split(&mut rec, &a).unwrap(),
+                    _ => attention::attend_cpu(&mut rec, &a).unwrap(),
+                }
                 rec.submit().unwrap();
                 ctx.sync().unwrap();
             })

@@ -55,6 +55,10 @@ struct Args {
     /// subgroup along tokens and rows, k per step), e.g. 2x4x4x2x32,2x2x4x4x32.
     #[arg(long)]
     coop_tiles: Option<String>,
+    /// With --matmul on an adapter that can run the CPU kernel (matvec_cpu.wgsl): also time these
+    /// shapes, comma-separated ROWSxTOKENS (weight rows per lane, tokens per pass), e.g. 4x4,8x2
+    #[arg(long)]
+    cpu_shapes: Option<String>,
     /// After the timed runs, one more prefill and decode with per-kernel GPU timestamps (each
     /// dispatch in its own pass, so the totals run slower than the table): a table per phase.
     #[arg(long)]
@@ -90,7 +94,7 @@ fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
 
 /// Y = X W^T at one shape for each format and variant: ms per product and TFLOP/s (2 t r c FLOPs),
 /// the best of `repeats` batches of 10 back-to-back dispatches after a warm-up batch.
-fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
+fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Option<&str>, cpu_shapes: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
     let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS")))).collect::<Result<_, _>>()?;
     let [tokens, rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matmul", format!("`{spec}`: want TOKENSxROWSxCOLS"))) };
     let mut rng = 0x2545F4914F6CDD1Du64;
@@ -125,26 +129,37 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Op
             rec.submit()?;
             r
         };
-        // (label, variant, tile, f16 input): tile None = the op's own choice
-        let mut variants: Vec<(String, MatmulVariant, Option<CoopTile>, bool)> = vec![("Tiled".into(), MatmulVariant::Tiled, None, false)];
-        if linear::matmul_variant(ctx) == MatmulVariant::Coop {
-            let chosen = linear::coop_tile(ctx, rows, tokens);
-            variants.insert(0, (format!("Coop {chosen} f16 in"), MatmulVariant::Coop, None, true));
-            variants.insert(1, (format!("Coop {chosen} f32 in"), MatmulVariant::Coop, None, false));
-            for t in coop_tiles.into_iter().flat_map(|s| s.split(',')) {
-                let tile = CoopTile::parse(t)?;
-                variants.push((format!("Coop {tile} f16 in"), MatmulVariant::Coop, Some(tile), true));
+        // (label, variant, tile, f16 input, CPU shape): tile and shape None = the op's own choice
+        let mut variants: Vec<(String, MatmulVariant, Option<CoopTile>, bool, Option<(u32, u32)>)> = vec![("Tiled".into(), MatmulVariant::Tiled, None, false, None)];
+        if linear::cpu_capable(ctx) {
+            let (r, t) = linear::CPU_PREFILL;
+            variants.insert(0, (format!("Cpu {r}x{t}"), MatmulVariant::Cpu, None, false, None));
+            for sh in cpu_shapes.into_iter().flat_map(|s| s.split(',')) {
+                let bad = || esa_wgpu::Error::arg("cpu shapes", format!("`{sh}`: expected ROWSxTOKENS, e.g. 4x4"));
+                let (r, t) = sh.split_once('x').ok_or_else(bad)?;
+                let (r, t) = (r.trim().parse::<u32>().map_err(|_| bad())?, t.trim().parse::<u32>().map_err(|_| bad())?);
+                variants.push((format!("Cpu {r}x{t}"), MatmulVariant::Cpu, None, false, Some((r, t))));
             }
         }
-        for (label, v, tile, x16) in variants {
+        if linear::matmul_variant(ctx) == MatmulVariant::Coop {
+            let chosen = linear::coop_tile(ctx, rows, tokens);
+            variants.insert(0, (format!("Coop {chosen} f16 in"), MatmulVariant::Coop, None, true, None));
+            variants.insert(1, (format!("Coop {chosen} f32 in"), MatmulVariant::Coop, None, false, None));
+            for t in coop_tiles.into_iter().flat_map(|s| s.split(',')) {
+                let tile = CoopTile::parse(t)?;
+                variants.push((format!("Coop {tile} f16 in"), MatmulVariant::Coop, Some(tile), true, None));
+            }
+        }
+        for (label, v, tile, x16, shape) in variants {
             let io = if x16 { &io16 } else { &io };
             let batch = |n: usize| -> esa_wgpu::Result<f64> {
                 let t = Instant::now();
                 let mut rec = Recorder::new(ctx);
                 for _ in 0..n {
-                    match tile {
-                        Some(tile) => linear::matmul_coop_tile(&mut rec, &m, io, Epilogue::Store, tile)?,
-                        None => linear::matmul_with(&mut rec, &m, io, Epilogue::Store, v)?,
+                    match (tile, shape) {
+                        (Some(tile), _) => linear::matmul_coop_tile(&mut rec, &m, io, Epilogue::Store, tile)?,
+                        (None, Some(shape)) => linear::linear_cpu(&mut rec, &m, io, Epilogue::Store, None, shape)?,
+                        (None, None) => linear::matmul_with(&mut rec, &m, io, Epilogue::Store, v)?,
                     }
                 }
                 rec.submit()?;
@@ -276,7 +291,7 @@ fn main() -> esa_wgpu::Result<()> {
     let engine = Engine::new(&GpuOptions::default())?;
     eprintln!("gpu: {}", engine.context().describe());
     if let Some(spec) = &args.matmul {
-        return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.repeats);
+        return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.cpu_shapes.as_deref(), args.repeats);
     }
     if let Some(spec) = &args.matvec {
         return bench_matvec(engine.context(), spec, &args.formats, args.wide_shapes.as_deref(), args.repeats);

@@ -26,3 +26,16 @@ struct Oct {
     lo: vec4<f32>,
     hi: vec4<f32>,
 }
+
+// The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).
+fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
+    var s = a[0] * b[0];
+    s = fma(a[1], b[1], s);
+    s = fma(a[2], b[2], s);
+    s = fma(a[3], b[3], s);
+    s = fma(a[4], b[4], s);
+    s = fma(a[5], b[5], s);
+    s = fma(a[6], b[6], s);
+    s = fma(a[7], b[7], s);
+    return (s.x + s.y) + (s.z + s.w);
+}

@@ -45,3 +45,24 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let d = unpack2(q.w);
     return Oct(vec4<f32>(a, b), vec4<f32>(c, d));
 }
+
+// Values col .. col + 31 (col a multiple of 32) for matvec_cpu: four 16-byte loads. Rows are padded
+// to 8 values only, so an octet past the row is left zero rather than read from the next row.
+// Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    var o: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 4u; k++) {
+        let i = col / 8u + k;
+        if (i < p.w_stride) {
+            let q = w[row * p.w_stride + i];
+            o[2u * k] = vec4<f32>(unpack2(q.x), unpack2(q.y));
+            o[2u * k + 1u] = vec4<f32>(unpack2(q.z), unpack2(q.w));
+        }
+    }
+    return o;
+}
+
+// The dot product of values col .. col + 31 with xs, for matvec_cpu's one-token pass.
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot32(fmt_dec32(row, col), xs);
+}

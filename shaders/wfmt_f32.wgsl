@@ -27,3 +27,22 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     if (col + 4u < p.cols) { hi = w[b + 1u]; }
     return Oct(w[b], hi);
 }
+
+// Values col .. col + 31 (col a multiple of 32) for matvec_cpu, as four fmt_load8; octets past the
+// row are left zero.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    var o: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 4u; k++) {
+        if (col + 8u * k < p.cols) {
+            let e = fmt_load8(row, col + 8u * k);
+            o[2u * k] = e.lo;
+            o[2u * k + 1u] = e.hi;
+        }
+    }
+    return o;
+}
+
+// The dot product of values col .. col + 31 with xs, for matvec_cpu's one-token pass.
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    return dot32(fmt_dec32(row, col), xs);
+}

@@ -42,3 +42,31 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let sh = 4u * (j / 16u);
     return Oct(d * (nib4(w[wi] >> sh) - 8.0), d * (nib4(w[wi + 1u] >> sh) - 8.0));
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: the scale and the four
+// nibble words loaded once. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let d = unpack2x16float(w[base]).x;
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        o[i] = d * (nib4(q) - 8.0);
+        o[i + 4u] = d * (nib4(q >> 4u) - 8.0);
+    }
+    return o;
+}
+
+// The dot product of values col .. col + 31 (one block) with xs (xsum = the sum of xs), for
+// matvec_cpu's one-token pass: d * (sum(q x) - 8 sum(x)), the nibbles used as they are.
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let d = unpack2x16float(w[base]).x;
+    var qx = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        qx = fma(nib4(q), xs[i], qx);
+        qx = fma(nib4(q >> 4u), xs[i + 4u], qx);
+    }
+    return d * (((qx.x + qx.y) + (qx.z + qx.w)) - 8.0 * xsum);
+}

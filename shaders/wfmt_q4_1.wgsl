@@ -41,3 +41,31 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let sh = 4u * (j / 16u);
     return Oct(dm.x * nib4(w[wi] >> sh) + dm.y, dm.x * nib4(w[wi + 1u] >> sh) + dm.y);
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: the scales and the four
+// nibble words loaded once. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let dm = unpack2x16float(w[base]);
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        o[i] = fma(vec4<f32>(dm.x), nib4(q), vec4<f32>(dm.y));
+        o[i + 4u] = fma(vec4<f32>(dm.x), nib4(q >> 4u), vec4<f32>(dm.y));
+    }
+    return o;
+}
+
+// The dot product of values col .. col + 31 (one block) with xs (xsum = the sum of xs), for
+// matvec_cpu's one-token pass: d * sum(q x) + m * sum(x), the nibbles used as they are.
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 5u;
+    let dm = unpack2x16float(w[base]);
+    var qx = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let q = w[base + 1u + i];
+        qx = fma(nib4(q), xs[i], qx);
+        qx = fma(nib4(q >> 4u), xs[i + 4u], qx);
+    }
+    return dm.x * ((qx.x + qx.y) + (qx.z + qx.w)) + dm.y * xsum;
+}

@@ -26,3 +26,27 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let wi = base + 1u + (col % 32u) / 4u;
     return Oct(d * vec4<f32>(unpack4xI8(w[wi])), d * vec4<f32>(unpack4xI8(w[wi + 1u])));
 }
+
+// Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: one scale load and eight
+// words. Element i of the result holds values 4i .. 4i + 3.
+fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    let base = row * p.w_stride + (col / 32u) * 9u;
+    let d = unpack2x16float(w[base]).x;
+    var o: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        o[i] = d * vec4<f32>(unpack4xI8(w[base + 1u + i]));
+    }
+    return o;
+}
+
+// The dot product of values col .. col + 31 (one block) with xs, for matvec_cpu's one-token pass:
+// d * sum(q x).
+fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    let base = row * p.w_stride + (col / 32u) * 9u;
+    let d = unpack2x16float(w[base]).x;
+    var qx = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        qx = fma(vec4<f32>(unpack4xI8(w[base + 1u + i])), xs[i], qx);
+    }
+    return d * ((qx.x + qx.y) + (qx.z + qx.w));
+}

@@ -601,7 +601,9 @@ impl Session {
             Ids::Sampled => (BufRef::from(&self.s.token), 1),
         };
         embed::embed_rows(rec, m.embedding_table(), &ids_buf, 0, n, &BufRef::from(&self.s.x), h)?;
-        let small = n <= linear::MATVEC_MAX_TOKENS;
+        // `small`: the linear layers take the matvec path with the RMSNorm fused in: a few tokens,
+        // or any chunk on a CPU adapter (whose one linear kernel takes every token count).
+        let small = n <= linear::MATVEC_MAX_TOKENS || linear::cpu_variant(&m.ctx);
         let (x, xn, qkv, q, attn, mlp) = (
             BufRef::from(&self.s.x),
             BufRef::from(&self.s.xn),

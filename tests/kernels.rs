@@ -101,6 +101,65 @@ fn matvec_all_epilogues_and_formats() {
   }
 }
 
+/// `matvec_cpu.wgsl` (the CPU adapters' linear kernel) forced on any adapter that can run it, for
+/// the float formats: odd widths (a last slice of 32 columns cut short; rows padded to 8 or 4
+/// values only), its one-token and multi-token shapes, every epilogue, with and without the norm.
+#[test]
+fn matvec_cpu_kernel_float_formats() {
+    let ctx = ctx();
+    if !linear::cpu_capable(&ctx) {
+        eprintln!("skipped: the adapter has no fixed subgroup size >= 8");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(2);
+    for fmt in [TensorFormat::F16, TensorFormat::BF16, TensorFormat::F32] {
+        for &(rows, cols, n_tok, shape) in &[(37usize, 45usize, 1usize, (8u32, 1u32)), (74, 203, 5, (4, 4)), (130, 8, 3, (2, 2)), (2, 1, 1, (8, 1))] {
+            let w = rand_vec(&mut rng, rows * cols, 0.5);
+            let (host, wq) = host_16("w", &w, rows, cols, fmt);
+            let m = if fmt == TensorFormat::F32 { GpuMatrix::upload_f32(&ctx, &host).unwrap() } else { GpuMatrix::upload(&ctx, &host, true).unwrap() };
+            // the input is followed by NaN, which must never be read
+            let mut x = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let xs = x.clone();
+            x.extend([f32::NAN; 40]);
+            let gamma = rand_vec(&mut rng, cols, 1.0);
+            let xb = upload(&ctx, &x);
+            let gb = upload(&ctx, &gamma);
+            for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                for use_norm in [false, true] {
+                    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                    let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                    let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
+                    let mut rec = Recorder::new(&ctx);
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    linear::linear_cpu(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5)), shape).unwrap();
+                    rec.submit().unwrap();
+                    let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                    let mut want = Vec::new();
+                    for t in 0..n_tok {
+                        let xt = &xs[t * cols..(t + 1) * cols];
+                        let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
+                        let y = r::matvec(&wq, rows, cols, &xt);
+                        match epi {
+                            Epilogue::Store => want.extend(y),
+                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
+                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
+                        }
+                    }
+                    assert_close(&format!("matvec_cpu {shape:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
+                }
+            }
+        }
+    }
+    // bad shapes are errors naming the argument
+    let (host, _) = host_16("w", &[0.0; 8], 1, 8, TensorFormat::F16);
+    let m = GpuMatrix::upload(&ctx, &host, false).unwrap();
+    let b = upload(&ctx, &[0.0; 8]);
+    let io = LinearIo { x: BufRef::from(&b), x_off: 0, x_stride: 8, x_f16: false, y: BufRef::from(&b), y_stride: 1, y_row0: 0, n_tok: 1 };
+    let mut rec = Recorder::new(&ctx);
+    let e = linear::linear_cpu(&mut rec, &m, &io, Epilogue::Store, None, (3, 1)).unwrap_err();
+    assert!(e.to_string().contains("rows"), "{e}");
+}
+
 #[test]
 fn rmsnorm_matches() {
     let ctx = ctx();
@@ -173,6 +232,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let out_split = poisoned(&ctx, n * nh * d);
         let out_tiled = poisoned(&ctx, n * nh * d);
         let out_coop = poisoned(&ctx, n * nh * d);
+        let out_cpu = poisoned(&ctx, n * nh * d);
         let coop = attention::prefill_coop_supports(&ctx, d);
         let mut rec = Recorder::new(&ctx);
         let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
@@ -188,6 +248,13 @@ fn rope_kv_and_attention_prefill_then_decode() {
         if coop {
             attention::attend_prefill_coop(&mut rec, &a(&oc)).unwrap();
         }
+        // the CPU adapters' kernel, forced wherever it can run (splits and merge for decode steps
+        // over long histories, one split per (query, KV head) for chunks)
+        let ocpu = BufRef::from(&out_cpu);
+        let cpu = linear::cpu_capable(&ctx) && attention::cpu_supports(&a(&ocpu));
+        if cpu {
+            attention::attend_cpu(&mut rec, &a(&ocpu)).unwrap();
+        }
         rec.submit().unwrap();
         let (q, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
         let got_q = ctx.read_f32(&qb, 0, n * nh * d).unwrap();
@@ -197,6 +264,10 @@ fn rope_kv_and_attention_prefill_then_decode() {
         if attention::prefill_supports(d) {
             let got = ctx.read_f32(&out_tiled, 0, n * nh * d).unwrap();
             assert_close(&format!("tiled prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        }
+        if cpu {
+            let got = ctx.read_f32(&out_cpu, 0, n * nh * d).unwrap();
+            assert_close(&format!("CPU attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
         }
         if coop {
             // f16 queries, keys and probabilities (the tensor-core inputs): a looser tolerance
@@ -334,7 +405,7 @@ fn read_bandwidth_reads_every_word_once() {
     use esa_wgpu::gpu::ops::read_bandwidth;
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(5);
-    let words: Vec<u32> = (0..(1 << 20) + 4 * 777).map(|_| rand::Rng::gen(&mut rng)).collect();
+    let words: Vec<u32> = (0..(1 << 20) + 4 * 777).map(|_| rand::Rng::random(&mut rng)).collect();
     let src = ctx.upload("src", bytemuck::cast_slice(&words)).unwrap();
     for bytes in [words.len() as u64 * 4, 16 * 1000, 16 * 200_001] {
         let groups = read_bandwidth::groups_for(bytes) as usize;

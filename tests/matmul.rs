@@ -100,6 +100,10 @@ fn variants(ctx: &GpuContext) -> Vec<MatmulVariant> {
     if linear::matmul_variant(ctx) == MatmulVariant::Coop {
         v.push(MatmulVariant::Coop);
     }
+    // the CPU-adapter kernel (matvec_cpu.wgsl) runs wherever subgroups have one fixed size >= 8
+    if linear::cpu_capable(ctx) {
+        v.push(MatmulVariant::Cpu);
+    }
     v
 }
 
@@ -124,7 +128,7 @@ fn matmul_every_format_epilogue_and_variant() {
                 let xb = upload(&ctx, &x);
                 let (wr, xr) = match variant {
                     MatmulVariant::Coop => (f16_round(&wq), f16_round(&xs)),
-                    MatmulVariant::Tiled => (wq.clone(), xs.clone()),
+                    MatmulVariant::Tiled | MatmulVariant::Cpu => (wq.clone(), xs.clone()),
                 };
                 let y = r::matmul(&wr, rows, cols, &xr);
                 for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {

@@ -175,3 +175,55 @@ fn matvec_wide_every_shape() {
         assert!(format!("{err}").contains("matvec_wide shape"), "{err}");
     }
 }
+
+/// `matvec_cpu.wgsl` (the CPU adapters' linear kernel) forced on any adapter that can run it, in
+/// its one-token shape (the formats' fmt_dot32) and multi-token shapes (fmt_dec32, a last pass
+/// with fewer tokens than the shape takes), every epilogue, with and without the fused norm, on
+/// odd row counts split into shards, against the same reference and tolerance as above.
+#[test]
+fn quant_matvec_cpu_kernel_every_format() {
+    let ctx = ctx();
+    if !linear::cpu_capable(&ctx) {
+        eprintln!("skipped: the adapter has no fixed subgroup size >= 8");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(12);
+    for (fi, fmt) in FORMATS.into_iter().enumerate() {
+        for &(rows, blocks, n_tok, shape) in &[(37usize, 9usize, 1usize, (8u32, 1u32)), (74, 24, 5, (4, 4)), (130, 3, 3, (2, 2)), (1, 8, 1, (8, 1))] {
+            let cols = cols_for(fmt, blocks);
+            let (host, wq) = weights(fmt, rows, cols, (fi * 100 + rows) as u64);
+            let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
+            let x = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let gamma = rand_vec(&mut rng, cols, 1.0);
+            let (xb, gb) = (upload(&ctx, &x), upload(&ctx, &gamma));
+            for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                if epi == Epilogue::SwiGlu && rows % 2 == 1 {
+                    continue;
+                }
+                for use_norm in [false, true] {
+                    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+                    let y0 = rand_vec(&mut rng, n_tok * out_rows, 1.0);
+                    let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, n_tok * out_rows) };
+                    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok };
+                    let mut rec = Recorder::new(&ctx);
+                    linear::linear_cpu(&mut rec, &m, &io, epi, use_norm.then_some((&gb, 1e-5)), shape).unwrap();
+                    rec.submit().unwrap();
+                    let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
+                    let mut want = Vec::new();
+                    for t in 0..n_tok {
+                        let xt = &x[t * cols..(t + 1) * cols];
+                        let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
+                        let y = r::matvec(&wq, rows, cols, &xt);
+                        match epi {
+                            Epilogue::Store => want.extend(y),
+                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
+                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
+                        }
+                    }
+                    let shards = m.shards.len();
+                    assert_close(&format!("matvec_cpu {shape:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);
+                }
+            }
+        }
+    }
+}

@@ -84,13 +84,73 @@ pub fn prefill_coop_supports(ctx: &crate::gpu::GpuContext, head_dim: usize) -> b
 /// cooperative matrices where offered), for decode steps (and head sizes the tiled kernels do not
 /// take) the split-key kernel + merge.
 pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
-    if a.n_q >= PREFILL_MIN_QUERIES && prefill_coop_supports(rec.ctx(), a.head_dim) {
+    if super::linear::cpu_variant(rec.ctx()) && cpu_supports(a) {
+        attend_cpu(rec, a)
+    } else if a.n_q >= PREFILL_MIN_QUERIES && prefill_coop_supports(rec.ctx(), a.head_dim) {
         attend_prefill_coop(rec, a)
     } else if a.n_q >= PREFILL_MIN_QUERIES && prefill_supports(a.head_dim) {
         attend_prefill(rec, a)
     } else {
         attend_split(rec, a)
     }
+}
+
+/// Whether `attention_cpu.wgsl` takes this shape: head_dim a positive multiple of 4 (at most
+/// 256) and whole GQA groups of at most 8 heads (the adapter must also be
+/// `linear::cpu_capable`).
+pub fn cpu_supports(a: &Attend) -> bool {
+    a.head_dim > 0 && a.head_dim % 4 == 0 && a.head_dim <= 256 && a.n_kv > 0 && a.n_heads % a.n_kv == 0 && a.n_heads / a.n_kv <= 8
+}
+
+/// Keys per split below which a CPU adapter's decode step runs in one split (and skips the merge).
+const CPU_SPLIT_KEYS: usize = 128;
+
+/// `attention_cpu.wgsl` (+ `attention_merge.wgsl` when the keys are split): one subgroup per
+/// (query, KV head, key split). Chunks with 16 or more (query, KV head) pairs keep one split per
+/// pair, which also keeps within the scratch `scratch_floats` sizes; decode steps split long
+/// contexts into up to 16 parts so every CPU thread gets work.
+pub fn attend_cpu(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    let ctx = rec.ctx();
+    if !cpu_supports(a) || !super::linear::cpu_capable(ctx) {
+        return Err(crate::Error::arg("head_dim", format!("CPU attention needs head_dim % 4 == 0 and <= 256 (got {}), n_heads a multiple of n_kv with at most 8 per group, and subgroups of one fixed size >= 8", a.head_dim)));
+    }
+    if a.n_q == 0 {
+        return Ok(());
+    }
+    let sg = super::linear::fixed_subgroup(ctx).unwrap_or(8);
+    let g = a.n_heads / a.n_kv;
+    let d = a.head_dim;
+    let k = ctx.kernel_with(&format!("attention_cpu[D{d},G{g},SG{sg}]"), "main", &[], || {
+        Ok(format!("const D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\n{}", super::src::ATTENTION_CPU))
+    })?;
+    let n_keys = a.pos0 + a.n_q;
+    let pairs = a.n_q * a.n_kv;
+    let cap = scratch_floats(a.n_q, a.n_heads, d) / ((a.n_q * a.n_heads) * (d + 2));
+    let n_split = if pairs >= 16 { 1 } else { n_keys.div_ceil(CPU_SPLIT_KEYS).clamp(1, 16.min(cap)) };
+    let split_len = n_keys.div_ceil(n_split);
+    let n_split = n_keys.div_ceil(split_len);
+    if pairs as u32 > ctx.caps.max_workgroups_per_dim {
+        return Err(crate::Error::arg("n_q", format!("CPU attention grid of {pairs} (query, KV head) pairs exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
+    }
+    let p = Params {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        head_dim: d as u32,
+        pos0: a.pos0 as u32,
+        n_split: n_split as u32,
+        split_len: split_len as u32,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone()], [pairs as u32, n_split as u32, 1]);
+    if n_split > 1 {
+        let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
+        let qh = a.n_q * a.n_heads;
+        let gr = grid(ctx, qh as u32);
+        let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: d as u32, grid_x: gr[0] };
+        rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], gr);
+    }
+    Ok(())
 }
 
 /// Causal attention of a chunk on cooperative matrices: `esa_attention_coop.wgsl`'s local part alone

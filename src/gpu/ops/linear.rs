@@ -70,6 +70,135 @@ pub fn fixed_subgroup(ctx: &GpuContext) -> Option<u32> {
         .then_some(c.subgroup_min)
 }
 
+/// Weight rows per lane of `matvec_cpu.wgsl` in decode steps and in prefill chunks, and the tokens
+/// it takes per pass over the weights (lavapipe, 2 cores: a 3072 x 576 Q4_1 matvec 0.6 ms with
+/// 8 rows per lane against 1.1 ms with 2; docs/perf.md).
+pub const CPU_ROWS: u32 = 8;
+pub const CPU_PREFILL: (u32, u32) = (8, 8);
+
+/// Whether the adapter gets the CPU kernels (`matvec_cpu.wgsl` for every token count): device
+/// type CPU and one fixed subgroup size of at least 8 (the kernel broadcasts 8 lanes' loads).
+pub fn cpu_variant(ctx: &GpuContext) -> bool {
+    ctx.info.device_type == wgpu::DeviceType::Cpu && cpu_capable(ctx)
+}
+
+/// Whether `matvec_cpu.wgsl` can run on the adapter at all (tests force it on GPUs too).
+pub fn cpu_capable(ctx: &GpuContext) -> bool {
+    fixed_subgroup(ctx).is_some_and(|s| s >= 8)
+}
+
+/// `matvec_cpu.wgsl` composed with a weight format, `rows` weight rows per lane (even, for
+/// SwiGLU pairs) and `tokens` per pass over the weights.
+pub fn cpu_kernel_source(fmt: TensorFormat, rows: u32, tokens: u32) -> Result<String> {
+    if rows == 0 || rows % 2 != 0 || tokens == 0 || rows * tokens > 64 {
+        return Err(crate::Error::arg("rows", format!("matvec_cpu takes an even number of rows per lane and rows x tokens <= 64, got {rows} x {tokens}")));
+    }
+    let (_, fsrc, _, _) = format_shader(fmt)?;
+    let consts = format!("const R: u32 = {rows}u;\nconst TT: u32 = {tokens}u;\n");
+    let (mut setup, mut slice, mut store) = (String::new(), String::new(), String::new());
+    for k in 0..tokens {
+        setup += &format!("        let base_{k} = xbase(t0, {k}u);\n        let sc_{k} = xscale(base_{k}, lane);\n");
+        slice += &format!("            let xs_{k} = xslice(base_{k}, c, l4, sc_{k});\n");
+        for r in 0..rows {
+            setup += &format!("        var a_{r}_{k} = 0.0;\n");
+        }
+    }
+    if tokens == 1 {
+        // one token: the format's own dot product (integer weights, scaled once per block)
+        slice += "            let xsum = sum32(xs_0);\n";
+        for r in 0..rows {
+            slice += &format!("            a_{r}_0 += fmt_dot32(min(wr0 + {r}u, p.rows - 1u), c, xs_0, xsum);\n");
+        }
+    } else {
+        // each row's slice decoded once; then one FMA per (column, row, token) into scalar
+        // accumulators, column by column, so only R x TT accumulators stay live (dot products of
+        // whole slices per (row, token) kept 4 x as many partial sums live and ran ~5-20% slower)
+        for r in 0..rows {
+            slice += &format!("            let w_{r} = fmt_dec32(min(wr0 + {r}u, p.rows - 1u), c);\n");
+        }
+        for j in 0..8 {
+            for comp in ["x", "y", "z", "w"] {
+                for r in 0..rows {
+                    for k in 0..tokens {
+                        slice += &format!("            a_{r}_{k} = fma(w_{r}[{j}].{comp}, xs_{k}[{j}].{comp}, a_{r}_{k});\n");
+                    }
+                }
+            }
+        }
+    }
+    store += "        if (p.mode == 2u) {\n";
+    for k in 0..tokens {
+        for r in (0..rows).step_by(2) {
+            store += &format!("            store_swiglu(wr0 + {r}u, t0 + {k}u, a_{r}_{k}, a_{}_{k});\n", r + 1);
+        }
+    }
+    store += "        } else {\n";
+    for k in 0..tokens {
+        for r in 0..rows {
+            store += &format!("            store(wr0 + {r}u, t0 + {k}u, a_{r}_{k});\n");
+        }
+    }
+    store += "        }\n";
+    let mut body = String::new();
+    for line in src::MATVEC_CPU.lines() {
+        match line.trim() {
+            "//@SETUP" => body += &setup,
+            "//@SLICE" => body += &slice,
+            "//@STORE" => body += &store,
+            _ => {
+                body += line;
+                body.push('\n');
+            }
+        }
+    }
+    Ok(super::with_prelude(&body, &format!("{}\n{consts}{fsrc}", src::LINEAR_PARAMS)))
+}
+
+fn cpu_kernel(ctx: &GpuContext, fmt: TensorFormat, rows: u32, tokens: u32) -> Result<(Arc<Kernel>, usize)> {
+    let (fname, _, unit, consts) = format_shader(fmt)?;
+    let name = format!("matvec_cpu[R{rows},T{tokens}]+{fname}");
+    Ok((ctx.kernel_with(&name, "main", &consts, || cpu_kernel_source(fmt, rows, tokens))?, unit))
+}
+
+/// `matvec_cpu.wgsl` on a chunk of any number of tokens; `norm` fuses the input RMSNorm.
+pub fn linear_cpu(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, (rows, tokens): (u32, u32)) -> Result<()> {
+    if io.x_f16 {
+        return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
+    }
+    let ctx = rec.ctx();
+    if !cpu_capable(ctx) {
+        return Err(crate::Error::arg("variant", "matvec_cpu needs subgroups of one fixed size of at least 8"));
+    }
+    let (k, unit) = cpu_kernel(ctx, w.format, rows, tokens)?;
+    let gamma = match norm {
+        Some((g, _)) => BufRef::from(g),
+        None => io.x.clone(), // bound but unread
+    };
+    for s in &w.shards {
+        let g = grid(ctx, (s.rows as u32).div_ceil(16 * rows));
+        let p = Params {
+            rows: s.rows as u32,
+            cols: w.cols as u32,
+            w_stride: (w.row_bytes / unit) as u32,
+            row0: (io.y_row0 + s.row0) as u32,
+            x_stride: io.x_stride as u32,
+            y_stride: io.y_stride as u32,
+            n_tok: io.n_tok as u32,
+            mode: epi as u32,
+            norm: norm.is_some() as u32,
+            eps: norm.map_or(0.0, |n| n.1),
+            grid_x: g[0],
+            x_off: io.x_off as u32,
+        };
+        let passes = (io.n_tok as u32).div_ceil(tokens).clamp(1, ctx.caps.max_workgroups_per_dim.min(CPU_MAX_PASS_GROUPS));
+        rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], [g[0], g[1], passes]);
+    }
+    Ok(())
+}
+
+/// Workgroups along the token passes of `matvec_cpu.wgsl` at most (each takes every Z-th pass).
+const CPU_MAX_PASS_GROUPS: u32 = 1024;
+
 /// The WGSL of a linear-layer driver (`matvec`, `matvec_sg`, `matmul`; `wide_kernel_source` for `matvec_wide`; `coop_kernel_source` for `matmul_coop`) composed with
 /// a weight format: directives, the shared params, the format file, the driver. Public so tests can
 /// validate the variants an adapter at hand cannot run.
@@ -359,7 +488,12 @@ pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, quantised: bo
 }
 
 /// y = W x for up to MATVEC_MAX_TOKENS tokens. `norm`: (gamma, eps) to RMS-normalise x first.
+/// On CPU adapters (`cpu_variant`) any token count goes to `matvec_cpu.wgsl` (`linear_cpu`).
 pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>) -> Result<()> {
+    if cpu_variant(rec.ctx()) {
+        let shape = if io.n_tok == 1 { (CPU_ROWS, 1) } else { CPU_PREFILL };
+        return linear_cpu(rec, w, io, epi, norm, shape);
+    }
     let v = matvec_variant(rec.ctx());
     matvec_with(rec, w, io, epi, norm, v)
 }
@@ -514,6 +648,8 @@ pub enum MatmulVariant {
     Coop,
     /// `matmul.wgsl`: 64 x 64 tiles of f32 FMAs, every adapter.
     Tiled,
+    /// `matvec_cpu.wgsl` with `CPU_PREFILL` rows per lane and tokens per pass: CPU adapters.
+    Cpu,
 }
 
 /// A larger cooperative-matrix tile is taken while the product still has this many of them
@@ -525,6 +661,8 @@ const COOP_MIN_TILES: usize = 128;
 pub fn matmul_variant(ctx: &GpuContext) -> MatmulVariant {
     if (ctx.caps.coop_f16_16 && ctx.caps.shader_f16 && fixed_subgroup(ctx) == Some(32)) || ctx.caps.coop_emulated {
         MatmulVariant::Coop
+    } else if cpu_variant(ctx) {
+        MatmulVariant::Cpu
     } else {
         MatmulVariant::Tiled
     }
@@ -533,7 +671,10 @@ pub fn matmul_variant(ctx: &GpuContext) -> MatmulVariant {
 /// Y = X W^T for a chunk of tokens (tiled). Input must already be normalised.
 /// F32 weights (ESA's compression maps, small) keep full precision on the FMA tiles.
 pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -> Result<()> {
-    let v = if w.format == TensorFormat::F32 { MatmulVariant::Tiled } else { matmul_variant(rec.ctx()) };
+    let v = match matmul_variant(rec.ctx()) {
+        MatmulVariant::Coop if w.format == TensorFormat::F32 => MatmulVariant::Tiled,
+        v => v,
+    };
     matmul_with(rec, w, io, epi, v)
 }
 
@@ -542,6 +683,7 @@ pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -
 pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, variant: MatmulVariant) -> Result<()> {
     match variant {
         MatmulVariant::Coop => matmul_coop_tile(rec, w, io, epi, coop_tile(rec.ctx(), w.rows, io.n_tok)),
+        MatmulVariant::Cpu => linear_cpu(rec, w, io, epi, None, CPU_PREFILL),
         MatmulVariant::Tiled => {
             if io.x_f16 {
                 return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));

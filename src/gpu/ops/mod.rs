@@ -29,6 +29,7 @@ pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATVEC_WIDE: &str = include_str!("../../../shaders/matvec_wide.wgsl");
+    pub const MATVEC_CPU: &str = include_str!("../../../shaders/matvec_cpu.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
     pub const EMBED_ROWS: &str = include_str!("../../../shaders/embed_rows.wgsl");
@@ -41,6 +42,7 @@ pub mod src {
     pub const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
     pub const ATTENTION_PREFILL_PARAMS: &str = include_str!("../../../shaders/attention_prefill_params.wgsl");
     pub const ATTENTION_PREFILL: &str = include_str!("../../../shaders/attention_prefill.wgsl");
+    pub const ATTENTION_CPU: &str = include_str!("../../../shaders/attention_cpu.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
