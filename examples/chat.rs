@@ -83,6 +83,10 @@ struct Args {
     /// ESA: position of long-distance queries (default: --esa-local).
     #[arg(long)]
     esa_w: Option<usize>,
+    /// ESA: the last tokens of every prompt run as their own chunk, with their own selection
+    /// (query-aware final chunk); 0: the paper's plain chunking.
+    #[arg(long, default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
+    esa_final_chunk: usize,
     /// ESA: calibrated compression maps (safetensors), or `auto`: calibrate this model once on
     /// the default text (or --esa-calibration-text) and cache the maps beside the models.
     /// Default: exact maps (width n_kv * head_dim).
@@ -185,6 +189,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
                 eps: args.esa_eps,
                 w: args.esa_w,
                 d_compressed: args.esa_d,
+                final_chunk: args.esa_final_chunk,
             };
             let maps = match &args.esa_maps {
                 Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, &args.esa_calibration_text, args.esa_calibration_tokens)?,

@@ -212,6 +212,14 @@ impl Session {
         let widest = [c.hidden_size, qkv_rows, c.intermediate_size].into_iter().max().unwrap_or(1).max(1);
         let fits = ((ctx.caps.max_binding / (4 * widest as u64)) as usize).max(1);
         let chunk = match &opts.attention {
+            // ESA's chunk is part of the method (one selection per chunk), so it is refused rather
+            // than silently lowered.
+            Attention::Esa(e) if e.config.chunk.min(opts.max_context) > fits => {
+                return Err(Error::arg(
+                    "esa.chunk",
+                    format!("{} tokens need activation buffers of {} bytes, over the adapter's {}-byte binding limit; at most {fits} tokens per chunk", e.config.chunk, e.config.chunk * widest * 4, ctx.caps.max_binding),
+                ));
+            }
             Attention::Esa(e) => e.config.chunk,
             Attention::Dense => opts.prefill_chunk.min(fits),
         }
@@ -358,15 +366,25 @@ impl Session {
         result
     }
 
+    /// How a feed of `n` tokens is split into forward passes: chunks of `prefill_chunk`, and under
+    /// ESA with a query-aware final chunk (`EsaConfig::final_chunk`) the last tokens on their own.
+    pub fn chunk_ranges(&self, n: usize) -> Vec<std::ops::Range<usize>> {
+        match &self.esa {
+            Some(e) => crate::attention::EsaConfig { chunk: self.opts.prefill_chunk, ..e.cfg }.chunk_ranges(n),
+            None => (0..n).step_by(self.opts.prefill_chunk).map(|s| s..(s + self.opts.prefill_chunk).min(n)).collect(),
+        }
+    }
+
     /// One submission per prefill chunk; with `sampling`, the last one also samples the next token
     /// and copies it to the staging buffer. While a progress reporter is set, every chunk but the
     /// last is waited for and reported.
     fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>) -> Result<()> {
         self.check_room(tokens.len())?;
         let progress = self.progress.clone().filter(|_| tokens.len() > 1);
-        let n_chunks = tokens.len().div_ceil(self.opts.prefill_chunk);
+        let ranges = self.chunk_ranges(tokens.len());
+        let n_chunks = ranges.len();
         let mut done = 0;
-        for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
+        for (i, chunk) in ranges.into_iter().map(|r| &tokens[r]).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
             self.record_chunk(&mut rec, chunk, None)?;

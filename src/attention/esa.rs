@@ -149,7 +149,8 @@ impl EsaState {
         esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
-        let selection = if layout.middle.is_empty() {
+        // top_k 0 (StreamingLLM): initial + local tokens only, nothing scored.
+        let selection = if layout.middle.is_empty() || self.cfg.top_k == 0 {
             None
         } else {
             let cq = BufRef::from(&self.cq);

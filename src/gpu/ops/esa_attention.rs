@@ -227,3 +227,27 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer of `scratch_floats(chunk, ..)` holds the partials of every path for every chunk
+    /// of at most `chunk` queries: the split kernel (n_q * n_heads * n_split rows) and the
+    /// cooperative-matrix kernel (two per query and head).
+    #[test]
+    fn scratch_covers_every_path() {
+        for (heads, kv, d) in [(9, 3, 64), (6, 2, 12), (32, 8, 128), (4, 1, 14), (15, 5, 64), (64, 8, 128)] {
+            for chunk in 1..=4096 {
+                let have = scratch_floats(chunk, heads, kv, d);
+                let n_q = chunk; // the largest chunk needs most for the coop path ...
+                assert!(2 * n_q * heads * (d + 2) <= have, "coop, chunk {chunk}");
+                // ... and any shorter one may need more for the split path.
+                for n_q in [1, 2, 3, chunk / 2, chunk.saturating_sub(1), chunk].into_iter().filter(|&n| n >= 1 && n <= chunk) {
+                    let split = max_split(n_q, heads, kv);
+                    assert!(n_q * heads * split * (d + 2) <= have, "split, chunk {chunk}, n_q {n_q}");
+                }
+            }
+        }
+    }
+}
