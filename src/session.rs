@@ -9,6 +9,7 @@ use crate::gpu::ops::pack_f16;
 use crate::attention::esa::EsaState;
 use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
+use crate::model::config::{Config, RopeScaling};
 use crate::model::gpu_model::GpuModel;
 use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
@@ -29,11 +30,15 @@ pub struct SessionOptions {
     pub all_logits: bool,
     /// Dense attention, or ESA (which also sets the prefill chunk to its own `chunk`).
     pub attention: Attention,
+    /// RoPE scaling for this session in place of the model's own (e.g.
+    /// `RopeScaling::yarn(4.0, 8192)` to run an 8k-trained model at 32k as a YaRN baseline);
+    /// None keeps the model's.
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_context: 4096, prefill_chunk: DEFAULT_PREFILL_CHUNK, all_logits: false, attention: Attention::Dense }
+        SessionOptions { max_context: 4096, prefill_chunk: DEFAULT_PREFILL_CHUNK, all_logits: false, attention: Attention::Dense, rope_scaling: None }
     }
 }
 
@@ -190,6 +195,10 @@ pub struct Session {
     history: Vec<u32>,
     progress: Option<Arc<dyn Progress>>,
     esa: Option<EsaState>,
+    /// The RoPE table and softmax scale this session runs with: the model's, or those of
+    /// `SessionOptions::rope_scaling`.
+    inv_freq: wgpu::Buffer,
+    attn_scale: f32,
     /// Host-mappable copy of every layer's fused QKV projection for one chunk (`feed_capturing`
     /// only; allocated on first use).
     capture: Option<wgpu::Buffer>,
@@ -204,6 +213,14 @@ impl Session {
             return Err(Error::arg("prefill_chunk", "must be at least 1"));
         }
         let ctx = &model.ctx;
+        // The model's configuration with this session's RoPE scaling.
+        let rope_cfg = Config { rope_scaling: opts.rope_scaling.clone().or_else(|| model.cfg.rope_scaling.clone()), ..model.cfg.clone() };
+        if opts.rope_scaling.is_some() {
+            rope_cfg.validate(std::path::Path::new("SessionOptions::rope_scaling"))?;
+        }
+        let inv_freqs = rope_cfg.rope_inv_freqs();
+        let inv_freq = ctx.upload("session rope inv_freq", bytemuck::cast_slice(&inv_freqs))?;
+        let attn_scale = rope_cfg.attention_scale();
         let c = &model.cfg;
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
         // Floats per token of the widest activation buffer: each must fit in one binding. (The
@@ -258,10 +275,10 @@ impl Session {
             },
         };
         let esa = match &opts.attention {
-            Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
+            Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &inv_freqs, e, opts.max_context, chunk)?),
             Attention::Dense => None,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, capture: None })
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, inv_freq, attn_scale, capture: None })
     }
 
     /// ESA state (None for dense attention).
@@ -522,7 +539,7 @@ impl Session {
                 q_out: &q,
                 k_cache: &kc,
                 v_cache: &vc,
-                inv_freq: &m.inv_freq,
+                inv_freq: &self.inv_freq,
                 n_tok: n,
                 n_heads: c.num_heads,
                 n_kv: c.num_kv_heads,
@@ -530,13 +547,13 @@ impl Session {
                 pos0: self.pos,
             })?;
             if let Some(esa) = &self.esa {
-                esa.attend(rec, l, c, &qkv, &kc, &vc, &m.inv_freq, &attn, n, self.pos)?;
+                esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?;
             } else {
             attention::attend(rec, &attention::Attend {
                 q: &q,
                 k_cache: &kc,
                 v_cache: &vc,
-                inv_freq: &m.inv_freq,
+                inv_freq: &self.inv_freq,
                 part: &BufRef::from(&self.s.part),
                 out: &attn,
                 n_q: n,
@@ -544,6 +561,7 @@ impl Session {
                 n_kv: c.num_kv_heads,
                 head_dim: c.head_dim,
                 pos0: self.pos,
+                scale: self.attn_scale,
             })?;
             }
             if small {

@@ -173,7 +173,7 @@ fn esa_any_chunk_size_prefill_then_decode() {
             let what = format!("chunk {chunk}, final {final_chunk}, n_init {}, n_local {}, top_k {}", cfg.n_init, cfg.n_local, cfg.top_k);
             // Two prompts: the second starts mid-context, so its chunks straddle other boundaries.
             let mut tok = session.step(&prompt(143, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
-            tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode: {e}"));
+            session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode: {e}"));
             tok = session.step(&prompt(57, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: second prompt: {e}"));
             for i in 0..3 {
                 tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode step {i}: {e}"));

@@ -198,7 +198,7 @@ fn gpu_attend(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], 
     ea::attend(&mut rec, &ea::EsaAttend {
         q: &qr, q_stride, k_cache: &kr, v_cache: &vr, inv_freq: invb, selection, part: &pr, out: &or,
         n_q, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim,
-        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w,
+        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w, scale: 1.0 / (shape.head_dim as f32).sqrt(),
     })
     .unwrap();
     rec.submit().unwrap();
@@ -320,7 +320,7 @@ fn layer_step_matches_reference() {
         ea::attend(&mut rec, &ea::EsaAttend {
             q: &qr, q_stride: SHAPE.q_dim(), k_cache: &kr, v_cache: &vr, inv_freq: &invb, selection, part: &pr, out: &or,
             n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
-            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w,
+            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w, scale: 1.0 / (SHAPE.head_dim as f32).sqrt(),
         })
         .unwrap();
         rec.submit().unwrap();

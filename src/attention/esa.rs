@@ -137,7 +137,7 @@ impl EsaState {
     /// compressed keys, select middle tokens, attend. `qkv` holds the fused projection (un-rotated
     /// Q and K), the KV cache already holds the chunk.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
+    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, scale: f32, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
         let layer = &self.layers[l];
         let d = self.d;
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
@@ -180,6 +180,7 @@ impl EsaState {
             n_init: layout.initial.len(),
             local_start: layout.local.start,
             w: self.cfg.long_distance_query_pos(),
+            scale,
         })
     }
 

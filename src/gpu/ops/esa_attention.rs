@@ -128,6 +128,9 @@ pub struct EsaAttend<'a> {
     pub local_start: usize,
     /// Position of the queries in the long-distance part.
     pub w: usize,
+    /// Softmax scale of the scores: `Config::attention_scale` (1/sqrt(head_dim), times YaRN's
+    /// attention factor squared).
+    pub scale: f32,
 }
 
 /// `esa_attention_coop.wgsl` + merge: one partial per key segment (long-distance, local) on
@@ -152,7 +155,7 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
         count_index: count_index as u32,
         w: a.w as u32,
         q_stride: a.q_stride as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
         rotate_q: rotate_q as u32,
     };
     let rows = a.n_q * (a.n_heads / a.n_kv);
@@ -218,7 +221,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         q_stride: a.q_stride as u32,
         n_split: n_split as u32,
         split_len: split_len as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
         _pad: [0; 2],
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
