@@ -281,6 +281,24 @@ impl Session {
         Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, inv_freq, attn_scale, capture: None })
     }
 
+    /// Follow the cache rows `spec.tokens` through ESA's selection in every later chunk (None:
+    /// stop); read the records with `take_esa_probe_records`. An error under dense attention.
+    pub fn set_esa_probe(&mut self, spec: Option<crate::attention::ProbeSpec>) -> Result<()> {
+        let ctx = self.model.ctx.clone();
+        match &mut self.esa {
+            Some(e) => {
+                e.set_probe(&ctx, spec);
+                Ok(())
+            }
+            None => Err(Error::arg("esa probe", "the session runs dense attention")),
+        }
+    }
+
+    /// Per chunk and layer: whether the followed tokens were selected, and their rank.
+    pub fn take_esa_probe_records(&mut self) -> Vec<crate::attention::ProbeRecord> {
+        self.esa.as_mut().map(|e| e.take_probe_records()).unwrap_or_default()
+    }
+
     /// ESA state (None for dense attention).
     pub fn esa(&self) -> Option<&EsaState> {
         self.esa.as_ref()
@@ -412,6 +430,9 @@ impl Session {
                 rec.copy(&self.s.token, 0, &self.s.token_staging, 0, 4);
             }
             rec.submit()?;
+            if let Some(e) = &mut self.esa {
+                e.collect_probe(&ctx, self.pos - chunk.len(), chunk.len())?;
+            }
             done += chunk.len();
             if let (Some(p), false) = (&progress, last) {
                 ctx.sync()?;

@@ -214,3 +214,43 @@ fn final_chunk_splits_the_prompt_tail() {
     let plain = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config: EsaConfig { final_chunk: 0, ..cfg }, maps: None }), ..Default::default() }).unwrap();
     assert_eq!(plain.chunk_ranges(40), vec![0..16, 16..32, 32..40]);
 }
+
+/// The selection probe (diagnosis): one record per layer for every chunk that selects; a followed
+/// token is selected exactly when its rank is within top_k (the top-k's own order), and the last
+/// layer's record agrees with the selection left on the GPU.
+#[test]
+fn probe_reports_selection_and_rank() {
+    let spec = TinySpec::llama_gqa_f16();
+    let dir = tiny_model_dir(&spec);
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let c = model.config().clone();
+    let cfg = EsaConfig { final_chunk: 4, ..small_budget(c.kv_dim()) };
+    let mut s = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+    let mut dense = model.session(SessionOptions { max_context: 16, ..Default::default() }).unwrap();
+    assert!(dense.set_esa_probe(None).is_err(), "dense sessions have no selection");
+    let (mut hits, mut misses) = (0, 0);
+    for token in [10usize, 30, 60] {
+        s.reset();
+        s.set_esa_probe(Some(esa_wgpu::attention::ProbeSpec { tokens: token..token + 1, ranks: true })).unwrap();
+        s.feed(&prompt(100, c.vocab_size)).unwrap();
+        let recs = s.take_esa_probe_records();
+        // Chunks 0..8 .. 88..96, then 96..100: selection from pos0 > n_init + n_local = 20.
+        let chunks = s.chunk_ranges(100).iter().filter(|r| r.start > 20).count();
+        assert_eq!(recs.len(), chunks * c.num_layers, "token {token}");
+        for r in &recs {
+            if r.followed_in_middle == 0 {
+                assert_eq!((r.selected, r.best_rank), (0, None), "{r:?}");
+                continue;
+            }
+            let rank = r.best_rank.expect("ranks requested");
+            assert!(rank >= 1 && rank <= r.n_middle, "{r:?}");
+            assert_eq!(r.selected == 1, rank <= cfg.top_k, "{r:?}");
+            if r.selected == 1 { hits += 1 } else { misses += 1 }
+        }
+        let last = recs.last().unwrap();
+        let on_gpu = s.esa().unwrap().read_selected(&ctx()).unwrap();
+        assert_eq!(last.selected, on_gpu.contains(&(token as u32)) as usize);
+        assert!(s.take_esa_probe_records().is_empty(), "records are taken once");
+    }
+    assert!(hits > 0 && misses > 0, "both outcomes exercised: {hits} hits, {misses} misses");
+}
