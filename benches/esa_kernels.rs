@@ -142,7 +142,7 @@ fn bench_attention(c: &mut Criterion) {
                     let selection = Some(ea::Selection { indices: &sr, state: &str_, count_index: 0, max_sel: TOP_K });
                     ea::attend(rec, &ea::EsaAttend {
                         q: &qr, q_stride: nh * d, k_cache: &kr, v_cache: &vr, inv_freq: &inv, selection, part: &pr, out: &or,
-                        n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0, n_init, local_start: pos0 - n_local, w: n_local,
+                        n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0, n_init, local_start: pos0 - n_local, w: n_local, scale: 1.0 / (d as f32).sqrt(),
                     })
                     .unwrap()
                 })

@@ -66,7 +66,7 @@ fn bench_attention(c: &mut Criterion) {
             b.iter(|| {
                 let mut rec = Recorder::new(&ctx);
                 let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
-                attention::attend(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0: n - 1 }).unwrap();
+                attention::attend(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0: n - 1, scale: 1.0 / (d as f32).sqrt() }).unwrap();
                 rec.submit().unwrap();
                 ctx.sync().unwrap();
             })
@@ -141,7 +141,7 @@ fn bench_attention_prefill(c: &mut Criterion) {
             b.iter(|| {
                 let mut rec = Recorder::new(&ctx);
                 let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
-                let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0 };
+                let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
                 match kind {
                     "tiled" => attention::attend_prefill(&mut rec, &a).unwrap(),
                     "split" => attention::attend_split(&mut rec, &a).unwrap(),

@@ -328,7 +328,7 @@ fn main() -> esa_wgpu::Result<()> {
         Attention::Esa(e) => Some(e.config.n_init + e.config.n_local + e.config.top_k),
         Attention::Dense => None,
     };
-    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, attention })?;
+    let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, attention, rope_scaling: None })?;
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| (i * 7919 + 11) % c.vocab_size as u32).collect();
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;

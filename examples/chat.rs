@@ -83,6 +83,21 @@ struct Args {
     /// ESA: position of long-distance queries (default: --esa-local).
     #[arg(long)]
     esa_w: Option<usize>,
+    /// RoPE scaling in place of the model's own: `yarn` (with --rope-factor), or `none` for the
+    /// model's. E.g. `--rope-scaling yarn --rope-factor 4` runs an 8k-trained model at 32k.
+    #[arg(long, default_value = "none")]
+    rope_scaling: String,
+    /// Factor of --rope-scaling yarn (context length / the trained one).
+    #[arg(long, default_value_t = 4.0)]
+    rope_factor: f32,
+    /// Original (trained) context of --rope-scaling yarn (default: the model's
+    /// max_position_embeddings).
+    #[arg(long)]
+    rope_original_context: Option<usize>,
+    /// ESA: the last tokens of every prompt run as their own chunk, with their own selection
+    /// (query-aware final chunk); 0: the paper's plain chunking.
+    #[arg(long, default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
+    esa_final_chunk: usize,
     /// ESA: calibrated compression maps (safetensors), or `auto`: calibrate this model once on
     /// the default text (or --esa-calibration-text) and cache the maps beside the models.
     /// Default: exact maps (width n_kv * head_dim).
@@ -185,6 +200,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
                 eps: args.esa_eps,
                 w: args.esa_w,
                 d_compressed: args.esa_d,
+                final_chunk: args.esa_final_chunk,
             };
             let maps = match &args.esa_maps {
                 Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, &args.esa_calibration_text, args.esa_calibration_tokens)?,
@@ -196,13 +212,18 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
     };
     // Dense attention stays within the trained context; ESA is what goes past it.
     let max_context = match attention {
-        Attention::Dense if args.max_context > c.max_position_embeddings => {
-            info(format!("note: --max-context {} is past the trained {}; use --attention esa to go further", args.max_context, c.max_position_embeddings));
+        Attention::Dense if args.max_context > c.max_position_embeddings && args.rope_scaling == "none" => {
+            info(format!("note: --max-context {} is past the trained {}; use --attention esa or --rope-scaling yarn to go further", args.max_context, c.max_position_embeddings));
             c.max_position_embeddings
         }
         _ => args.max_context,
     };
-    let mut chat = model.chat(SessionOptions { max_context, attention, ..Default::default() })?;
+    let rope_scaling = match args.rope_scaling.as_str() {
+        "none" => None,
+        "yarn" => Some(esa_wgpu::model::config::RopeScaling::yarn(args.rope_factor, args.rope_original_context.unwrap_or(c.max_position_embeddings))),
+        other => return Err(esa_wgpu::Error::arg("--rope-scaling", format!("`{other}`: use none or yarn"))),
+    };
+    let mut chat = model.chat(SessionOptions { max_context, attention, rope_scaling, ..Default::default() })?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(42, |d| d.as_nanos() as u64)
     });

@@ -332,7 +332,7 @@ fn run_windows(model: &Arc<GpuModel>, tokens: &[u32], opts: &CaptureOptions, pro
         let per_token = (c.num_layers * rows * 4) as u64;
         (((128u64 << 20) / per_token) as usize).clamp(16, 512)
     };
-    let mut session = Session::new(model.clone(), SessionOptions { max_context: opts.window, prefill_chunk: chunk, all_logits: false, attention: Attention::Dense })?;
+    let mut session = Session::new(model.clone(), SessionOptions { max_context: opts.window, prefill_chunk: chunk, all_logits: false, attention: Attention::Dense, rope_scaling: None })?;
     let inv = c.rope_inv_freqs();
     let mut done = 0;
     progress(0, tokens.len());

@@ -17,6 +17,7 @@ pub mod attention;
 pub mod session;
 pub mod engine;
 pub mod calibrate;
+pub mod eval;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use engine::{Chat, Engine, FinishReason, Model, Reply};

@@ -9,6 +9,7 @@ use crate::gpu::ops::pack_f16;
 use crate::attention::esa::EsaState;
 use crate::attention::Attention;
 use crate::gpu::{BufRef, Recorder};
+use crate::model::config::{Config, RopeScaling};
 use crate::model::gpu_model::GpuModel;
 use crate::progress::{Progress, Unit};
 use crate::{Error, Result};
@@ -43,11 +44,15 @@ pub struct SessionOptions {
     pub all_logits: bool,
     /// Dense attention, or ESA (which also sets the prefill chunk to its own `chunk`).
     pub attention: Attention,
+    /// RoPE scaling for this session in place of the model's own (e.g.
+    /// `RopeScaling::yarn(4.0, 8192)` to run an 8k-trained model at 32k as a YaRN baseline);
+    /// None keeps the model's.
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_context: 4096, prefill_chunk: DEFAULT_PREFILL_CHUNK, all_logits: false, attention: Attention::Dense }
+        SessionOptions { max_context: 4096, prefill_chunk: DEFAULT_PREFILL_CHUNK, all_logits: false, attention: Attention::Dense, rope_scaling: None }
     }
 }
 
@@ -208,6 +213,10 @@ pub struct Session {
     history: Vec<u32>,
     progress: Option<Arc<dyn Progress>>,
     esa: Option<EsaState>,
+    /// The RoPE table and softmax scale this session runs with: the model's, or those of
+    /// `SessionOptions::rope_scaling`.
+    inv_freq: wgpu::Buffer,
+    attn_scale: f32,
     /// Host-mappable copy of every layer's fused QKV projection for one chunk (`feed_capturing`
     /// only; allocated on first use).
     capture: Option<wgpu::Buffer>,
@@ -222,6 +231,14 @@ impl Session {
             return Err(Error::arg("prefill_chunk", "must be at least 1"));
         }
         let ctx = &model.ctx;
+        // The model's configuration with this session's RoPE scaling.
+        let rope_cfg = Config { rope_scaling: opts.rope_scaling.clone().or_else(|| model.cfg.rope_scaling.clone()), ..model.cfg.clone() };
+        if opts.rope_scaling.is_some() {
+            rope_cfg.validate(std::path::Path::new("SessionOptions::rope_scaling"))?;
+        }
+        let inv_freqs = rope_cfg.rope_inv_freqs();
+        let inv_freq = ctx.upload("session rope inv_freq", bytemuck::cast_slice(&inv_freqs))?;
+        let attn_scale = rope_cfg.attention_scale();
         let c = &model.cfg;
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
         // Floats per token of the widest activation buffer: each must fit in one binding. (The
@@ -230,6 +247,14 @@ impl Session {
         let widest = [c.hidden_size, qkv_rows, c.intermediate_size].into_iter().max().unwrap_or(1).max(1);
         let fits = ((ctx.caps.max_binding / (4 * widest as u64)) as usize).max(1);
         let chunk = match &opts.attention {
+            // ESA's chunk is part of the method (one selection per chunk), so it is refused rather
+            // than silently lowered.
+            Attention::Esa(e) if e.config.chunk.min(opts.max_context) > fits => {
+                return Err(Error::arg(
+                    "esa.chunk",
+                    format!("{} tokens need activation buffers of {} bytes, over the adapter's {}-byte binding limit; at most {fits} tokens per chunk", e.config.chunk, e.config.chunk * widest * 4, ctx.caps.max_binding),
+                ));
+            }
             Attention::Esa(e) => e.config.chunk,
             Attention::Dense => opts.prefill_chunk.min(fits),
         }
@@ -270,10 +295,28 @@ impl Session {
             },
         };
         let esa = match &opts.attention {
-            Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &c.rope_inv_freqs(), e, opts.max_context, chunk)?),
+            Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &inv_freqs, e, opts.max_context, chunk)?),
             Attention::Dense => None,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, capture: None })
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, inv_freq, attn_scale, capture: None })
+    }
+
+    /// Follow the cache rows `spec.tokens` through ESA's selection in every later chunk (None:
+    /// stop); read the records with `take_esa_probe_records`. An error under dense attention.
+    pub fn set_esa_probe(&mut self, spec: Option<crate::attention::ProbeSpec>) -> Result<()> {
+        let ctx = self.model.ctx.clone();
+        match &mut self.esa {
+            Some(e) => {
+                e.set_probe(&ctx, spec);
+                Ok(())
+            }
+            None => Err(Error::arg("esa probe", "the session runs dense attention")),
+        }
+    }
+
+    /// Per chunk and layer: whether the followed tokens were selected, and their rank.
+    pub fn take_esa_probe_records(&mut self) -> Vec<crate::attention::ProbeRecord> {
+        self.esa.as_mut().map(|e| e.take_probe_records()).unwrap_or_default()
     }
 
     /// ESA state (None for dense attention).
@@ -476,16 +519,26 @@ impl Session {
         result
     }
 
+    /// How a feed of `n` tokens is split into forward passes: chunks of `prefill_chunk`, and under
+    /// ESA with a query-aware final chunk (`EsaConfig::final_chunk`) the last tokens on their own.
+    pub fn chunk_ranges(&self, n: usize) -> Vec<std::ops::Range<usize>> {
+        match &self.esa {
+            Some(e) => crate::attention::EsaConfig { chunk: self.opts.prefill_chunk, ..e.cfg }.chunk_ranges(n),
+            None => (0..n).step_by(self.opts.prefill_chunk).map(|s| s..(s + self.opts.prefill_chunk).min(n)).collect(),
+        }
+    }
+
     /// One submission per prefill chunk; with `sampling`, the last one also samples the next token
     /// and copies it to `read_back` (else the staging buffer). While a progress reporter is set,
     /// every chunk but the last is waited for and reported. Returns the last submission.
     fn run_chunks(&mut self, tokens: &[u32], sampling: Option<&Sampling>, read_back: Option<usize>) -> Result<Option<wgpu::SubmissionIndex>> {
         self.check_room(tokens.len())?;
         let progress = self.progress.clone().filter(|_| tokens.len() > 1);
-        let n_chunks = tokens.len().div_ceil(self.opts.prefill_chunk);
+        let ranges = self.chunk_ranges(tokens.len());
+        let n_chunks = ranges.len();
         let mut done = 0;
         let mut submitted = None;
-        for (i, chunk) in tokens.chunks(self.opts.prefill_chunk).enumerate() {
+        for (i, chunk) in ranges.into_iter().map(|r| &tokens[r]).enumerate() {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
             self.record_chunk(&mut rec, Ids::Host(chunk), None)?;
@@ -500,6 +553,9 @@ impl Session {
                 rec.copy(&self.s.token, 0, dst, 0, 4);
             }
             submitted = Some(rec.submit()?);
+            if let Some(e) = &mut self.esa {
+                e.collect_probe(&ctx, self.pos - chunk.len(), chunk.len())?;
+            }
             done += chunk.len();
             if let (Some(p), false) = (&progress, last) {
                 ctx.sync()?;
@@ -637,7 +693,7 @@ impl Session {
                 q_out: &q,
                 k_cache: &kc,
                 v_cache: &vc,
-                inv_freq: &m.inv_freq,
+                inv_freq: &self.inv_freq,
                 n_tok: n,
                 n_heads: c.num_heads,
                 n_kv: c.num_kv_heads,
@@ -645,13 +701,13 @@ impl Session {
                 pos0: self.pos,
             })?;
             if let Some(esa) = &self.esa {
-                esa.attend(rec, l, c, &qkv, &kc, &vc, &m.inv_freq, &attn, n, self.pos)?;
+                esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?;
             } else {
             attention::attend(rec, &attention::Attend {
                 q: &q,
                 k_cache: &kc,
                 v_cache: &vc,
-                inv_freq: &m.inv_freq,
+                inv_freq: &self.inv_freq,
                 part: &BufRef::from(&self.s.part),
                 out: &attn,
                 n_q: n,
@@ -659,6 +715,7 @@ impl Session {
                 n_kv: c.num_kv_heads,
                 head_dim: c.head_dim,
                 pos0: self.pos,
+                scale: self.attn_scale,
             })?;
             }
             if small {

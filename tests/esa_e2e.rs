@@ -26,7 +26,7 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 fn small_budget(kv_dim: usize) -> EsaConfig {
-    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None }
+    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None , final_chunk: 0 }
 }
 
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
@@ -141,32 +141,116 @@ fn mismatched_maps_file_is_refused() {
     assert!(err.contains("layers.0.f_q") && err.contains("[16, 5]"), "{err}");
 }
 
-/// Every chunk size works (issue 13): the partials scratch is sized at session creation for the
-/// worst chunk, so a shorter last chunk and the decode steps after a prefill in odd-sized chunks
-/// never find it too small. Chunks of 1, 7, 100 and 250 over a 203-token prompt, then decode steps,
-/// each with budgets on both sides of every boundary.
+/// Every chunk size works (issue 13): scratch is sized at session creation for the worst chunk,
+/// so a shorter last chunk, the query-aware final chunk and the decode steps after a prefill in
+/// odd-sized chunks never find a buffer too small. Chunk sizes on both sides of the matvec/matmul
+/// (4/5) and prefill-kernel (7/8) switches, final chunks of 0 (plain), 3 and wider than the chunk,
+/// and budgets on both sides of every boundary (no sinks, a one-token window, top_k 0
+/// (StreamingLLM), top_k larger than the middle, a window wider than the prompt), prompts whose
+/// length crosses the dense/sparse boundary mid-chunk. (The cooperative-matrix path's partials
+/// are checked on the host: `esa_attention`'s unit test `scratch_covers_every_path`; its emulated
+/// matmul needs more workgroup memory than lavapipe has, so a whole model cannot run it here.)
 #[test]
 fn esa_any_chunk_size_prefill_then_decode() {
     let spec = TinySpec::llama_gqa_f16();
     let dir = tiny_model_dir(&spec);
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
     let c = model.config().clone();
-    // Budgets around the boundaries too: no initial tokens and a one-token window; top_k larger
-    // than the whole middle; a window wider than the prompt (ESA stays dense throughout).
+    let base = small_budget(c.kv_dim());
     let budgets = [
-        small_budget(c.kv_dim()),
-        EsaConfig { n_init: 0, n_local: 1, top_k: 1, ..small_budget(c.kv_dim()) },
-        EsaConfig { top_k: 500, ..small_budget(c.kv_dim()) },
-        EsaConfig { n_local: 300, ..small_budget(c.kv_dim()) },
+        base,
+        EsaConfig { n_init: 0, n_local: 1, top_k: 1, ..base },
+        EsaConfig { top_k: 0, ..base },
+        EsaConfig { top_k: 500, ..base },
+        EsaConfig { n_local: 300, ..base },
     ];
-    for (chunk, budget) in [1usize, 7, 100, 250].into_iter().flat_map(|c| budgets.iter().map(move |b| (c, b))) {
-        let cfg = EsaConfig { chunk, ..budget.clone() };
-        let mut session = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
-        let what = format!("chunk {chunk}, n_init {}, n_local {}, top_k {}", cfg.n_init, cfg.n_local, cfg.top_k);
-        let mut tok = session.step(&prompt(203, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
-        for i in 0..5 {
-            tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode step {i}: {e}"));
+    for (chunk, budget) in [1usize, 4, 5, 7, 8, 9, 100, 250].iter().flat_map(|&c| budgets.iter().map(move |b| (c, b))) {
+        // (At chunk 1 every final chunk is one token: run it once.)
+        for final_chunk in if chunk == 1 { &[0][..] } else { &[0, 3, 300][..] } {
+            let final_chunk = *final_chunk;
+            let cfg = EsaConfig { chunk, final_chunk, ..*budget };
+            let mut session = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+            let what = format!("chunk {chunk}, final {final_chunk}, n_init {}, n_local {}, top_k {}", cfg.n_init, cfg.n_local, cfg.top_k);
+            // Two prompts: the second starts mid-context, so its chunks straddle other boundaries.
+            let mut tok = session.step(&prompt(143, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
+            session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode: {e}"));
+            tok = session.step(&prompt(57, c.vocab_size), &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: second prompt: {e}"));
+            for i in 0..3 {
+                tok = session.step(&[tok], &Sampling::greedy()).unwrap_or_else(|e| panic!("{what}: decode step {i}: {e}"));
+            }
+            assert_eq!(session.position(), 204, "{what}");
         }
-        assert_eq!(session.position(), 208, "{what}");
     }
+}
+
+
+/// A chunk whose activations cannot fit one binding is refused at session creation, naming
+/// `esa.chunk`, never mid-prompt.
+#[test]
+fn esa_chunk_over_the_binding_limit_is_refused() {
+    let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let c = model.config();
+    let widest = c.q_dim() + 2 * c.kv_dim(); // the fused QKV row is this fixture's widest activation
+    assert!(widest >= c.hidden_size && widest >= c.intermediate_size);
+    let over = (ctx().caps.max_binding / (4 * widest as u64)) as usize + 1;
+    // The KV cache of `over` tokens still fits (kv_dim * 2 bytes per token < 4 * widest).
+    let cfg = EsaConfig { chunk: over, ..small_budget(c.kv_dim()) };
+    let err = model.session(SessionOptions { max_context: over, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("esa.chunk"), "{err}");
+}
+
+/// The query-aware final chunk: a prompt is run as chunks of `chunk` plus its last `final_chunk`
+/// tokens on their own (the question gets its own selection); plain chunking with 0.
+#[test]
+fn final_chunk_splits_the_prompt_tail() {
+    let spec = TinySpec::llama_gqa_f16();
+    let dir = tiny_model_dir(&spec);
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let cfg = EsaConfig { chunk: 16, final_chunk: 5, ..small_budget(model.config().kv_dim()) };
+    let s = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+    assert_eq!(s.chunk_ranges(40), vec![0..16, 16..32, 32..35, 35..40]);
+    assert_eq!(s.chunk_ranges(1), vec![0..1]);
+    let plain = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config: EsaConfig { final_chunk: 0, ..cfg }, maps: None }), ..Default::default() }).unwrap();
+    assert_eq!(plain.chunk_ranges(40), vec![0..16, 16..32, 32..40]);
+}
+
+/// The selection probe (diagnosis): one record per layer for every chunk that selects; a followed
+/// token is selected exactly when its rank is within top_k (the top-k's own order), and the last
+/// layer's record agrees with the selection left on the GPU.
+#[test]
+fn probe_reports_selection_and_rank() {
+    let spec = TinySpec::llama_gqa_f16();
+    let dir = tiny_model_dir(&spec);
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let c = model.config().clone();
+    let cfg = EsaConfig { final_chunk: 4, ..small_budget(c.kv_dim()) };
+    let mut s = model.session(SessionOptions { max_context: 256, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+    let mut dense = model.session(SessionOptions { max_context: 16, ..Default::default() }).unwrap();
+    assert!(dense.set_esa_probe(None).is_err(), "dense sessions have no selection");
+    let (mut hits, mut misses) = (0, 0);
+    for token in [10usize, 30, 60] {
+        s.reset();
+        s.set_esa_probe(Some(esa_wgpu::attention::ProbeSpec { tokens: token..token + 1, ranks: true })).unwrap();
+        s.feed(&prompt(100, c.vocab_size)).unwrap();
+        let recs = s.take_esa_probe_records();
+        // Chunks 0..8 .. 88..96, then 96..100: selection from pos0 > n_init + n_local = 20.
+        let chunks = s.chunk_ranges(100).iter().filter(|r| r.start > 20).count();
+        assert_eq!(recs.len(), chunks * c.num_layers, "token {token}");
+        for r in &recs {
+            if r.followed_in_middle == 0 {
+                assert_eq!((r.selected, r.best_rank), (0, None), "{r:?}");
+                continue;
+            }
+            let rank = r.best_rank.expect("ranks requested");
+            assert!(rank >= 1 && rank <= r.n_middle, "{r:?}");
+            assert_eq!(r.selected == 1, rank <= cfg.top_k, "{r:?}");
+            if r.selected == 1 { hits += 1 } else { misses += 1 }
+        }
+        let last = recs.last().unwrap();
+        let on_gpu = s.esa().unwrap().read_selected(&ctx()).unwrap();
+        assert_eq!(last.selected, on_gpu.contains(&(token as u32)) as usize);
+        assert!(s.take_esa_probe_records().is_empty(), "records are taken once");
+    }
+    assert!(hits > 0 && misses > 0, "both outcomes exercised: {hits} hits, {misses} misses");
 }

@@ -198,7 +198,7 @@ fn gpu_attend(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], 
     ea::attend(&mut rec, &ea::EsaAttend {
         q: &qr, q_stride, k_cache: &kr, v_cache: &vr, inv_freq: invb, selection, part: &pr, out: &or,
         n_q, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim,
-        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w,
+        pos0: layout.chunk.start, n_init: layout.initial.len(), local_start: layout.local.start, w, scale: 1.0 / (shape.head_dim as f32).sqrt(),
     })
     .unwrap();
     rec.submit().unwrap();
@@ -227,7 +227,7 @@ fn coop_esa_attention_validates() {
 fn attention_gathered_and_dense() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(15);
-    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) };
+    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) , final_chunk: 0 };
     // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
     // head_dim 128 with a chunk of 70: several key tiles per split.
     let shapes = [
@@ -278,7 +278,7 @@ fn layer_step_matches_reference() {
     let mut rng = StdRng::seed_from_u64(16);
     let inv = inv_freq(SHAPE.head_dim);
     let invb = upload_f32(&ctx, &inv);
-    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None };
+    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None , final_chunk: 0 };
     let w = cfg.long_distance_query_pos();
     let dc = cfg.d_compressed;
     let total = 230;
@@ -320,7 +320,7 @@ fn layer_step_matches_reference() {
         ea::attend(&mut rec, &ea::EsaAttend {
             q: &qr, q_stride: SHAPE.q_dim(), k_cache: &kr, v_cache: &vr, inv_freq: &invb, selection, part: &pr, out: &or,
             n_q, n_heads: SHAPE.num_heads, n_kv: SHAPE.num_kv_heads, head_dim: SHAPE.head_dim,
-            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w,
+            pos0: n_prev, n_init: layout.initial.len(), local_start: layout.local.start, w, scale: 1.0 / (SHAPE.head_dim as f32).sqrt(),
         })
         .unwrap();
         rec.submit().unwrap();

@@ -394,9 +394,20 @@ fn rope_scaling_from_metadata() {
     b3.tensors.last_mut().unwrap().data.truncate(4);
     let (_, msg) = open_err(&b3, "freqs.gguf");
     assert!(msg.contains("rope_freqs.weight"), "{msg}");
+    // YaRN: factor, original context, llama.cpp's attn_factor (a multiplier of 0.1 ln(factor) + 1).
     b.set("llama.rope.scaling.type", s("yarn"));
-    let (e, msg) = open_err(&b, "yarn.gguf");
-    assert!(matches!(e, Error::Unsupported(_)) && msg.contains("yarn"), "{msg}");
+    let (_, msg) = open_err(&b, "yarn.gguf");
+    assert!(msg.contains("llama.rope.scaling.original_context_length"), "{msg}");
+    b.set("llama.rope.scaling.original_context_length", V::U32(8192));
+    let m = GgufModel::open(b.write(dir.path(), "yarn.gguf")).unwrap();
+    assert_eq!(m.config().rope_scaling, Some(esa_wgpu::model::config::RopeScaling::yarn(4.0, 8192)));
+    b.set("llama.rope.scaling.attn_factor", V::F32(2.0));
+    let m = GgufModel::open(b.write(dir.path(), "yarn2.gguf")).unwrap();
+    let Some(esa_wgpu::model::config::RopeScaling::Yarn { attention_factor, .. }) = m.config().rope_scaling else { panic!("not yarn") };
+    assert!((attention_factor - 2.0 * (0.1 * 4f32.ln() + 1.0)).abs() < 1e-6, "{attention_factor}");
+    b.set("llama.rope.scaling.type", s("longrope"));
+    let (e, msg) = open_err(&b, "longrope.gguf");
+    assert!(matches!(e, Error::Unsupported(_)) && msg.contains("longrope"), "{msg}");
 }
 
 /// The real default model, if present (see tests/golden_smollm2.rs for how it is found).

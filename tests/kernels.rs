@@ -238,7 +238,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
         rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
         let pr = BufRef::from(&part);
-        let a = |out| attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 };
+        let a = |out| attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
         let (os, ot) = (BufRef::from(&out_split), BufRef::from(&out_tiled));
         attention::attend_split(&mut rec, &a(&os)).unwrap();
         if attention::prefill_supports(d) {
@@ -387,7 +387,7 @@ fn coop_attention_emulated() {
             let (qr, kr, vr, or) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&out));
             rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&upload(&ctx, &qkv)), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
             let part = BufRef::from(&poisoned(&ctx, attention::scratch_floats(n, nh, d)));
-            attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+            attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() }).unwrap();
             rec.submit().unwrap();
             let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
             let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();

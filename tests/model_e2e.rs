@@ -90,6 +90,41 @@ fn mistral_with_llama3_rope_scaling() {
     check_model(TinySpec::mistral_llama3_rope());
 }
 
+/// YaRN from config.json (`rope_scaling: {"type": "yarn", ...}`): the per-frequency table and the
+/// attention factor (1.3, so scores x 1.69) on the GPU against the reference. With head_dim 12 and
+/// an original context of 32 the ramp runs over frequencies 0..2 (frequency 1 half interpolated).
+#[test]
+fn llama_with_yarn_rope_scaling() {
+    let mut spec = TinySpec::llama_gqa_f16();
+    spec.rope_scaling = Some(esa_wgpu::model::config::RopeScaling::Yarn { factor: 4.0, original_max_position_embeddings: 32, beta_fast: 32.0, beta_slow: 1.0, attention_factor: 1.3 });
+    check_model(spec);
+}
+
+/// `SessionOptions::rope_scaling` runs a model without scaling as if its config said YaRN: the
+/// same logits as the model loaded with that config.
+#[test]
+fn session_rope_scaling_override_equals_config() {
+    let yarn = esa_wgpu::model::config::RopeScaling::yarn(4.0, 32);
+    let plain = TinySpec::llama_gqa_f16();
+    let scaled = TinySpec { rope_scaling: Some(yarn.clone()), ..plain.clone() };
+    let (d1, d2) = (tiny_model_dir(&plain), tiny_model_dir(&scaled));
+    let engine = Engine::with_context(ctx());
+    let (m1, m2) = (engine.load(d1.path()).unwrap(), engine.load(d2.path()).unwrap());
+    let prompt: Vec<u32> = (0..70u32).map(|i| (i * 7919 + 13) % plain.vocab as u32).collect();
+    let mut a = m1.session(SessionOptions { max_context: 128, rope_scaling: Some(yarn), ..Default::default() }).unwrap();
+    let mut b = m2.session(SessionOptions { max_context: 128, ..Default::default() }).unwrap();
+    let mut c = m1.session(SessionOptions { max_context: 128, ..Default::default() }).unwrap();
+    a.feed(&prompt).unwrap();
+    b.feed(&prompt).unwrap();
+    c.feed(&prompt).unwrap();
+    let (la, lb, lc) = (a.logits().unwrap(), b.logits().unwrap(), c.logits().unwrap());
+    assert_eq!(la, lb, "override and config give the same table and scale");
+    assert!(la.iter().zip(&lc).any(|(x, y)| (x - y).abs() > 1e-3), "YaRN changes the logits");
+    let bad = esa_wgpu::model::config::RopeScaling::yarn(-1.0, 32);
+    let err = m1.session(SessionOptions { max_context: 16, rope_scaling: Some(bad), ..Default::default() }).err().unwrap().to_string();
+    assert!(err.contains("rope_scaling.factor"), "{err}");
+}
+
 #[test]
 fn sharded_f32_checkpoint() {
     let mut spec = TinySpec::llama_gqa_f16();

@@ -13,6 +13,7 @@ use crate::model::host::{HostTensor, TensorFormat};
 use crate::reference::esa::{fold_query_rotation, lossless_maps, select_tokens, EsaConfig, HeadShape};
 use crate::{Error, Result};
 
+use super::probe::{Probe, ProbeRecord, ProbeSpec};
 use super::EsaOptions;
 
 struct LayerState {
@@ -35,6 +36,9 @@ pub struct EsaState {
     selected: wgpu::Buffer,
     topk: esa_topk::TopkScratch,
     part: wgpu::Buffer,
+    max_ctx: usize,
+    /// Selection diagnosis (`set_probe`), off by default.
+    probe: Option<Probe>,
 }
 
 fn matrix(ctx: &GpuContext, name: &str, rows: usize, cols: usize, v: &[f32]) -> Result<GpuMatrix> {
@@ -125,7 +129,28 @@ impl EsaState {
             topk: esa_topk::TopkScratch::new(ctx, max_ctx)?,
             part: f("esa partials", esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim))?,
             cfg,
+            max_ctx,
+            probe: None,
         })
+    }
+
+    /// Follow `spec.tokens` through every later chunk's selection (None: stop). Records collect
+    /// until `take_probe_records`.
+    pub fn set_probe(&mut self, ctx: &GpuContext, spec: Option<ProbeSpec>) {
+        self.probe = spec.map(|s| Probe::new(ctx, s, self.layers.len(), self.cfg.top_k, self.max_ctx));
+    }
+
+    /// The records of the chunks fed since the probe was set or last taken.
+    pub fn take_probe_records(&mut self) -> Vec<ProbeRecord> {
+        self.probe.as_mut().map(|p| std::mem::take(&mut p.records)).unwrap_or_default()
+    }
+
+    /// After a chunk's submission: read its selections back into the probe's records.
+    pub(crate) fn collect_probe(&mut self, ctx: &GpuContext, pos0: usize, n: usize) -> Result<()> {
+        match &mut self.probe {
+            Some(p) => p.collect(ctx, &self.cfg, pos0, n),
+            None => Ok(()),
+        }
     }
 
     /// Compressed dimension d'.
@@ -137,7 +162,7 @@ impl EsaState {
     /// compressed keys, select middle tokens, attend. `qkv` holds the fused projection (un-rotated
     /// Q and K), the KV cache already holds the chunk.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
+    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, scale: f32, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
         let layer = &self.layers[l];
         let d = self.d;
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
@@ -149,7 +174,8 @@ impl EsaState {
         esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
-        let selection = if layout.middle.is_empty() {
+        // top_k 0 (StreamingLLM): initial + local tokens only, nothing scored.
+        let selection = if layout.middle.is_empty() || self.cfg.top_k == 0 {
             None
         } else {
             let cq = BufRef::from(&self.cq);
@@ -160,6 +186,14 @@ impl EsaState {
             esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start })?;
             esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
             esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
+            if let Some(p) = &self.probe {
+                let at = p.sel_offset(l);
+                rec.copy(&self.topk.state, (esa_topk::STATE_COUNT * 4) as u64, &p.sel, at, 4);
+                rec.copy(&self.selected, 0, &p.sel, at + 4, (self.cfg.top_k.min(n_m).min(p.sel_cap) * 4) as u64);
+                if let Some(s) = &p.scores {
+                    rec.copy(&self.pooled, 0, s, p.scores_offset(l), (n_m * 4) as u64);
+                }
+            }
             Some(esa_attention::Selection { indices: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, max_sel: self.cfg.top_k.min(n_m) })
         };
         esa_attention::attend(rec, &esa_attention::EsaAttend {
@@ -179,6 +213,7 @@ impl EsaState {
             n_init: layout.initial.len(),
             local_start: layout.local.start,
             w: self.cfg.long_distance_query_pos(),
+            scale,
         })
     }
 

@@ -1,8 +1,10 @@
 //! Attention policies. The forward pass computes Q/K/V for a chunk and hands them to the layer's
 //! policy: `Dense` (every cached token) or `Esa` (initial + selected + local tokens).
 pub mod esa;
+pub mod probe;
 
 pub use crate::reference::esa::EsaConfig;
+pub use probe::{ProbeRecord, ProbeSpec};
 
 #[derive(Debug, Clone, Default)]
 pub enum Attention {

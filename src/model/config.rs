@@ -22,6 +22,35 @@ pub enum RopeScaling {
     /// One divisor per frequency (`head_dim / 2` of them): how GGUF files of Llama 3.x store their
     /// scaling (tensor `rope_freqs.weight`, llama.cpp's `freq_factors`).
     Factors(Vec<f32>),
+    /// YaRN (Peng et al. 2023, arXiv 2309.00071) as Hugging Face transformers computes it
+    /// (`_compute_yarn_parameters`): frequencies that turn fewer than `beta_slow` times over the
+    /// original context are interpolated (divided by `factor`), those that turn more than
+    /// `beta_fast` times are kept, a linear ramp between; every attention score is multiplied by
+    /// `attention_factor`^2 (HF multiplies both cos and sin, so q and k, by it).
+    Yarn { factor: f32, original_max_position_embeddings: usize, beta_fast: f32, beta_slow: f32, attention_factor: f32 },
+}
+
+impl RopeScaling {
+    /// YaRN with transformers' defaults: beta_fast 32, beta_slow 1, attention factor
+    /// `0.1 ln(factor) + 1` (1 for factors <= 1).
+    pub fn yarn(factor: f32, original_max_position_embeddings: usize) -> RopeScaling {
+        RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast: 32.0, beta_slow: 1.0, attention_factor: yarn_default_attention_factor(factor) }
+    }
+}
+
+/// transformers' `get_mscale(factor)`: `0.1 ln(factor) + 1`, 1 for factors <= 1.
+pub fn yarn_default_attention_factor(factor: f32) -> f32 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        (0.1 * (factor as f64).ln() + 1.0) as f32
+    }
+}
+
+/// transformers' `find_correction_dim`: the dimension index (out of `dim`) whose frequency turns
+/// `rotations` times over `max_pos` positions.
+fn yarn_correction_dim(rotations: f64, dim: f64, base: f64, max_pos: f64) -> f64 {
+    dim * (max_pos / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +88,22 @@ impl Config {
             None => base.iter().map(|&f| f as f32).collect(),
             Some(RopeScaling::Linear { factor }) => base.iter().map(|&f| (f / *factor as f64) as f32).collect(),
             Some(RopeScaling::Factors(div)) => base.iter().zip(div).map(|(&f, &d)| (f / d as f64) as f32).collect(),
+            Some(RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, .. }) => {
+                // transformers' `find_correction_range` (truncated, its default) and
+                // `linear_ramp_factor`, in f64 (it computes in f32 after the range).
+                let (dim, theta, omp) = (self.head_dim as f64, self.rope_theta as f64, *original_max_position_embeddings as f64);
+                let low = yarn_correction_dim(*beta_fast as f64, dim, theta, omp).floor().max(0.0);
+                let high = yarn_correction_dim(*beta_slow as f64, dim, theta, omp).ceil().min(dim - 1.0);
+                let high = if low == high { high + 0.001 } else { high };
+                base.iter()
+                    .enumerate()
+                    .map(|(i, &f)| {
+                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let extrapolation = 1.0 - ramp; // weight of the original frequency
+                        (f / *factor as f64 * ramp + f * extrapolation) as f32
+                    })
+                    .collect()
+            }
             Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
                 let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
                 let old = *original_max_position_embeddings as f64;
@@ -80,6 +125,22 @@ impl Config {
                     .collect()
             }
         }
+    }
+}
+
+impl Config {
+    /// Multiplier of every attention score from the RoPE scaling (YaRN's attention factor squared;
+    /// 1 otherwise). The kernels' softmax scale is this over sqrt(head_dim).
+    pub fn rope_score_factor(&self) -> f32 {
+        match &self.rope_scaling {
+            Some(RopeScaling::Yarn { attention_factor, .. }) => attention_factor * attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// The softmax scale of attention: `rope_score_factor() / sqrt(head_dim)`.
+    pub fn attention_scale(&self) -> f32 {
+        self.rope_score_factor() / (self.head_dim as f32).sqrt()
     }
 }
 
@@ -122,7 +183,7 @@ impl Config {
             vocab_size: f.usize_req("vocab_size")?,
             rms_norm_eps: f.f32_opt("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: f.f32_opt("rope_theta")?.unwrap_or(10000.0),
-            rope_scaling: f.rope_scaling()?,
+            rope_scaling: f.rope_scaling(f.usize_opt("max_position_embeddings")?.unwrap_or(2048))?,
             tie_word_embeddings: f.bool_opt("tie_word_embeddings")?.unwrap_or(false),
             max_position_embeddings: f.usize_opt("max_position_embeddings")?.unwrap_or(2048),
             bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
@@ -185,6 +246,19 @@ impl Config {
                     )
                 } else if *original_max_position_embeddings == 0 {
                     bad("rope_scaling.original_max_position_embeddings", "must be greater than 0".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Some(RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor }) => {
+                if !(factor.is_finite() && *factor > 0.0) {
+                    bad("rope_scaling.factor", format!("{factor} is not a positive number"))
+                } else if *original_max_position_embeddings == 0 {
+                    bad("rope_scaling.original_max_position_embeddings", "must be greater than 0".into())
+                } else if !(beta_slow.is_finite() && beta_fast.is_finite() && *beta_slow > 0.0 && beta_fast > beta_slow) {
+                    bad("rope_scaling.beta_fast", format!("needs 0 < beta_slow ({beta_slow}) < beta_fast ({beta_fast})"))
+                } else if !(attention_factor.is_finite() && *attention_factor > 0.0) {
+                    bad("rope_scaling.attention_factor", format!("{attention_factor} is not a positive number"))
                 } else {
                     Ok(())
                 }
@@ -270,7 +344,7 @@ impl HfFields<'_> {
         }
     }
 
-    fn rope_scaling(&self) -> Result<Option<RopeScaling>> {
+    fn rope_scaling(&self, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
         let Some(rs) = self.get("rope_scaling") else { return Ok(None) };
         let field = "rope_scaling";
         if !rs.is_object() {
@@ -301,8 +375,34 @@ impl HfFields<'_> {
                     original_max_position_embeddings: self.usize_of(name, omp)?,
                 }))
             }
+            "yarn" => {
+                let opt = |key: &str| -> Result<Option<f32>> { if rs.get(key).is_some_and(|v| !v.is_null()) { num(key).map(Some) } else { Ok(None) } };
+                let factor = num("factor")?;
+                let name = "rope_scaling.original_max_position_embeddings";
+                // transformers: the model's max_position_embeddings when the scaling does not say.
+                let omp = match rs.get("original_max_position_embeddings").filter(|v| !v.is_null()) {
+                    Some(v) => self.usize_of(name, v)?,
+                    None => max_position_embeddings,
+                };
+                let attention_factor = match (opt("attention_factor")?, opt("mscale")?, opt("mscale_all_dim")?) {
+                    (Some(a), _, _) => a,
+                    // DeepSeek-style: get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim).
+                    (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+                        let g = |k: f32| if factor <= 1.0 { 1.0 } else { 0.1 * k * factor.ln() + 1.0 };
+                        g(m) / g(ma)
+                    }
+                    _ => yarn_default_attention_factor(factor),
+                };
+                Ok(Some(RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings: omp,
+                    beta_fast: opt("beta_fast")?.unwrap_or(32.0),
+                    beta_slow: opt("beta_slow")?.unwrap_or(1.0),
+                    attention_factor,
+                }))
+            }
             other => Err(Error::Unsupported(format!(
-                "{}: rope_scaling type `{other}` (supported: llama3, linear)",
+                "{}: rope_scaling type `{other}` (supported: llama3, linear, yarn)",
                 self.path.display()
             ))),
         }
@@ -324,5 +424,90 @@ impl HfFields<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(scaling: Option<RopeScaling>) -> Config {
+        Config {
+            arch: Arch::Llama,
+            hidden_size: 64,
+            intermediate_size: 64,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 64,
+            vocab_size: 10,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: scaling,
+            tie_word_embeddings: true,
+            max_position_embeddings: 8192,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    /// YaRN against transformers' `_compute_yarn_parameters`, worked by hand for head_dim 64,
+    /// theta 10^4, factor 4, original context 8192: find_correction_dim(32) = 64 ln(8192 / (64 pi))
+    /// / (2 ln 10^4) = 12.88 -> floor 12; find_correction_dim(1) = 64 ln(8192 / (2 pi)) / (2 ln 10^4)
+    /// = 24.92 -> ceil 25. So frequencies 0..=12 keep theta^(-2i/64), 25..=31 are divided by 4, and
+    /// between them the ramp (i - 12) / 13 mixes: at i = 18, f (7/13) + f/4 (6/13) = f * 34/52.
+    /// Attention factor 0.1 ln 4 + 1 = 1.13863.
+    #[test]
+    fn yarn_matches_the_transformers_formula() {
+        let c = cfg(Some(RopeScaling::yarn(4.0, 8192)));
+        let inv = c.rope_inv_freqs();
+        let base = |i: usize| 1.0 / 10000f64.powf(2.0 * i as f64 / 64.0);
+        let close = |i: usize, want: f64| assert!((inv[i] as f64 - want).abs() <= 1e-6 * want, "inv_freq[{i}] = {}, want {want}", inv[i]);
+        for i in 0..=12 {
+            close(i, base(i));
+        }
+        for i in 25..32 {
+            close(i, base(i) / 4.0);
+        }
+        close(18, base(18) * 34.0 / 52.0);
+        close(18, 0.003_676_847_126);
+        close(5, 0.237_137_370_566);
+        close(30, 4.445_698_525e-5);
+        for i in 13..25 {
+            let r = (i as f64 - 12.0) / 13.0;
+            close(i, base(i) * (1.0 - r) + base(i) / 4.0 * r);
+        }
+        let RopeScaling::Yarn { attention_factor, beta_fast, beta_slow, .. } = RopeScaling::yarn(4.0, 8192) else { unreachable!() };
+        assert!((attention_factor - 1.138_629_4).abs() < 1e-6 && beta_fast == 32.0 && beta_slow == 1.0);
+        assert!((c.rope_score_factor() - 1.138_629_4f32.powi(2)).abs() < 1e-5);
+        assert!((c.attention_scale() - 1.138_629_4f32.powi(2) / 8.0).abs() < 1e-6);
+        // No scaling: score factor 1; factor <= 1: attention factor 1.
+        assert_eq!(cfg(None).rope_score_factor(), 1.0);
+        assert_eq!(yarn_default_attention_factor(1.0), 1.0);
+    }
+
+    /// config.json's `rope_scaling: {"type": "yarn"}`: transformers' defaults where keys are left
+    /// out (original context = max_position_embeddings, betas 32/1, attention factor from the
+    /// factor), an explicit `attention_factor` wins, and bad values name the field.
+    #[test]
+    fn yarn_from_config_json() {
+        let base = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 1, "vocab_size": 10, "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "yarn", "factor": 2.0}
+        });
+        let p = Path::new("config.json");
+        let c = Config::from_hf_value(&base, p).unwrap();
+        assert_eq!(c.rope_scaling, Some(RopeScaling::yarn(2.0, 4096)));
+        let mut v = base.clone();
+        v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192, "attention_factor": 1.5, "beta_fast": 16});
+        let c = Config::from_hf_value(&v, p).unwrap();
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Yarn { factor: 8.0, original_max_position_embeddings: 8192, beta_fast: 16.0, beta_slow: 1.0, attention_factor: 1.5 }));
+        v["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": -2.0});
+        let err = Config::from_hf_value(&v, p).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.factor"), "{err}");
+        v["rope_scaling"] = serde_json::json!({"type": "yarn"});
+        let err = Config::from_hf_value(&v, p).unwrap_err().to_string();
+        assert!(err.contains("rope_scaling.factor"), "{err}");
     }
 }

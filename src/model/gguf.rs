@@ -902,6 +902,29 @@ fn rope_scaling(file: &GgufFile, md: &Meta, head_dim: usize) -> Result<Option<Ro
             }
             return Ok((factor != 1.0).then_some(RopeScaling::Linear { factor: factor as f32 }));
         }
+        Some("yarn") => {
+            let key = "llama.rope.scaling.factor";
+            let factor = factor.ok_or_else(|| field_err(path, key, "missing for YaRN scaling"))?;
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(field_err(path, key, format!("{factor} is not a valid factor")));
+            }
+            let key = "llama.rope.scaling.original_context_length";
+            let omp = md.u64(key)?.ok_or_else(|| field_err(path, key, "missing for YaRN scaling"))?;
+            if omp == 0 {
+                return Err(field_err(path, key, "must be greater than 0"));
+            }
+            // llama.cpp's `attn_factor` multiplies the default YaRN magnitude 0.1 ln(factor) + 1
+            // (ggml's rope_yarn), unlike transformers' `attention_factor`, which replaces it.
+            let attn = md.f64("llama.rope.scaling.attn_factor")?.unwrap_or(1.0);
+            if !(attn.is_finite() && attn > 0.0) {
+                return Err(field_err(path, "llama.rope.scaling.attn_factor", format!("{attn} is not a positive number")));
+            }
+            let beta_fast = md.f64("llama.rope.scaling.yarn_beta_fast")?.unwrap_or(32.0) as f32;
+            let beta_slow = md.f64("llama.rope.scaling.yarn_beta_slow")?.unwrap_or(1.0) as f32;
+            let factor = factor as f32;
+            let attention_factor = attn as f32 * crate::model::config::yarn_default_attention_factor(factor);
+            return Ok(Some(RopeScaling::Yarn { factor, original_max_position_embeddings: omp as usize, beta_fast, beta_slow, attention_factor }));
+        }
         Some(other) => {
             return Err(Error::Unsupported(format!("{}: RoPE scaling type `{other}`", path.display())));
         }

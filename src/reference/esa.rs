@@ -17,6 +17,9 @@ use std::ops::Range;
 use crate::model::config::Config;
 use crate::{Error, Result};
 
+/// Default `EsaConfig::final_chunk`: the split of the report in issue 13 that passed 3/3.
+pub const DEFAULT_FINAL_CHUNK: usize = 16;
+
 /// ESA knobs (defaults are the paper's budget; `chunk`, `eps` and `w` are ours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EsaConfig {
@@ -34,11 +37,17 @@ pub struct EsaConfig {
     pub d_compressed: usize,
     /// Position of the queries in the long-distance part; `None` means `n_local`.
     pub w: Option<usize>,
+    /// Query-aware final chunk (ours): the last `final_chunk` tokens of every prompt (a feed of
+    /// more than one token) run as their own chunk, so the question at the end of a prompt gets a
+    /// selection of its own instead of sharing one with hundreds of earlier queries (on the H200
+    /// this turned failing 32k/64k passkey prompts into passes, issue 13). At most `chunk` tokens
+    /// are used; 0 is the paper's plain chunking.
+    pub final_chunk: usize,
 }
 
 impl Default for EsaConfig {
     fn default() -> Self {
-        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None }
+        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None, final_chunk: DEFAULT_FINAL_CHUNK }
     }
 }
 
@@ -48,9 +57,24 @@ impl EsaConfig {
         self.w.unwrap_or(self.n_local)
     }
 
-    /// Rejects budgets that cannot work (zero chunk, zero d', zero top_k).
+    /// The token ranges a prompt of `n` tokens is run in: chunks of `chunk` from the start, except
+    /// that the last `min(final_chunk, chunk)` tokens form their own chunk when `n > 1` (a decode
+    /// step is one token either way). Every range holds at most `chunk` tokens.
+    pub fn chunk_ranges(&self, n: usize) -> Vec<Range<usize>> {
+        let chunk = self.chunk.max(1);
+        let tail = if n > 1 { self.final_chunk.min(chunk).min(n) } else { 0 };
+        let head = n - tail;
+        let mut out: Vec<Range<usize>> = (0..head).step_by(chunk).map(|s| s..(s + chunk).min(head)).collect();
+        if tail > 0 {
+            out.push(head..n);
+        }
+        out
+    }
+
+    /// Rejects budgets that cannot work (zero chunk, zero d'). `top_k = 0` selects nothing: the
+    /// initial and local tokens only (StreamingLLM).
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [("chunk", self.chunk), ("d_compressed", self.d_compressed), ("top_k", self.top_k)] {
+        for (field, v) in [("chunk", self.chunk), ("d_compressed", self.d_compressed)] {
             if v == 0 {
                 return Err(Error::arg(format!("esa.{field}"), "must be at least 1"));
             }
@@ -511,6 +535,31 @@ mod tests {
         assert_eq!(c.long_distance_query_pos(), 4096);
         assert_eq!(EsaConfig { w: Some(4095), ..c }.long_distance_query_pos(), 4095);
         assert!(EsaConfig { chunk: 0, ..c }.validate().is_err());
+        assert!(EsaConfig { top_k: 0, ..c }.validate().is_ok(), "top_k 0 is StreamingLLM");
+    }
+
+    #[test]
+    fn chunk_ranges_split_off_the_final_chunk() {
+        let c = EsaConfig { chunk: 8, final_chunk: 3, ..Default::default() };
+        assert_eq!(c.chunk_ranges(20), vec![0..8, 8..16, 16..17, 17..20]);
+        assert_eq!(c.chunk_ranges(11), vec![0..8, 8..11]);
+        assert_eq!(c.chunk_ranges(3), vec![0..3]);
+        assert_eq!(c.chunk_ranges(2), vec![0..2]);
+        assert_eq!(c.chunk_ranges(1), vec![0..1], "a decode step is one chunk");
+        assert!(c.chunk_ranges(0).is_empty());
+        let plain = EsaConfig { final_chunk: 0, ..c };
+        assert_eq!(plain.chunk_ranges(20), vec![0..8, 8..16, 16..20]);
+        // A final chunk wider than `chunk` is capped at `chunk`.
+        let wide = EsaConfig { final_chunk: 100, ..c };
+        assert_eq!(wide.chunk_ranges(20), vec![0..8, 8..12, 12..20]);
+        for n in 0..40 {
+            for cfg in [c, plain, wide] {
+                let r = cfg.chunk_ranges(n);
+                assert_eq!(r.iter().map(|r| r.len()).sum::<usize>(), n);
+                assert!(r.iter().all(|r| !r.is_empty() && r.len() <= cfg.chunk));
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            }
+        }
     }
 
     #[test]
@@ -617,7 +666,7 @@ mod tests {
     #[test]
     fn short_context_is_plain_dense_causal() {
         let mut rng = StdRng::seed_from_u64(3);
-        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None };
+        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None, final_chunk: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         for (n_prev, n_c) in [(0, 8), (7, 5), (12, 8), (20, 3)] {
@@ -634,7 +683,7 @@ mod tests {
     #[test]
     fn full_budget_is_dense_with_esa_positions() {
         let mut rng = StdRng::seed_from_u64(4);
-        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9) };
+        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9), final_chunk: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         let f_k = rand_vec(&mut rng, cfg.d_compressed * SHAPE.kv_dim());
@@ -653,7 +702,7 @@ mod tests {
         // With lossless maps and eps = 0, the selection is the exact top-k of F_s on full scores.
         let mut rng = StdRng::seed_from_u64(5);
         let (f_q, f_k) = lossless_maps(SHAPE);
-        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None };
+        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None, final_chunk: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let (n_prev, n_c) = (30, 3);
         let (k, v) = random_case(&mut rng, n_prev + n_c);
@@ -685,7 +734,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let inv = inv_freq(8);
-        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None };
+        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None, final_chunk: 0 };
         let q = vec![0.0; SHAPE.q_dim()];
         let kv = vec![0.0; 10 * SHAPE.kv_dim()];
         assert!(esa_layer_attention(&q, &kv, &kv, &[], &[0.0; 3], 5, &inv, SHAPE, &cfg).is_err());

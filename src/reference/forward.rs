@@ -124,6 +124,11 @@ impl Model {
         let mut k = a.k.to_vec();
         ops::rope(&mut q, q_pos, &self.inv_freqs);
         ops::rope(&mut k, k_pos, &self.inv_freqs);
+        // YaRN's attention factor multiplies every score (HF scales cos and sin, so q and k, by it).
+        let f = c.rope_score_factor();
+        if f != 1.0 {
+            q.iter_mut().for_each(|x| *x *= f);
+        }
         ops::attention(&q, &k, a.v, c.num_heads, c.num_kv_heads, c.head_dim, q_pos, k_pos)
     }
 

@@ -290,6 +290,14 @@ pub fn config_json(spec: &TinySpec) -> serde_json::Value {
                 "original_max_position_embeddings": original_max_position_embeddings,
             })
         }
+        Some(RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor }) => json!({
+            "type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+            "beta_fast": beta_fast,
+            "beta_slow": beta_slow,
+            "attention_factor": attention_factor,
+        }),
         Some(RopeScaling::Factors(_)) => panic!("config.json has no per-frequency RoPE factors (a GGUF-only form)"),
     };
     let mut c = json!({

@@ -53,6 +53,9 @@ pub struct Attend<'a> {
     pub head_dim: usize,
     /// Position of the first query; query t sees cache rows 0 ..= pos0 + t.
     pub pos0: usize,
+    /// Softmax scale of the scores: `Config::attention_scale` (1/sqrt(head_dim), times YaRN's
+    /// attention factor squared).
+    pub scale: f32,
 }
 
 #[repr(C)]
@@ -140,7 +143,7 @@ pub fn attend_cpu(rec: &mut Recorder, a: &Attend) -> Result<()> {
         pos0: a.pos0 as u32,
         n_split: n_split as u32,
         split_len: split_len as u32,
-        scale: 1.0 / (d as f32).sqrt(),
+        scale: a.scale,
     };
     rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone()], [pairs as u32, n_split as u32, 1]);
     if n_split > 1 {
@@ -177,6 +180,7 @@ pub fn attend_prefill_coop(rec: &mut Recorder, a: &Attend) -> Result<()> {
         n_init: 0,
         local_start: 0,
         w: 0,
+        scale: a.scale,
     };
     // No selection: any read-only buffer fills its bindings (a count bound of 0: never read).
     super::esa_attention::attend_coop(rec, &dense, (a.q.clone(), a.q.clone(), 0, 0), false)
@@ -201,7 +205,7 @@ fn dispatch_prefill(rec: &mut Recorder, k: &std::sync::Arc<crate::gpu::Kernel>, 
         n_heads: a.n_heads as u32,
         n_kv: a.n_kv as u32,
         pos0: a.pos0 as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
         _pad: [0; 3],
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()];
@@ -226,7 +230,7 @@ pub fn attend_split(rec: &mut Recorder, a: &Attend) -> Result<()> {
         pos0: a.pos0 as u32,
         n_split: n_split as u32,
         split_len: split_len as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
     };
     rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone()], [qh as u32, n_split as u32, 1]);
     let g = grid(ctx, qh as u32);

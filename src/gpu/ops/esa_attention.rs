@@ -128,6 +128,9 @@ pub struct EsaAttend<'a> {
     pub local_start: usize,
     /// Position of the queries in the long-distance part.
     pub w: usize,
+    /// Softmax scale of the scores: `Config::attention_scale` (1/sqrt(head_dim), times YaRN's
+    /// attention factor squared).
+    pub scale: f32,
 }
 
 /// `esa_attention_coop.wgsl` + merge: one partial per key segment (long-distance, local) on
@@ -152,7 +155,7 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
         count_index: count_index as u32,
         w: a.w as u32,
         q_stride: a.q_stride as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
         rotate_q: rotate_q as u32,
     };
     let rows = a.n_q * (a.n_heads / a.n_kv);
@@ -218,7 +221,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         q_stride: a.q_stride as u32,
         n_split: n_split as u32,
         split_len: split_len as u32,
-        scale: 1.0 / (a.head_dim as f32).sqrt(),
+        scale: a.scale,
         _pad: [0; 2],
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
@@ -226,4 +229,28 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer of `scratch_floats(chunk, ..)` holds the partials of every path for every chunk
+    /// of at most `chunk` queries: the split kernel (n_q * n_heads * n_split rows) and the
+    /// cooperative-matrix kernel (two per query and head).
+    #[test]
+    fn scratch_covers_every_path() {
+        for (heads, kv, d) in [(9, 3, 64), (6, 2, 12), (32, 8, 128), (4, 1, 14), (15, 5, 64), (64, 8, 128)] {
+            for chunk in 1..=4096 {
+                let have = scratch_floats(chunk, heads, kv, d);
+                let n_q = chunk; // the largest chunk needs most for the coop path ...
+                assert!(2 * n_q * heads * (d + 2) <= have, "coop, chunk {chunk}");
+                // ... and any shorter one may need more for the split path.
+                for n_q in [1, 2, 3, chunk / 2, chunk.saturating_sub(1), chunk].into_iter().filter(|&n| n >= 1 && n <= chunk) {
+                    let split = max_split(n_q, heads, kv);
+                    assert!(n_q * heads * split * (d + 2) <= have, "split, chunk {chunk}, n_q {n_q}");
+                }
+            }
+        }
+    }
 }
