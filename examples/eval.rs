@@ -85,8 +85,8 @@ struct Args {
     /// Output folder.
     #[arg(long, default_value = "eval_out")]
     out: PathBuf,
-    /// CI-sized run: lengths 4k,8k, depth 0.5, methods dense,esa,streaming, ESA budget 64 initial,
-    /// 512 local, top-256, chunks of 512 (so ESA is sparse at 4k-8k), and unless --model is
+    /// CI-sized run: lengths 4k,8k, depth 0.5, methods dense,esa, ESA budget 32 initial, 256
+    /// local, top-128, chunks of 512 (so ESA is sparse at 4k-8k), and unless --model is
     /// given a tiny random-weight model (`--synthetic tiny-smollm2-vocab`): lavapipe prefills the
     /// real SmolLM2-135M at ~20 tok/s, far too slow for CI.
     #[arg(long)]
@@ -198,8 +198,8 @@ fn run(mut args: Args) -> esa_wgpu::Result<()> {
     if args.ci {
         args.lengths = "4k,8k".into();
         args.depths = "0.5".into();
-        args.methods = "dense,esa,streaming".into();
-        (args.esa_init, args.esa_local, args.esa_top_k, args.esa_chunk) = (64, 512, 256, 512);
+        args.methods = "dense,esa".into();
+        (args.esa_init, args.esa_local, args.esa_top_k, args.esa_chunk) = (32, 256, 128, 512);
         if args.model.is_none() && args.synthetic.is_none() {
             args.synthetic = Some("tiny-smollm2-vocab".into());
         }
