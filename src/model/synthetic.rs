@@ -16,7 +16,8 @@ pub struct SyntheticModel {
     embed: std::sync::OnceLock<HostTensor<'static>>,
 }
 
-/// Named shapes: "smollm2-135m", "llama3-8b", "tiny".
+/// Named shapes: "smollm2-135m", "llama3-8b", "tiny", "tiny-smollm2-vocab" (tiny with SmolLM2's
+/// vocabulary, so real text tokenized for the default model runs through it: the CI-sized eval).
 pub fn preset(name: &str) -> Result<Config> {
     let base = Config {
         arch: Arch::Llama,
@@ -50,7 +51,8 @@ pub fn preset(name: &str) -> Result<Config> {
             ..base
         },
         "tiny" => Config { hidden_size: 64, intermediate_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2, head_dim: 16, vocab_size: 512, ..base },
-        other => return Err(Error::arg("synthetic", format!("unknown preset `{other}` (smollm2-135m, llama3-8b, tiny)"))),
+        "tiny-smollm2-vocab" => Config { hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2, num_kv_heads: 1, head_dim: 16, ..base },
+        other => return Err(Error::arg("synthetic", format!("unknown preset `{other}` (smollm2-135m, llama3-8b, tiny, tiny-smollm2-vocab)"))),
     })
 }
 

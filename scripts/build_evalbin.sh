@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build the eval example here and pack it with the default model for a device run
+# (scripts/device_eval.sh): .devbin/eval.xz and the GGUF in two halves .cache/model.gguf.part-aa
+# and -ab (git-ignored paths). The 98 MB model does not fit the device's 64 MiB carry limit (xz
+# saves only ~13% on Q4_1 weights), so it travels in two calls: see docs/eval.md.
+# Usage: scripts/build_evalbin.sh [MODEL.gguf] (default: the cached default model).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=${1:-${ESA_WGPU_CACHE:-$HOME/.cache/esa-wgpu}/SmolLM2-135M-Instruct.Q4_1.gguf}
+cargo build --release --example eval
+mkdir -p .devbin .cache
+rm -f .devbin/eval.xz .cache/model.gguf.part-*
+xz -T0 -6 -c target/release/examples/eval > .devbin/eval.xz
+split -b 48M "$model" .cache/model.gguf.part-
+du -sh .devbin/eval.xz .cache/model.gguf.part-*
