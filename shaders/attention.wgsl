@@ -2,10 +2,7 @@
 // workgroup (flash-decoding); attention_merge.wgsl combines the splits.
 //
 // Keys are cached UN-rotated; each key is rotated here to its position (its cache row), so the
-// same cache serves dense attention and ESA's re-positioned long-distance keys. The rotations
-// come from two small tables in workgroup memory rather than a sin/cos per key and pair (which
-// bound this kernel at long context): per tile R(base + 8a) for a < 8, once per workgroup R(b) for
-// b < 8; key base + 8a + b multiplies the two (angle addition, exact up to f32 rounding).
+// same cache serves dense attention and ESA's re-positioned long-distance keys.
 // Dispatch: (n_q * n_heads, n_split) workgroups of 64 threads. Workgroup (qh, s) handles query
 // qh / n_heads, head qh % n_heads, keys [s * split_len, min((s+1) * split_len, pos0 + t + 1)).
 // In each tile of 64 keys, thread j scores key j; then thread i accumulates value pairs i and
@@ -36,15 +33,6 @@ const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> sc: array<f32, 64>;
-var<workgroup> rot_t: array<vec2<f32>, 1024>; // [a < 8][pair]: (cos, sin) at position base + 8a
-var<workgroup> rot_u: array<vec2<f32>, 1024>; // [b < 8][pair]: (cos, sin) of b steps
-
-// (cos, sin) of the sum of two table angles.
-fn rot(t: u32, u: u32) -> vec2<f32> {
-    let a = rot_t[t];
-    let b = rot_u[u];
-    return vec2<f32>(a.x * b.x - a.y * b.y, a.y * b.x + a.x * b.y);
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -59,10 +47,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var i = li; i < d; i += 64u) {
         qs[i] = q[qh * d + i] * p.scale;
     }
-    for (var i = li; i < 8u * half; i += 64u) {
-        let a = f32(i / half) * inv_freq[i % half];
-        rot_u[i] = vec2<f32>(cos(a), sin(a));
-    }
     workgroupBarrier();
     let start = split * p.split_len;
     let end = min(start + p.split_len, p.pos0 + t + 1u);
@@ -71,16 +55,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o0 = vec2<f32>(0.0);
     var o1 = vec2<f32>(0.0);
     for (var base = start; base < end; base += 64u) {
-        for (var i = li; i < 8u * half; i += 64u) {
-            let a = f32(base + 8u * (i / half)) * inv_freq[i % half];
-            rot_t[i] = vec2<f32>(cos(a), sin(a));
-        }
-        workgroupBarrier();
         let key = base + li;
-        let ta = (li / 8u) * half; // this key's rows of the two tables
-        let ub = (li % 8u) * half;
         var s = NEG;
         if (key < end) {
+            let kpos = f32(key);
             let row = key * words + kvh * half;
             var acc = 0.0;
             if ((half & 1u) == 0u) {
@@ -88,10 +66,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 for (var e = 0u; e < half; e += 2u) {
                     let lo = unpack2x16float(k_cache[row + e / 2u]);
                     let hi = unpack2x16float(k_cache[row + (e + half) / 2u]);
-                    let r0 = rot(ta + e, ub + e);
-                    let r1 = rot(ta + e + 1u, ub + e + 1u);
-                    let c0 = r0.x; let s0 = r0.y;
-                    let c1 = r1.x; let s1 = r1.y;
+                    let a0 = kpos * inv_freq[e];
+                    let a1 = kpos * inv_freq[e + 1u];
+                    let c0 = cos(a0); let s0 = sin(a0);
+                    let c1 = cos(a1); let s1 = sin(a1);
                     acc += qs[e] * (lo.x * c0 - hi.x * s0) + qs[e + half] * (hi.x * c0 + lo.x * s0);
                     acc += qs[e + 1u] * (lo.y * c1 - hi.y * s1) + qs[e + 1u + half] * (hi.y * c1 + lo.y * s1);
                 }
@@ -100,8 +78,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 for (var e = 0u; e < half; e++) {
                     let lo = unpack2x16float(k_cache[row + e / 2u])[e & 1u];
                     let hi = unpack2x16float(k_cache[row + (e + half) / 2u])[(e + half) & 1u];
-                    let r = rot(ta + e, ub + e);
-                    let c = r.x; let sn = r.y;
+                    let a = kpos * inv_freq[e];
+                    let c = cos(a); let sn = sin(a);
                     acc += qs[e] * (lo * c - hi * sn) + qs[e + half] * (hi * c + lo * sn);
                 }
             }
