@@ -255,7 +255,7 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
         for v in linear::matvec_variants(ctx) {
             let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
             let gbs = bytes / secs / 1e9;
-            let shape = if v == linear::MatvecVariant::Wide { format!(" {}", linear::wide_shape(linear::fixed_subgroup(ctx).unwrap_or(32), rows, cols, false, !matches!(fmt, TensorFormat::F16 | TensorFormat::BF16))) } else { String::new() };
+            let shape = if v == linear::MatvecVariant::Wide { format!(" {}", linear::wide_shape(linear::fixed_subgroup(ctx).unwrap_or(32), rows, cols, false, fmt)) } else { String::new() };
             println!("| {f} | {v:?}{shape} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
         for sh in wide_shapes.into_iter().flat_map(|s| s.split(',')) {

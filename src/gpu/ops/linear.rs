@@ -467,12 +467,12 @@ impl std::fmt::Display for WideShape {
 }
 
 /// The op's `matvec_wide` shape for a product: T gives each thread about four octets of a row, at
-/// most 128 threads (H200 sweep in docs/perf.md: 128x4x2 streams 4096 x 14336 f16 at 2.9 TB/s, 256
+/// most 128 threads (H200 sweep in docs/perf.md: 128x4x2 streams 4096 x 14336 f16 at 3.0 TB/s, 256
 /// threads at 2.6); NR (4, else 2, else 1) is lowered while the product would have fewer than 256
-/// workgroups, so small models still spread over a large GPU. 16-bit and f32 weights: U = 2 runs
-/// of one octet; block-quantised ones (`quantised`, whole 32-value blocks): one run of four octets,
-/// a whole block per thread, so its scale and packed words are loaded once.
-pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, quantised: bool) -> WideShape {
+/// workgroups, so small models still spread over a large GPU. (U, V): one run of two consecutive
+/// octets for Q4_0, Q4_1 and Q6_K, two runs of one octet for the other formats (the best of each
+/// format in the same H200 sweep; whole 32-value blocks per thread, 1 x 4, were slower for all).
+pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, fmt: TensorFormat) -> WideShape {
     let octets = (cols / 8).max(1) as u32;
     let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 128);
     let groups = 256 / t;
@@ -480,8 +480,8 @@ pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, quantised: bo
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
         nr /= 2;
     }
-    if quantised && cols % 32 == 0 {
-        WideShape { t, nr, u: 1, v: 4 }
+    if matches!(fmt, TensorFormat::Q4_0 | TensorFormat::Q4_1 | TensorFormat::Q6_K) && cols % 16 == 0 {
+        WideShape { t, nr, u: 1, v: 2 }
     } else {
         WideShape { t, nr, u: 2, v: 1 }
     }
@@ -538,8 +538,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
                 (kernel(ctx, "matvec_sg", w.format)?, ((if swiglu { s.rows / 2 } else { s.rows }) as u32).div_ceil(64 / sg))
             }
             MatvecVariant::Wide => {
-                let quantised = !matches!(w.format, TensorFormat::F16 | TensorFormat::BF16 | TensorFormat::F32);
-                let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, quantised));
+                let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, w.format));
                 (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
             }
         };
