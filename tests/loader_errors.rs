@@ -185,8 +185,9 @@ fn bad_config_fields() {
         ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"),
         ("eos_token_id", serde_json::json!([2, 99999]), "eos_token_id"),
         ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0}), "rope_scaling.low_freq_factor"),
-        ("rope_scaling", serde_json::json!({"type": "yarn", "factor": -2.0}), "rope_scaling.factor"),
-        ("rope_scaling", serde_json::json!({"type": "dynamic", "factor": 4.0}), "dynamic"),
+        ("rope_scaling", serde_json::json!({"type": "longrope", "factor": 4.0}), "longrope"),
+        ("rope_scaling", serde_json::json!({"type": "yarn", "factor": 0.0}), "rope_scaling.factor"),
+        ("rope_scaling", serde_json::json!({"type": "yarn", "factor": 4.0, "beta_fast": 0.5}), "rope_scaling.beta_fast"),
         ("hidden_act", serde_json::json!("gelu"), "hidden_act"),
     ];
     for (field, value, expect) in cases {
