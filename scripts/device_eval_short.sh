@@ -6,8 +6,14 @@
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; fi
-B=/tmp/devbin; mkdir -p $B; xz -dc .devbin/eval.xz > $B/eval; chmod +x $B/eval
-cat .cache/model.gguf.part-aa .cache/model.gguf.part-ab .cache/model.gguf.part-ac > $B/model.gguf || exit 1
+B=/tmp/devbin; mkdir -p $B
+if [ -e .devbin/eval.xz ]; then xz -dc .devbin/eval.xz > $B/eval.new && mv $B/eval.new $B/eval; fi
+chmod +x $B/eval
+# the parts may be gone by the second call; the model assembled in the first one stays in /tmp
+if [ -e .cache/model.gguf.part-ac ] && [ -e .cache/model.gguf.part-aa ]; then
+    cat .cache/model.gguf.part-aa .cache/model.gguf.part-ab .cache/model.gguf.part-ac > $B/model.gguf || exit 1
+fi
+test -s $B/model.gguf || { echo "no model: carry the three parts (two calls, back to back)"; exit 1; }
 ls -la $B/model.gguf
 timeout 100 $B/eval --model $B/model.gguf --tasks passkey --lengths 32k,64k --depths 0.1,0.5,0.9 --methods esa,yarn --out $OUT/eval_a 2>$OUT/eval_a.log | tee $OUT/eval_a.txt
 timeout 60 $B/eval --model $B/model.gguf --tasks passkey --lengths 128k --depths 0.5 --methods esa --out $OUT/eval_c 2>$OUT/eval_c.log | tee $OUT/eval_c.txt
