@@ -509,6 +509,8 @@ pub fn default_text() -> Result<(String, String)> {
 /// Settings of [`auto_maps`].
 #[derive(Debug, Clone)]
 pub struct AutoOptions {
+    /// Compressed width d'; 0 = the smallest of [`WIDTH_CANDIDATES`] that meets the recall bar
+    /// on held-out text ([`choose_width`]).
     pub d_compressed: usize,
     pub w: usize,
     /// Most calibration tokens (the text is cut there).
@@ -526,8 +528,21 @@ impl AutoOptions {
 
 /// Cache path of the maps of `model` for (d', w): `<model cache>/esa-maps/<name>-<identity>-d<d'>-w<w>.safetensors`.
 pub fn cached_maps_path(model: &GpuModel, d: usize, w: usize) -> Result<PathBuf> {
+    Ok(cache_stem(model)?.with_file_name(format!("{}-d{d}-w{w}.safetensors", stem_name(model))))
+}
+
+/// Cache path of the width [`choose_width`] picked for `model` at `w` (a text file holding d').
+pub fn cached_width_path(model: &GpuModel, w: usize) -> Result<PathBuf> {
+    Ok(cache_stem(model)?.with_file_name(format!("{}-auto-w{w}.txt", stem_name(model))))
+}
+
+fn stem_name(model: &GpuModel) -> String {
     let name: String = model_name(model).chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
-    Ok(crate::fetch::cache_dir()?.join("esa-maps").join(format!("{name}-{}-d{d}-w{w}.safetensors", model.identity)))
+    format!("{name}-{}", model.identity)
+}
+
+fn cache_stem(model: &GpuModel) -> Result<PathBuf> {
+    Ok(crate::fetch::cache_dir()?.join("esa-maps").join(stem_name(model)))
 }
 
 fn model_name(model: &GpuModel) -> String {
@@ -535,31 +550,108 @@ fn model_name(model: &GpuModel) -> String {
     o.file_name().map_or_else(|| o.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
+/// Widths [`choose_width`] tries, smallest first (those below the exact width n_kv x head_dim).
+pub const WIDTH_CANDIDATES: [usize; 9] = [16, 32, 48, 64, 96, 128, 192, 256, 512];
+/// The bar of issue 14: recall@k of at least `RECALL_BAR` in at least `LAYER_SHARE` of the layers
+/// (27 of 30), with k = `RECALL_K` (or a quarter of the held-out window, if that is shorter).
+pub const RECALL_BAR: f64 = 0.9;
+pub const LAYER_SHARE: f64 = 0.9;
+pub const RECALL_K: usize = 2048;
+
+/// What [`choose_width`] found: the width, and per width tried the recall of every layer.
+#[derive(Debug, Clone)]
+pub struct WidthChoice {
+    pub d: usize,
+    pub tried: Vec<(usize, Vec<f64>)>,
+}
+
+/// The smallest width of [`WIDTH_CANDIDATES`] whose closed-form maps (fitted on `moments`) keep
+/// recall@k >= [`RECALL_BAR`] on the held-out vectors in at least [`LAYER_SHARE`] of the layers;
+/// the exact width when none does.
+pub fn choose_width(moments: &Moments, held: &HeldOut, shape: HeadShape, k: usize, ridge: f64) -> Result<WidthChoice> {
+    let mut tried = Vec::new();
+    for &d in WIDTH_CANDIDATES.iter().filter(|&&d| d < shape.kv_dim()) {
+        let maps = fit_all(moments, d, "closed-form", ridge)?;
+        let recalls: Vec<f64> = maps.iter().enumerate().map(|(l, m)| recall_at_k(shape, m, &held.queries[l], &held.keys[l], held.skip, k)).collect();
+        let good = recalls.iter().filter(|&&r| r >= RECALL_BAR).count();
+        tried.push((d, recalls));
+        if good as f64 >= LAYER_SHARE * maps.len() as f64 {
+            return Ok(WidthChoice { d, tried });
+        }
+    }
+    Ok(WidthChoice { d: shape.kv_dim(), tried })
+}
+
+/// Held-out queries per layer that [`auto_maps`] scores recall with.
+const AUTO_HELD_OUT_QUERIES: usize = 64;
+
 /// The maps of `model` for `opts`: the cached file if there is one, else calibrate (closed form)
 /// on the text, write the file and return its path. `None` when d' is the exact width or more
-/// (exact maps are then both lossless and no wider). `progress(done, total)` follows the capture.
+/// (exact maps are then both lossless and no wider). With `d_compressed` 0 the width is chosen
+/// first ([`choose_width`]: the text's last quarter, at most one capture window, is held out)
+/// and cached too. `progress(done, total)` follows the captures.
 pub fn auto_maps(model: &crate::Model, opts: &AutoOptions, progress: Progress) -> Result<Option<PathBuf>> {
     let shape = HeadShape::from(model.config());
-    if opts.d_compressed >= shape.kv_dim() {
+    let copts = CaptureOptions::for_model(model.config(), opts.w);
+    let mut text_ids: Option<(Vec<u32>, String)> = None;
+    let mut tokens = |opts: &AutoOptions| -> Result<(Vec<u32>, String)> {
+        if let Some(t) = &text_ids {
+            return Ok(t.clone());
+        }
+        let (text, desc) = match &opts.text {
+            Some(t) => t.clone(),
+            None => default_text()?,
+        };
+        let ids = model.tokenizer.encode(&text, false)?;
+        text_ids = Some((ids, desc));
+        Ok(text_ids.clone().unwrap())
+    };
+    let mut moments = None;
+    let d = if opts.d_compressed > 0 {
+        opts.d_compressed
+    } else {
+        let width_path = cached_width_path(&model.gpu, opts.w)?;
+        match std::fs::read_to_string(&width_path).ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(d) => d,
+            None => {
+                let (mut ids, _) = tokens(opts)?;
+                ids.truncate(opts.max_tokens);
+                let held_len = (ids.len() / 4).min(copts.window);
+                if held_len <= copts.skip + 1 {
+                    return Err(crate::Error::arg("calibration text", format!("{} tokens: too short to hold out a window for choosing the width", ids.len())));
+                }
+                let held_ids = ids.split_off(ids.len() - held_len);
+                let m = capture(&model.gpu, &ids, &copts, &mut *progress)?;
+                let held = capture_held_out(&model.gpu, &held_ids, &copts, AUTO_HELD_OUT_QUERIES, &mut *progress)?;
+                let k = RECALL_K.min(held_len / 4).max(1);
+                let choice = choose_width(&m, &held, shape, k, opts.ridge)?;
+                if let Some(dir) = width_path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+                }
+                std::fs::write(&width_path, format!("{}\n", choice.d)).map_err(|e| crate::Error::io(&width_path, e))?;
+                moments = Some(m);
+                choice.d
+            }
+        }
+    };
+    if d >= shape.kv_dim() {
         return Ok(None);
     }
-    let path = cached_maps_path(&model.gpu, opts.d_compressed, opts.w)?;
+    let path = cached_maps_path(&model.gpu, d, opts.w)?;
     if path.is_file() {
         return Ok(Some(path));
     }
-    let (text, desc) = match &opts.text {
-        Some(t) => t.clone(),
-        None => default_text()?,
-    };
-    let mut ids = model.tokenizer.encode(&text, false)?;
+    let (mut ids, desc) = tokens(opts)?;
     ids.truncate(opts.max_tokens);
-    let copts = CaptureOptions::for_model(model.config(), opts.w);
-    let moments = capture(&model.gpu, &ids, &copts, progress)?;
-    let maps = fit_all(&moments, opts.d_compressed, "closed-form", opts.ridge)?;
+    let moments = match moments {
+        Some(m) => m,
+        None => capture(&model.gpu, &ids, &copts, progress)?,
+    };
+    let maps = fit_all(&moments, d, "closed-form", opts.ridge)?;
     let info = MapsInfo {
         model: model.gpu.identity.clone(),
         model_name: model_name(&model.gpu),
-        d_compressed: opts.d_compressed,
+        d_compressed: d,
         w: opts.w,
         tokens: moments.tokens(),
         method: format!("closed-form ridge={}", opts.ridge),

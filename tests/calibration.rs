@@ -260,7 +260,8 @@ fn maps_file_round_trip_and_refusal_for_another_model() {
 fn auto_maps_calibrate_once_then_come_from_the_cache() {
     let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
     let cache = tempfile::tempdir().unwrap();
-    // Only this test in this binary reads the cache location.
+    // The cache location is process-wide: tests that set it take turns.
+    let _turn = CACHE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("ESA_WGPU_CACHE", cache.path());
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
     let text = "It was the best of times, it was the worst of times, it was the age of wisdom. ".repeat(3);
@@ -276,4 +277,65 @@ fn auto_maps_calibrate_once_then_come_from_the_cache() {
     assert_eq!(calibrate::auto_maps(&model, &opts, &mut |_, _| again += 1).unwrap(), Some(path));
     assert_eq!(again, 0, "the cached file must be used");
     assert_eq!(calibrate::auto_maps(&model, &calibrate::AutoOptions::new(24, 16), &mut |_, _| {}).unwrap(), None);
+}
+
+static CACHE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run `f` with the model cache at `dir` (one test at a time: the variable is process-wide).
+fn with_cache<T>(dir: &std::path::Path, f: impl FnOnce() -> T) -> T {
+    let _turn = CACHE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("ESA_WGPU_CACHE", dir);
+    f()
+}
+
+/// `--esa-maps auto` without a width: `auto_maps` with d' = 0 chooses the width on held-out
+/// text (`choose_width`), caches the choice and the maps of that width, and reads both from the
+/// cache afterwards. The choice meets the recall bar, and no smaller candidate does.
+#[test]
+fn auto_width_is_the_smallest_that_meets_the_bar() {
+    let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let shape = HeadShape::from(model.config());
+    let text = "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness. ".repeat(6);
+    let ids = model.tokenizer.encode(&text, false).unwrap();
+    let copts = calibrate::CaptureOptions::for_model(model.config(), 16);
+    let (fit_ids, held_ids) = ids.split_at(ids.len() * 3 / 4);
+    let moments = calibrate::capture(&model.gpu, fit_ids, &copts, &mut |_, _| {}).unwrap();
+    let held = calibrate::capture_held_out(&model.gpu, held_ids, &copts, 16, &mut |_, _| {}).unwrap();
+    let k = (held_ids.len() / 4).max(1);
+    let choice = calibrate::choose_width(&moments, &held, shape, k, 1e-3).unwrap();
+    let meets = |recalls: &[f64]| recalls.iter().filter(|&&r| r >= calibrate::RECALL_BAR).count() as f64 >= calibrate::LAYER_SHARE * recalls.len() as f64;
+    for (d, recalls) in &choice.tried {
+        assert_eq!(recalls.len(), model.config().num_layers);
+        assert_eq!(meets(recalls), *d == choice.d, "width {d}: recalls {recalls:?}, chosen {}", choice.d);
+    }
+    assert!(choice.d <= shape.kv_dim());
+    if choice.d < shape.kv_dim() {
+        assert_eq!(choice.tried.last().unwrap().0, choice.d);
+    }
+    // Recall computed by hand for the chosen maps agrees with what choose_width recorded.
+    if choice.d < shape.kv_dim() {
+        let maps = calibrate::fit_all(&moments, choice.d, "closed-form", 1e-3).unwrap();
+        let r0 = calibrate::recall_at_k(shape, &maps[0], &held.queries[0], &held.keys[0], held.skip, k);
+        assert!((r0 - choice.tried.last().unwrap().1[0]).abs() < 1e-12);
+    }
+
+    // Through auto_maps: the choice and the maps are cached under ESA_WGPU_CACHE.
+    let cache = tempfile::tempdir().unwrap();
+    let opts = calibrate::AutoOptions { max_tokens: 10_000, text: Some((text.clone(), "test text".into())), ..calibrate::AutoOptions::new(0, 16) };
+    let got = with_cache(cache.path(), || calibrate::auto_maps(&model, &opts, &mut |_, _| {}).unwrap());
+    let width_file = with_cache(cache.path(), || calibrate::cached_width_path(&model.gpu, 16).unwrap());
+    let d: usize = std::fs::read_to_string(&width_file).unwrap().trim().parse().unwrap();
+    match &got {
+        Some(p) => assert_eq!(calibrate::load_maps(p).unwrap().1.d_compressed, d),
+        None => assert_eq!(d, shape.kv_dim()),
+    }
+    let mut again = 0;
+    assert_eq!(with_cache(cache.path(), || calibrate::auto_maps(&model, &opts, &mut |_, _| again += 1).unwrap()), got);
+    assert_eq!(again, 0, "the cached width and maps must be used");
+    // Text too short to hold a window out: a clear error.
+    let short = calibrate::AutoOptions { text: Some(("Hello there.".into(), "short".into())), ..calibrate::AutoOptions::new(0, 16) };
+    let other = tempfile::tempdir().unwrap();
+    let err = with_cache(other.path(), || calibrate::auto_maps(&model, &short, &mut |_, _| {}).unwrap_err());
+    assert!(err.to_string().contains("calibration text"), "{err}");
 }
