@@ -152,28 +152,19 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Op
         }
         for (label, v, tile, x16, shape) in variants {
             let io = if x16 { &io16 } else { &io };
-            let batch = |n: usize| -> esa_wgpu::Result<f64> {
-                let t = Instant::now();
-                let mut rec = Recorder::new(ctx);
-                for _ in 0..n {
-                    match (tile, shape) {
-                        (Some(tile), _) => linear::matmul_coop_tile(&mut rec, &m, io, Epilogue::Store, tile)?,
-                        (None, Some(shape)) => linear::linear_cpu(&mut rec, &m, io, Epilogue::Store, None, shape)?,
-                        (None, None) => linear::matmul_with(&mut rec, &m, io, Epilogue::Store, v)?,
-                    }
-                }
-                rec.submit()?;
-                ctx.sync()?;
-                Ok(t.elapsed().as_secs_f64() / n as f64)
+            let mut record = |rec: &mut Recorder| match (tile, shape) {
+                (Some(tile), _) => linear::matmul_coop_tile(rec, &m, io, Epilogue::Store, tile),
+                (None, Some(shape)) => linear::linear_cpu(rec, &m, io, Epilogue::Store, None, shape),
+                (None, None) => linear::matmul_with(rec, &m, io, Epilogue::Store, v),
             };
-            if let Err(e) = batch(1) {
-                println!("| {f} | {label} | error: {e} | |");
-                continue;
-            }
-            let mut best = f64::MAX;
-            for _ in 0..repeats.max(1) {
-                best = best.min(batch(10)?);
-            }
+            // a variant this shape or adapter cannot take is reported, not fatal
+            let best = match time_batches(ctx, 10, repeats, &mut record) {
+                Ok(best) => best,
+                Err(e) => {
+                    println!("| {f} | {label} | error: {e} | |");
+                    continue;
+                }
+            };
             println!("| {f} | {label} | {:.3} | {:.3} |", best * 1e3, flops / best / 1e12);
         }
     }

@@ -37,10 +37,8 @@ pub struct GpuModel {
     /// `lm_head` cannot serve: untied heads, and f32 tables (`lm_head` holds them as 16-bit).
     embed_table: Option<GpuMatrix>,
     pub inv_freq: wgpu::Buffer,
-    /// The embedding table stays in the (memory-mapped) source; rows are gathered on the host.
+    /// The weights' source (memory-mapped), kept for its origin (the model's name in caches).
     pub source: Box<dyn WeightSource + Send + Sync>,
-    embed_format: TensorFormat,
-    embed_row_bytes: usize,
     /// Total bytes of weights on the GPU (bandwidth accounting).
     pub gpu_bytes: usize,
     /// Fingerprint of the weights (see [`model_identity`]): ties calibrated ESA maps to a model.
@@ -141,8 +139,6 @@ impl GpuModel {
         }
         let final_norm = upload_vector(&ctx, src, "model.norm.weight", h)?;
         let embed = expect(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let embed_format = embed.format;
-        let embed_row_bytes = embed.format.row_bytes(h).ok_or_else(|| Error::tensor("model.embed_tokens.weight", "row not a whole number of blocks"))?;
         let tied = cfg.tie_word_embeddings || !src.has_tensor("lm_head.weight");
         let lm_head = if tied {
             GpuMatrix::upload(&ctx, &embed, false)?
@@ -159,28 +155,11 @@ impl GpuModel {
         let inv_freq = ctx.upload("rope inv_freq", bytemuck::cast_slice(&cfg.rope_inv_freqs()))?;
         let identity = model_identity(src)?;
         ctx.check()?;
-        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, embed_table, inv_freq, source, embed_format, embed_row_bytes, gpu_bytes, identity })
+        Ok(GpuModel { ctx, cfg, layers, final_norm, lm_head, embed_table, inv_freq, source, gpu_bytes, identity })
     }
 
     /// The embedding table on the GPU (`ops::embed::embed_rows` gathers from it).
     pub fn embedding_table(&self) -> &GpuMatrix {
         self.embed_table.as_ref().unwrap_or(&self.lm_head)
-    }
-
-    /// Embedding rows of `tokens`, concatenated, f32, dequantised on the host from the source
-    /// (the CPU reference; the session gathers on the GPU).
-    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let name = "model.embed_tokens.weight";
-        let t = self.source.tensor(name)?;
-        let h = self.cfg.hidden_size;
-        let mut out = Vec::with_capacity(tokens.len() * h);
-        for &tok in tokens {
-            if tok as usize >= self.cfg.vocab_size {
-                return Err(Error::arg("tokens", format!("token id {tok} is outside the vocabulary of {}", self.cfg.vocab_size)));
-            }
-            let r = tok as usize * self.embed_row_bytes;
-            out.extend(crate::quant::dequantize(name, self.embed_format, &t.data[r..r + self.embed_row_bytes], h)?);
-        }
-        Ok(out)
     }
 }

@@ -2,27 +2,10 @@
 //! prompt chunks take ids uploaded with the chunk, decode steps the id the previous step sampled,
 //! which never leaves the GPU.
 
-use crate::gpu::ops::linear::format_shader;
+use crate::gpu::ops::linear::{format_shader, Params};
 use crate::gpu::tensor::GpuMatrix;
 use crate::gpu::{BufRef, Recorder};
 use crate::Result;
-
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    w_stride: u32,
-    row0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    n_tok: u32,
-    mode: u32,
-    norm: u32,
-    eps: f32,
-    grid_x: u32,
-    x_off: u32,
-}
 
 /// Writes the embeddings of the `n_tok` ids at `ids[ids_off..]` to `out` (rows of `out_stride`
 /// floats). Ids must be below `table.rows` (the host checks ids it uploads; the sampler only

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::tensor::GpuMatrix;
+use crate::gpu::tensor::{GpuMatrix, Shard};
 use crate::gpu::{grid, BufRef, GpuContext, Kernel, Recorder};
 use crate::model::host::TensorFormat;
 use crate::Result;
@@ -21,21 +21,43 @@ pub enum Epilogue {
     SwiGlu = 2,
 }
 
+/// `linear_params.wgsl`'s struct: every linear driver's parameters (and `embed_rows.wgsl`'s,
+/// which reuses the fields).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    w_stride: u32,
-    row0: u32,
-    x_stride: u32,
-    y_stride: u32,
-    n_tok: u32,
-    mode: u32,
-    norm: u32,
-    eps: f32,
-    grid_x: u32,
-    x_off: u32,
+pub(crate) struct Params {
+    pub rows: u32,
+    pub cols: u32,
+    pub w_stride: u32,
+    pub row0: u32,
+    pub x_stride: u32,
+    pub y_stride: u32,
+    pub n_tok: u32,
+    pub mode: u32,
+    pub norm: u32,
+    pub eps: f32,
+    pub grid_x: u32,
+    pub x_off: u32,
+}
+
+impl Params {
+    /// One row shard `s` of `w` (a format of `unit` bytes per `w_stride` step) applied to `io`.
+    fn for_shard(w: &GpuMatrix, s: &Shard, unit: usize, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, grid_x: u32) -> Params {
+        Params {
+            rows: s.rows as u32,
+            cols: w.cols as u32,
+            w_stride: (w.row_bytes / unit) as u32,
+            row0: (io.y_row0 + s.row0) as u32,
+            x_stride: io.x_stride as u32,
+            y_stride: io.y_stride as u32,
+            n_tok: io.n_tok as u32,
+            mode: epi as u32,
+            norm: norm.is_some() as u32,
+            eps: norm.map_or(0.0, |n| n.1),
+            grid_x,
+            x_off: io.x_off as u32,
+        }
+    }
 }
 
 /// Largest token count the matvec kernel takes; larger chunks go through the tiled matmul, which
@@ -176,20 +198,7 @@ pub fn linear_cpu(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogu
     };
     for s in &w.shards {
         let g = grid(ctx, (s.rows as u32).div_ceil(16 * rows));
-        let p = Params {
-            rows: s.rows as u32,
-            cols: w.cols as u32,
-            w_stride: (w.row_bytes / unit) as u32,
-            row0: (io.y_row0 + s.row0) as u32,
-            x_stride: io.x_stride as u32,
-            y_stride: io.y_stride as u32,
-            n_tok: io.n_tok as u32,
-            mode: epi as u32,
-            norm: norm.is_some() as u32,
-            eps: norm.map_or(0.0, |n| n.1),
-            grid_x: g[0],
-            x_off: io.x_off as u32,
-        };
+        let p = Params::for_shard(w, s, unit, io, epi, norm, g[0]);
         let passes = (io.n_tok as u32).div_ceil(tokens).clamp(1, ctx.caps.max_workgroups_per_dim.min(CPU_MAX_PASS_GROUPS));
         rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], [g[0], g[1], passes]);
     }
@@ -543,20 +552,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             }
         };
         let g = grid(ctx, groups);
-        let p = Params {
-            rows: s.rows as u32,
-            cols: w.cols as u32,
-            w_stride: (w.row_bytes / unit) as u32,
-            row0: (io.y_row0 + s.row0) as u32,
-            x_stride: io.x_stride as u32,
-            y_stride: io.y_stride as u32,
-            n_tok: io.n_tok as u32,
-            mode: epi as u32,
-            norm: norm.is_some() as u32,
-            eps: norm.map_or(0.0, |n| n.1),
-            grid_x: g[0],
-            x_off: io.x_off as u32,
-        };
+        let p = Params::for_shard(w, s, unit, io, epi, norm, g[0]);
         rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone(), gamma.clone()], g);
     }
     Ok(())
@@ -721,20 +717,7 @@ pub fn matmul_coop_tile(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: E
 fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, (k, unit): (Arc<Kernel>, usize), (tile_rows, tile_tok): (u32, u32), tokens_first: bool) -> Result<()> {
     let ctx = rec.ctx();
     for s in &w.shards {
-        let p = Params {
-            rows: s.rows as u32,
-            cols: w.cols as u32,
-            w_stride: (w.row_bytes / unit) as u32,
-            row0: (io.y_row0 + s.row0) as u32,
-            x_stride: io.x_stride as u32,
-            y_stride: io.y_stride as u32,
-            n_tok: io.n_tok as u32,
-            mode: epi as u32,
-            norm: 0,
-            eps: 0.0,
-            grid_x: 0,
-            x_off: io.x_off as u32,
-        };
+        let p = Params::for_shard(w, s, unit, io, epi, None, 0);
         let (gr, gt) = ((s.rows as u32).div_ceil(tile_rows), (io.n_tok as u32).div_ceil(tile_tok));
         let g = if tokens_first { [gt, gr, 1] } else { [gr, gt, 1] };
         if g[0] > ctx.caps.max_workgroups_per_dim || g[1] > ctx.caps.max_workgroups_per_dim {
