@@ -12,7 +12,7 @@ use esa_wgpu::reference::ops as r;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod common;
-use common::gpu::{poisoned, rand_vec, upload, validate_wgsl};
+use common::gpu::{epilogue_reference, poisoned, rand_vec, upload, validate_wgsl};
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
@@ -86,11 +86,7 @@ fn matvec_all_epilogues_and_formats() {
                         let xt = &x[t * cols..(t + 1) * cols];
                         let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
                         let y = r::matvec(&wq, rows, cols, &xt);
-                        match epi {
-                            Epilogue::Store => want.extend(y),
-                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
-                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
-                        }
+                        want.extend(epilogue_reference(epi, &y, &y0, t * rows));
                     }
                     assert_close(&format!("matvec {variant:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
                   }
@@ -139,11 +135,7 @@ fn matvec_cpu_kernel_float_formats() {
                         let xt = &xs[t * cols..(t + 1) * cols];
                         let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
                         let y = r::matvec(&wq, rows, cols, &xt);
-                        match epi {
-                            Epilogue::Store => want.extend(y),
-                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
-                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
-                        }
+                        want.extend(epilogue_reference(epi, &y, &y0, t * rows));
                     }
                     assert_close(&format!("matvec_cpu {shape:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm}"), &got, &want, 1e-3, 1e-3);
                 }

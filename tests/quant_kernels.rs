@@ -17,7 +17,7 @@ use esa_wgpu::reference::ops as r;
 use rand::{rngs::StdRng, SeedableRng};
 
 mod common;
-use common::gpu::{poisoned, rand_vec, upload};
+use common::gpu::{epilogue_reference, poisoned, rand_vec, upload};
 
 const FORMATS: [TensorFormat; 6] =
     [TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1, TensorFormat::Q4_K, TensorFormat::Q5_K, TensorFormat::Q6_K];
@@ -84,11 +84,7 @@ fn quant_matvec_every_format_and_epilogue() {
                         let xt = &x[t * cols..(t + 1) * cols];
                         let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
                         let y = r::matvec(&wq, rows, cols, &xt);
-                        match epi {
-                            Epilogue::Store => want.extend(y),
-                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
-                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
-                        }
+                        want.extend(epilogue_reference(epi, &y, &y0, t * rows));
                     }
                     let shards = m.shards.len();
                     assert_close(&format!("matvec {variant:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);
@@ -153,11 +149,7 @@ fn matvec_wide_every_shape() {
                     let got = ctx.read_f32(&yb, 0, n_tok * out_rows).unwrap();
                     let mut want = Vec::new();
                     for (tk, y) in want_y.iter().enumerate() {
-                        match epi {
-                            Epilogue::Store => want.extend(y),
-                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[tk * rows..]).map(|(a, b)| a + b)),
-                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
-                        }
+                        want.extend(epilogue_reference(epi, &y, &y0, tk * rows));
                     }
                     assert_close(&format!("matvec_wide T={t} NR={nr} {fmt:?} {rows}x{cols} n{n_tok} {epi:?}"), &got, &want);
                 }
@@ -214,11 +206,7 @@ fn quant_matvec_cpu_kernel_every_format() {
                         let xt = &x[t * cols..(t + 1) * cols];
                         let xt = if use_norm { r::rmsnorm(xt, &gamma, 1e-5) } else { xt.to_vec() };
                         let y = r::matvec(&wq, rows, cols, &xt);
-                        match epi {
-                            Epilogue::Store => want.extend(y),
-                            Epilogue::Accumulate => want.extend(y.iter().zip(&y0[t * rows..]).map(|(a, b)| a + b)),
-                            Epilogue::SwiGlu => want.extend((0..rows / 2).map(|i| r::silu(y[2 * i]) * y[2 * i + 1])),
-                        }
+                        want.extend(epilogue_reference(epi, &y, &y0, t * rows));
                     }
                     let shards = m.shards.len();
                     assert_close(&format!("matvec_cpu {shape:?} {fmt:?} {rows}x{cols} n{n_tok} {epi:?} norm={use_norm} ({shards} shards)"), &got, &want);

@@ -1,5 +1,6 @@
 //! Small helpers the GPU kernel tests share: random inputs, uploads, NaN-poisoned outputs.
 
+use esa_wgpu::gpu::ops::linear::Epilogue;
 use esa_wgpu::gpu::GpuContext;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -31,4 +32,15 @@ pub fn validate_wgsl(what: &str, src: &str) {
     let opts = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
     let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
     naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).unwrap_or_else(|e| panic!("{what}: SPIR-V: {e:?}"));
+}
+
+/// What a linear layer's epilogue makes of one token's products `y` = W x (every weight row):
+/// `y` itself, `y` added to the output held before (Accumulate: `y0[y0_off..]`), or silu(gate) * up
+/// over the interleaved (gate, up) row pairs (SwiGlu).
+pub fn epilogue_reference(epi: Epilogue, y: &[f32], y0: &[f32], y0_off: usize) -> Vec<f32> {
+    match epi {
+        Epilogue::Store => y.to_vec(),
+        Epilogue::Accumulate => y.iter().zip(&y0[y0_off..]).map(|(a, b)| a + b).collect(),
+        Epilogue::SwiGlu => (0..y.len() / 2).map(|i| esa_wgpu::reference::ops::silu(y[2 * i]) * y[2 * i + 1]).collect(),
+    }
 }
