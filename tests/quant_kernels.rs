@@ -215,3 +215,44 @@ fn quant_matvec_cpu_kernel_every_format() {
         }
     }
 }
+
+/// `embed_rows.wgsl` (the GPU embedding gather) against `quant::dequantize` of the same rows, for
+/// every format (f16 with a width that is not a whole octet), a table split into shards, ids in
+/// every shard and repeated, an offset into the ids and a padded output stride; outputs poisoned.
+/// A too-small output or ids buffer is an error naming `embed_rows`.
+#[test]
+fn embed_rows_gathers_every_format() {
+    use esa_wgpu::gpu::ops::embed;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(13);
+    for (fi, fmt) in [TensorFormat::F16].into_iter().chain(FORMATS).enumerate() {
+        let rows = 37;
+        let cols = if fmt == TensorFormat::F16 { 45 } else { cols_for(fmt, 9) };
+        let (host, table) = if fmt == TensorFormat::F16 {
+            let w = rand_vec(&mut rng, rows * cols, 1.0);
+            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (HostTensor { name: "emb f16".into(), shape: vec![rows, cols], format: fmt, data: bytemuck::cast_slice(&h).to_vec().into() }, h.iter().map(|v| v.to_f32()).collect::<Vec<f32>>())
+        } else {
+            weights(fmt, rows, cols, 70 + fi as u64)
+        };
+        let m = GpuMatrix::upload(&ctx, &host, false).unwrap();
+        let ids: Vec<u32> = vec![99, 0, 36, 5, 5, 20, 1];
+        let (off, n, stride) = (1, ids.len() - 1, cols + 3);
+        let idb = ctx.upload("ids", bytemuck::cast_slice(&ids)).unwrap();
+        let out = poisoned(&ctx, n * stride);
+        let mut rec = Recorder::new(&ctx);
+        embed::embed_rows(&mut rec, &m, &BufRef::from(&idb), off, n, &BufRef::from(&out), stride).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32(&out, 0, n * stride).unwrap();
+        for (t, &id) in ids[off..].iter().enumerate() {
+            let want = &table[id as usize * cols..(id as usize + 1) * cols];
+            assert_close(&format!("embed_rows {fmt:?} token {t} id {id} ({} shards)", m.shards.len()), &got[t * stride..t * stride + cols], want);
+            assert!(got[t * stride + cols..(t + 1) * stride].iter().all(|v| v.is_nan()), "{fmt:?}: wrote past the row");
+        }
+        let small = poisoned(&ctx, (n - 1) * stride + cols - 1);
+        let err = embed::embed_rows(&mut Recorder::new(&ctx), &m, &BufRef::from(&idb), off, n, &BufRef::from(&small), stride).unwrap_err();
+        assert!(err.to_string().contains("embed_rows"), "{err}");
+        let err = embed::embed_rows(&mut Recorder::new(&ctx), &m, &BufRef::from(&idb), off + 1, n, &BufRef::from(&out), stride).unwrap_err();
+        assert!(err.to_string().contains("embed_rows"), "{err}");
+    }
+}
