@@ -15,6 +15,7 @@
 //!   scaled by d * scales[8n + l/16 + 2k].
 
 use crate::model::host::TensorFormat;
+use crate::session::SplitMix;
 use crate::{Error, Result};
 
 /// Values per K-quant super-block.
@@ -156,22 +157,23 @@ pub fn random_blocks(format: TensorFormat, rows: usize, cols: usize, seed: u64) 
     let (be, bb) = format.block();
     assert_eq!(cols % be, 0, "cols must be a whole number of {format:?} blocks");
     let n_blocks = rows * cols / be;
-    let mut rng = SplitMix(seed);
+    // SplitMix64: tiny, seedable, good enough for test data (no runtime `rand` dependency)
+    let mut rng = SplitMix::from_state(seed);
     let mut out = vec![0u8; n_blocks * bb];
     for block in out.chunks_exact_mut(bb) {
         for x in block.iter_mut() {
-            *x = rng.next() as u8;
+            *x = rng.next_u64() as u8;
         }
         // Overwrite the scale fields with sane values (random bytes would give NaN/Inf/huge).
         let scale = |rng: &mut SplitMix, lo: f32, hi: f32| -> [u8; 2] {
-            let u = (rng.next() >> 11) as f32 / (1u64 << 53) as f32;
+            let u = (rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32;
             half::f16::from_f32(lo + (hi - lo) * u).to_le_bytes()
         };
         match format {
             TensorFormat::F32 => block.copy_from_slice(&scale_f32(&mut rng).to_le_bytes()),
             TensorFormat::F16 => block.copy_from_slice(&scale(&mut rng, -2.0, 2.0)),
             TensorFormat::BF16 => {
-                let v = (rng.next() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0;
+                let v = (rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0;
                 block.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes())
             }
             TensorFormat::Q8_0 | TensorFormat::Q4_0 => block[0..2].copy_from_slice(&scale(&mut rng, -0.05, 0.05)),
@@ -190,21 +192,9 @@ pub fn random_blocks(format: TensorFormat, rows: usize, cols: usize, seed: u64) 
 }
 
 fn scale_f32(rng: &mut SplitMix) -> f32 {
-    (rng.next() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0
+    (rng.next_u64() >> 11) as f32 / (1u64 << 53) as f32 * 4.0 - 2.0
 }
 
-/// SplitMix64: tiny, seedable, good enough for test data (avoids a runtime `rand` dependency).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// Reference `y = W x` for a row-major `rows x cols` matrix in any format, accumulated in f64.
 /// The GPU matvec kernels are tested against this.

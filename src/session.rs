@@ -158,7 +158,8 @@ impl Default for Sampling {
     }
 }
 
-/// splitmix64: the uniform numbers sampling draws, reproducible from the seed.
+/// splitmix64: the uniform numbers sampling draws, reproducible from the seed (also the
+/// generator of `quant::random_blocks` test data and the evaluation tasks).
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);
 
@@ -167,14 +168,23 @@ impl SplitMix {
         SplitMix(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
-    /// Uniform in [0, 1), 24 bits.
-    pub fn uniform(&mut self) -> f32 {
+    /// The generator with this exact state (test data and evaluation tasks seed it themselves).
+    pub fn from_state(state: u64) -> SplitMix {
+        SplitMix(state)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 24 bits.
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

@@ -78,18 +78,14 @@ pub struct Case {
 }
 
 /// splitmix64: cases are reproducible from their seed on every platform.
-struct Rng(u64);
+struct Rng(crate::session::SplitMix);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5EED_0F_E5A_1337)
+        Rng(crate::session::SplitMix::from_state(seed ^ 0x5EED_0F_E5A_1337))
     }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in lo..hi.
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
