@@ -63,12 +63,40 @@ var<workgroup> row_l: array<f32, BR>;
 // off 16-byte alignment (seen on the H200: shifted columns).
 var<workgroup> wg_keys: vec4<u32>;
 
+// Each thread stages the same element pairs e = i % (D/2) of every tile (i = li + 256 j, j < SPT)
+// when 256 is a multiple of D/2 (D = 32, 64, 128): the local keys' rotation angle
+// (local_start + kb + kj) f_e then splits into the tile's base angle, one sin/cos per thread and
+// tile, and the offset kj f_e, whose sin/cos are per thread constants (`rot_off`). Other head
+// sizes take one sin/cos per element.
+const SHARED_E: bool = (256u % (D / 2u)) == 0u;
+const SPT: u32 = (BC * D / 2u + 255u) / 256u; // element pairs each thread stages per tile
+
+// sin/cos of kj f_e for this thread's pairs (SHARED_E only).
+fn rot_offsets(li: u32) -> array<vec2<f32>, SPT> {
+    var r: array<vec2<f32>, SPT>;
+    let half = D / 2u;
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        let a = f32(i / half) * inv_freq[i % half];
+        r[j] = vec2<f32>(cos(a), sin(a));
+    }
+    return r;
+}
+
 // Stage virtual keys kb .. kb + BC of segment `seg` (zero past n_keys): long-distance keys as
 // cached, local keys rotated to their rows; with `values`, their values.
-fn stage(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32) {
+fn stage(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32, rot_off: array<vec2<f32>, SPT>) {
     let half = D / 2u;
     let words = p.n_kv * half;
-    for (var i = li; i < BC * half; i += 256u) {
+    // the tile's base rotation for this thread's pairs (local keys, SHARED_E)
+    var base = vec2<f32>(1.0, 0.0);
+    if (SHARED_E && seg == 1u) {
+        let a = f32(p.local_start + kb) * inv_freq[li % half];
+        base = vec2<f32>(cos(a), sin(a));
+    }
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        if (i >= BC * half) { break; }
         let kj = i / half;
         let e = i % half;
         let key = kb + kj;
@@ -81,21 +109,26 @@ fn stage(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32) {
             if (seg == 0u) {
                 row = select(sel[key - min(key, p.n_init)], key, key < p.n_init);
             }
-            let base = row * words + kvh * half;
-            let k0 = unpack2x16float(k_cache[base + e / 2u])[e & 1u];
-            let k1 = unpack2x16float(k_cache[base + (e + half) / 2u])[(e + half) & 1u];
+            let base_w = row * words + kvh * half;
+            let k0 = unpack2x16float(k_cache[base_w + e / 2u])[e & 1u];
+            let k1 = unpack2x16float(k_cache[base_w + (e + half) / 2u])[(e + half) & 1u];
             lo = k0;
             hi = k1;
             if (seg == 1u) {
-                let a = f32(row) * inv_freq[e];
-                let c = cos(a);
-                let s = sin(a);
-                lo = k0 * c - k1 * s;
-                hi = k1 * c + k0 * s;
+                var cs_ = vec2<f32>(0.0);
+                if (SHARED_E) {
+                    let o = rot_off[j];
+                    cs_ = vec2<f32>(base.x * o.x - base.y * o.y, base.y * o.x + base.x * o.y);
+                } else {
+                    let a = f32(row) * inv_freq[e];
+                    cs_ = vec2<f32>(cos(a), sin(a));
+                }
+                lo = k0 * cs_.x - k1 * cs_.y;
+                hi = k1 * cs_.x + k0 * cs_.y;
             }
             if (values) {
-                v0 = unpack2x16float(v_cache[base + e / 2u])[e & 1u];
-                v1 = unpack2x16float(v_cache[base + (e + half) / 2u])[(e + half) & 1u];
+                v0 = unpack2x16float(v_cache[base_w + e / 2u])[e & 1u];
+                v1 = unpack2x16float(v_cache[base_w + (e + half) / 2u])[(e + half) & 1u];
             }
         }
         ks[kj * LD + e] = f16(lo);
@@ -168,10 +201,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var run_m = NEG;
     var run_l = 0.0;
 
+    var rot_off: array<vec2<f32>, SPT>;
+    if (SHARED_E) { rot_off = rot_offsets(li); }
+
     // Pass 1: running max and sum per row.
     for (var kb = 0u; kb < n_keys; kb += BC) {
         workgroupBarrier();
-        stage(li, kb, n_keys, kvh, false, seg);
+        stage(li, kb, n_keys, kvh, false, seg, rot_off);
         workgroupBarrier();
         var acc = coop_mat16x16<f32, C>();
         for (var dd = 0u; dd < D; dd += 16u) {
@@ -237,7 +273,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o3 = coop_mat16x16<f32, C>();
     for (var kb = 0u; kb < n_keys; kb += BC) {
         workgroupBarrier();
-        stage(li, kb, n_keys, kvh, true, seg);
+        stage(li, kb, n_keys, kvh, true, seg, rot_off);
         workgroupBarrier();
         var acc = coop_mat16x16<f32, C>();
         for (var dd = 0u; dd < D; dd += 16u) {

@@ -20,7 +20,7 @@ pub fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
 }
 
 /// Parse, validate (all capabilities) and translate to SPIR-V a kernel that the adapter at hand
-/// may not run (cooperative matrices), with its override constants at their defaults; panics
+/// may not run (cooperative matrices), every entry point, with its override constants at their defaults; panics
 /// naming `what` on the first failure.
 pub fn validate_wgsl(what: &str, src: &str) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(src)));
@@ -30,8 +30,8 @@ pub fn validate_wgsl(what: &str, src: &str) {
     let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &Default::default())
         .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
     let opts = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
-    let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-    naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).unwrap_or_else(|e| panic!("{what}: SPIR-V: {e:?}"));
+    // every entry point of the module
+    naga::back::spv::write_vec(&module, &info, &opts, None).unwrap_or_else(|e| panic!("{what}: SPIR-V: {e:?}"));
 }
 
 /// What a linear layer's epilogue makes of one token's products `y` = W x (every weight row):

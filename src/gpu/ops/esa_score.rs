@@ -43,6 +43,45 @@ pub struct Score<'a> {
     pub m0: usize,
 }
 
+/// Widest d' of the cooperative-matrix variant: its 64 resident rows, 32 streamed rows and the
+/// fragment scratch fill 46 KiB of workgroup memory at 192 (the H200's Vulkan limit is 48 KiB).
+pub const COOP_MAX_D: usize = 192;
+
+/// Whether chunks are scored on cooperative matrices (`shaders/esa_score_coop.wgsl`): where the
+/// cooperative-matrix matmul runs and d' is a multiple of 16 of at most `COOP_MAX_D`.
+pub fn coop_supports(ctx: &crate::gpu::GpuContext, d: usize) -> bool {
+    super::linear::matmul_variant(ctx) == super::linear::MatmulVariant::Coop && d % 16 == 0 && d <= COOP_MAX_D
+}
+
+/// WGSL of `esa_score_coop.wgsl` for one d' (a constant: it sizes workgroup arrays). Public so
+/// tests can validate it where no adapter runs it.
+pub fn coop_source(d: usize) -> String {
+    super::src::ESA_SCORE_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {d}u;"), 1)
+}
+
+/// Resident rows per workgroup and streamed rows per step of the cooperative-matrix variant.
+const COOP_RES: usize = 64;
+const COOP_STR: usize = 32;
+
+/// Both chunk passes on cooperative matrices; `p` carries n_q, n_m, d, m0.
+fn score_coop(rec: &mut Recorder, a: &Score, mut p: Params) -> Result<()> {
+    let ctx = rec.ctx();
+    let name = format!("esa_score_coop_d{}", a.d);
+    let kernel = |entry: &str| ctx.kernel_with(&name, entry, &[], || Ok(coop_source(a.d)));
+    let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];
+    rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
+    let q_tiles = a.n_q.div_ceil(COOP_RES);
+    let k_tiles = a.n_m.div_ceil(COOP_STR);
+    let n_split = (TARGET_GROUPS / q_tiles).clamp(1, k_tiles);
+    p.split_tiles = k_tiles.div_ceil(n_split) as u32;
+    let n_split = k_tiles.div_ceil(p.split_tiles as usize);
+    rec.dispatch(&kernel("rowmax_coop")?, &p, &bufs, [q_tiles as u32, n_split as u32, 1]);
+    let g = grid(ctx, a.n_m.div_ceil(COOP_RES) as u32);
+    p.grid_x = g[0];
+    rec.dispatch(&kernel("chunk_coop")?, &p, &bufs, g);
+    Ok(())
+}
+
 /// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
 /// `n_m = 0` records nothing.
 pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
@@ -70,6 +109,9 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
         p.grid_x = g[0];
         rec.dispatch(&kernel("decode_sub")?, &p, &bufs, g);
         return Ok(());
+    }
+    if coop_supports(ctx, a.d) {
+        return score_coop(rec, a, p);
     }
     let q_tiles = a.n_q.div_ceil(TILE);
     let m_tiles = a.n_m.div_ceil(TILE);

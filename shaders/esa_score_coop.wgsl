@@ -1,0 +1,221 @@
+enable f16;
+enable wgpu_cooperative_matrix;
+// esa_score_coop: the two passes of esa_score.wgsl (same scores, same bindings in the same order)
+// on cooperative matrices: 16x16x16 products of f16 compressed queries and keys, f32 accumulators.
+// Chosen by `esa_score::score` for chunks when the cooperative-matrix matmul runs and d' is a
+// multiple of 16 of at most MAX_D (the resident tile must fit 48 KiB of workgroup memory).
+//
+// Each workgroup keeps RES = 64 "resident" rows of width D in workgroup memory for its whole run
+// and streams STR = 32 rows per step past them; its 8 subgroups each own one 16 x 16 fragment of
+// the RES x STR score tile (resident fragment sg % 4, streamed fragment sg / 4), accumulated over
+// D / 16 products, then written through a per-subgroup f32 scratch (cs[sg * 256 + r * 16 + s])
+// where its lanes reduce it: lane l takes resident row l % 16, streamed rows 8 (l / 16) .. + 7.
+//   clear        : rowmax[c] = 0 (the sortable key below every float). Dispatch (ceil(n_q/256), 1).
+//   rowmax_coop  : pass 1. Resident: queries [64 wg.x, +64); streamed: key tiles of 32,
+//                  [wg.y * split_tiles, +split_tiles). Per query, atomicMax of the best score.
+//                  Dispatch (ceil(n_q/64), n_split).
+//   chunk_coop   : pass 2. Resident: keys [64 tile, +64), tile = wg.x + wg.y * grid_x; streamed:
+//                  every query, 32 at a time, with its rowmax. out[m] = max_c s(m,c) - rowmax[c].
+//                  Dispatch flat over ceil(n_m/64).
+// D (= d') is substituted by the op. Layout as esa_score.wgsl: cq [n_q][D] f32 (read as vec4);
+// ck [rows][D/2] u32 f16 pairs (read as vec4<u32>: D is a multiple of 16), middle token m at row
+// m0 + m; rowmax [n_q] sortable u32 keys; out [n_m] f32.
+
+struct Params {
+    n_q: u32,
+    n_m: u32,
+    d: u32,
+    m0: u32,
+    split_tiles: u32,
+    grid_x: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> rowmax: array<atomic<u32>>;
+@group(0) @binding(2) var<storage, read> cq: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> ck: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const D: u32 = 64u;
+const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, rows on different banks
+const OCT: u32 = D / 8u; // octets (8 halves, one vec4<u32> of keys) per row
+const RES: u32 = 64u;
+const STR: u32 = 32u;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> rs: array<f16, RES * LD>; // resident rows
+var<workgroup> ss: array<f16, STR * LD>; // streamed rows of this step
+var<workgroup> cs: array<f32, 2048>; // 8 subgroups x [16][16] fragment scratch
+var<workgroup> srm: array<f32, STR>; // pass 2: rowmax of the streamed queries
+
+fn key_of(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn float_of(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
+}
+
+fn touch() {
+    _ = p.n_q;
+    _ = arrayLength(&rowmax);
+    _ = arrayLength(&cq);
+    _ = arrayLength(&ck);
+    _ = arrayLength(&out);
+}
+
+// Octet o of query c as eight floats (zero past n_q).
+fn q_oct(c: u32, o: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    if (c < p.n_q) {
+        let a = cq[c * (D / 4u) + 2u * o];
+        let b = cq[c * (D / 4u) + 2u * o + 1u];
+        v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+    }
+    return v;
+}
+
+// Octet o of middle token m (zero past n_m).
+fn k_oct(m: u32, o: u32) -> array<f32, 8> {
+    var v: array<f32, 8>;
+    if (m < p.n_m) {
+        let w = ck[(p.m0 + m) * OCT + o];
+        let a = unpack2x16float(w.x);
+        let b = unpack2x16float(w.y);
+        let c = unpack2x16float(w.z);
+        let d = unpack2x16float(w.w);
+        v = array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
+    }
+    return v;
+}
+
+fn stage_rs(li: u32, base: u32, queries: bool) {
+    for (var i = li; i < RES * OCT; i += 256u) {
+        let r = i / OCT;
+        let o = i % OCT;
+        var v: array<f32, 8>;
+        if (queries) { v = q_oct(base + r, o); } else { v = k_oct(base + r, o); }
+        for (var j = 0u; j < 8u; j++) { rs[r * LD + 8u * o + j] = f16(v[j]); }
+    }
+}
+
+fn stage_ss(li: u32, base: u32, queries: bool) {
+    for (var i = li; i < STR * OCT; i += 256u) {
+        let r = i / OCT;
+        let o = i % OCT;
+        var v: array<f32, 8>;
+        if (queries) { v = q_oct(base + r, o); } else { v = k_oct(base + r, o); }
+        for (var j = 0u; j < 8u; j++) { ss[r * LD + 8u * o + j] = f16(v[j]); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
+    touch();
+    if (gid.x < p.n_q) { atomicStore(&rowmax[gid.x], 0u); }
+}
+
+// Each lane's best over its 8 streamed entries, combined over the lane halves and the two
+// streamed fragments: the resident row's best lands in cs[li] for li < RES (after a barrier).
+fn combine(best_in: f32, lh: u32, lm: u32, rf: u32, sf: u32) {
+    let best = max(best_in, subgroupShuffleXor(best_in, 16u));
+    workgroupBarrier();
+    if (lh == 0u) { cs[sf * 64u + rf * 16u + lm] = best; }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(256)
+fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    touch();
+    let q_base = wg.x * RES;
+    let n_tiles = (p.n_m + STR - 1u) / STR;
+    let t0 = wg.y * p.split_tiles;
+    let t1 = min(t0 + p.split_tiles, n_tiles);
+    let rf = sg % 4u;
+    let sf = sg / 4u;
+    let lm = lane % 16u;
+    let lh = lane / 16u;
+    let cbase = sg * 256u;
+    let ld = LD;
+    let s16 = 16u;
+    stage_rs(li, q_base, true);
+    var best = NEG;
+    for (var t = t0; t < t1; t++) {
+        workgroupBarrier();
+        stage_ss(li, t * STR, false);
+        workgroupBarrier();
+        var acc = coop_mat16x16<f32, C>();
+        for (var dd = 0u; dd < D; dd += 16u) {
+            let ia = rf * 16u * LD + dd;
+            let ib = sf * 16u * LD + dd;
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
+            let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
+            acc = coopMultiplyAdd(a, b, acc);
+        }
+        coopStoreT(acc, &cs[cbase], s16);
+        workgroupBarrier();
+        for (var n = 0u; n < 8u; n++) {
+            let key = t * STR + sf * 16u + lh * 8u + n;
+            if (key < p.n_m) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n]); }
+        }
+    }
+    combine(best, lh, lm, rf, sf);
+    if (li < RES) {
+        let m = max(cs[li], cs[64u + li]);
+        let c = q_base + li;
+        if (c < p.n_q && t0 < t1) { atomicMax(&rowmax[c], key_of(m)); }
+    }
+}
+
+@compute @workgroup_size(256)
+fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    touch();
+    let tile = wg.x + wg.y * p.grid_x;
+    let n_tiles = (p.n_m + RES - 1u) / RES;
+    // Uniform per workgroup: the whole workgroup leaves together, before any barrier.
+    if (tile >= n_tiles) { return; }
+    let m_base = tile * RES;
+    let rf = sg % 4u;
+    let sf = sg / 4u;
+    let lm = lane % 16u;
+    let lh = lane / 16u;
+    let cbase = sg * 256u;
+    let ld = LD;
+    let s16 = 16u;
+    stage_rs(li, m_base, false);
+    var best = NEG;
+    for (var q_base = 0u; q_base < p.n_q; q_base += STR) {
+        workgroupBarrier();
+        stage_ss(li, q_base, true);
+        if (li < STR) {
+            var r = 0.0;
+            if (q_base + li < p.n_q) { r = float_of(atomicLoad(&rowmax[q_base + li])); }
+            srm[li] = r;
+        }
+        workgroupBarrier();
+        var acc = coop_mat16x16<f32, C>();
+        for (var dd = 0u; dd < D; dd += 16u) {
+            let ia = rf * 16u * LD + dd;
+            let ib = sf * 16u * LD + dd;
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
+            let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
+            acc = coopMultiplyAdd(a, b, acc);
+        }
+        coopStoreT(acc, &cs[cbase], s16);
+        workgroupBarrier();
+        for (var n = 0u; n < 8u; n++) {
+            let s = sf * 16u + lh * 8u + n;
+            if (q_base + s < p.n_q) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n] - srm[s]); }
+        }
+    }
+    combine(best, lh, lm, rf, sf);
+    if (li < RES) {
+        let m = m_base + li;
+        if (m < p.n_m) { out[m] = max(cs[li], cs[64u + li]); }
+    }
+}
