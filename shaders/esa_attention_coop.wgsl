@@ -1,8 +1,10 @@
 enable f16;
 enable wgpu_cooperative_matrix;
 // esa_attention_coop: attention of a prefill chunk on cooperative matrices (16x16x16 f16 products,
-// f32 accumulators), over ESA's two key segments, one segment per dispatch z, each written as a
-// partial (m, l, o) that attention_merge.wgsl combines (one softmax over both). Chosen for chunks
+// f32 accumulators), over ESA's two key segments, each split into ranges of split_len keys, one
+// range per dispatch z (z < splits0: the long-distance segment), each written as a partial
+// (m, l, o) that attention_merge.wgsl combines (one softmax over all of them). Splitting the keys
+// gives the GPU enough workgroups to hide the latency of each tile's loads. Chosen for chunks
 // of at least 8 queries where the cooperative-matrix matmul runs, by `esa_attention::attend` and,
 // for dense attention, by `attention::attend_prefill_coop`.
 //   z = 0, long-distance part: virtual keys e < n_long = n_init + min(state[count_index], max_sel):
@@ -10,16 +12,24 @@ enable wgpu_cooperative_matrix;
 //          rotated to w; no causal mask (every such key precedes the chunk).
 //   z = 1, local part: virtual key e is cache row local_start + e, rotated to that row; the query
 //          rotated to pos0 + t; causal: row <= pos0 + t.
-// Two passes over the keys (as the dense kernel): pass 1 keeps each row's max m and sum l of
-// exp(S - m); pass 2 accumulates o = sum exp(S - m) V, unnormalised, which is what the merge wants.
-// Dense causal attention of a chunk is the local part alone (n_init = 0, no selection,
-// local_start = 0, queries already rotated: `attention::attend_prefill_coop`).
-// Dispatch: (ceil(n_q * G / 64), n_kv, 2) workgroups of 256 threads (8 subgroups of 32). Rows of a
-// workgroup: 64 (token, head) pairs of one KV group (row R: token R / G, head kvh * G + R % G).
-// D (head_dim, a multiple of 32, at most 128) is substituted into the source by the op.
+// Work split (as FlashAttention-2): each of the NSG subgroups owns 16 rows for the whole run, its
+// queries held in registers as D/16 matrix fragments; per tile of BC keys the workgroup stages the
+// keys (and values) once in workgroup memory and every subgroup computes its own 16 x BC scores,
+// softmax terms and P V products, so a staged tile serves 16 NSG rows.
+// Two passes over the keys: pass 1 keeps each row's max m and sum l of exp(S - m) (each lane half
+// a row, in registers); pass 2 accumulates o = sum exp(S - m) V, unnormalised, which is what the
+// merge wants, so the opaque output fragments never need rescaling.
+// Dispatch: (ceil(n_q * G / (16 NSG)), n_kv, n_part) workgroups of 32 NSG threads. Rows of a workgroup:
+// 16 NSG (token, head) pairs of one KV group (row R: token R / G, head kvh * G + R % G).
+// D (head_dim: 32, 64, 96 or 128) and NSG are substituted into the source by the op; BC * D / 16
+// <= 32 NSG (one key octet pair per thread, see `stage_k`).
+// Every matrix load and store takes its pointer index from a `let` (naga 30's SPIR-V writer fails
+// on an index expression written inside the call), and the scores of a tile are written out for
+// both passes (pass 1 and pass 2 repeat the same block) since fragments cannot be passed around.
 // Layout: q [n_q][q_stride] f32, UN-rotated, head h at h * D; k_cache, v_cache [rows][n_kv][D/2]
-// u32 (f16 pairs, keys un-rotated); inv_freq [D/2]; sel [>= max_sel] u32 cache rows; state [..]
-// u32; part [n_q * n_heads][2][D + 2] f32 = (m, l, o[D]) per segment.
+// u32 (f16 pairs, keys un-rotated; read as vec4<u32>); inv_freq [D/2]; sel [>= max_sel] u32 cache
+// rows; state [..] u32; part [n_q * n_heads][n_part][D + 2] f32 = (m, l, o[D]) per split (an
+// empty split leaves (-3e38, 0, 0)).
 
 struct Params {
     n_q: u32,
@@ -34,121 +44,169 @@ struct Params {
     q_stride: u32,
     scale: f32,
     rotate_q: u32, // 0: the queries come rotated to their positions already (dense attention)
+    n_part: u32, // partials per (query, head): splits0 + the local segment's splits
+    splits0: u32, // partials (dispatch z) of the long-distance segment; the rest are local
+    split_len: u32, // virtual keys per split, a multiple of BC
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(5) var<storage, read> sel: array<u32>;
 @group(0) @binding(6) var<storage, read> state: array<u32>;
 @group(0) @binding(7) var<storage, read_write> part: array<f32>;
 
 const D: u32 = 64u;
-const BR: u32 = 64u; // rows per workgroup
+const NSG: u32 = 8u;
 const BC: u32 = 32u; // keys per tile
-const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, spread over banks
-const LDP: u32 = BC + 8u;
+const THREADS: u32 = 32u * NSG;
+const HALF: u32 = D / 2u;
+const KOCT: u32 = D / 16u; // octet pairs (o, o + D/16) of a key row: 8 rotation pairs each
+const VOCT: u32 = D / 8u; // octets of a value row
+const LD: u32 = D + 8u; // halves per staged key / value row: 16-byte aligned, rows on different banks
+const LDP: u32 = BC + 8u; // halves per row of P (and of the query staging, 32 columns at a time)
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f16, BR * LD>;
-var<workgroup> ks: array<f16, BC * LD>; // rotated keys
+var<workgroup> ks: array<f16, BC * LD>; // rotated keys of the tile
 var<workgroup> vs: array<f16, BC * LD>;
-var<workgroup> ps: array<f16, BR * LDP>; // P = exp(S - m) / l
-var<workgroup> cs: array<f32, 2048>; // 8 subgroups x [16][16] fragment scratch
-var<workgroup> row_m: array<f32, BR>;
-var<workgroup> row_l: array<f32, BR>;
+var<workgroup> ps: array<f16, NSG * 16u * LDP>; // per subgroup P [16][LDP]
+var<workgroup> cs: array<f32, NSG * 16u * BC>; // per subgroup S [16][BC]
 // 16 bytes, not 4: a 4-byte workgroup variable can leave the f16 arrays that the matrix loads read
 // off 16-byte alignment (seen on the H200: shifted columns).
 var<workgroup> wg_keys: vec4<u32>;
 
-// Each thread stages the same element pairs e = i % (D/2) of every tile (i = li + 256 j, j < SPT)
-// when 256 is a multiple of D/2 (D = 32, 64, 128): the local keys' rotation angle
-// (local_start + kb + kj) f_e then splits into the tile's base angle, one sin/cos per thread and
-// tile, and the offset kj f_e, whose sin/cos are per thread constants (`rot_off`). Other head
-// sizes take one sin/cos per element.
-const SHARED_E: bool = (256u % (D / 2u)) == 0u;
-const SPT: u32 = (BC * D / 2u + 255u) / 256u; // element pairs each thread stages per tile
+fn unpack8(w: vec4<u32>) -> array<f32, 8> {
+    let a = unpack2x16float(w.x);
+    let b = unpack2x16float(w.y);
+    let c = unpack2x16float(w.z);
+    let d = unpack2x16float(w.w);
+    return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
+}
 
-// sin/cos of kj f_e for this thread's pairs (SHARED_E only).
-fn rot_offsets(li: u32) -> array<vec2<f32>, SPT> {
-    var r: array<vec2<f32>, SPT>;
-    let half = D / 2u;
-    for (var j = 0u; j < SPT; j++) {
-        let i = li + 256u * j;
-        let a = f32(i / half) * inv_freq[i % half];
-        r[j] = vec2<f32>(cos(a), sin(a));
+// Cache row of virtual key `key` of segment `seg`.
+fn key_row(key: u32, seg: u32) -> u32 {
+    if (seg == 0u) { return select(sel[key - min(key, p.n_init)], key, key < p.n_init); }
+    return p.local_start + key;
+}
+
+// Keys: thread li < BC * KOCT stages key kj = li / KOCT, dims 8o .. 8o + 7 and their rotation
+// partners HALF + 8o .., o = li % KOCT; local keys rotated by `rot` (this thread's cos/sin of
+// row * f for its 8 frequencies, advanced by the caller from tile to tile). Zero past n_keys.
+fn stage_k(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32, rot: array<vec2<f32>, 8>) {
+    if (li >= BC * KOCT) { return; }
+    let kj = li / KOCT;
+    let o = li % KOCT;
+    let key = kb + kj;
+    var lo: array<f32, 8>;
+    var hi: array<f32, 8>;
+    if (key < n_keys) {
+        let base = (key_row(key, seg) * p.n_kv + kvh) * VOCT;
+        // (vars: naga's SPIR-V writer needs dynamically indexed arrays in memory)
+        var a = unpack8(k_cache[base + o]);
+        var b = unpack8(k_cache[base + o + KOCT]);
+        var rv = rot;
+        for (var i = 0u; i < 8u; i++) {
+            if (seg == 1u) {
+                let r = rv[i];
+                lo[i] = a[i] * r.x - b[i] * r.y;
+                hi[i] = b[i] * r.x + a[i] * r.y;
+            } else {
+                lo[i] = a[i];
+                hi[i] = b[i];
+            }
+        }
+    }
+    for (var i = 0u; i < 8u; i++) {
+        ks[kj * LD + 8u * o + i] = f16(lo[i]);
+        ks[kj * LD + HALF + 8u * o + i] = f16(hi[i]);
+    }
+}
+
+fn stage_v(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32) {
+    for (var i = li; i < BC * VOCT; i += THREADS) {
+        let kj = i / VOCT;
+        let o = i % VOCT;
+        let key = kb + kj;
+        var v: array<f32, 8>;
+        if (key < n_keys) { v = unpack8(v_cache[(key_row(key, seg) * p.n_kv + kvh) * VOCT + o]); }
+        for (var j = 0u; j < 8u; j++) { vs[kj * LD + 8u * o + j] = f16(v[j]); }
+    }
+}
+
+// This thread's key rotation at tile base kb (cos/sin of (local_start + kb + kj) f, 8 frequencies).
+fn rot_at(li: u32, kb: u32) -> array<vec2<f32>, 8> {
+    var r: array<vec2<f32>, 8>;
+    let kj = li / KOCT;
+    let o = li % KOCT;
+    for (var i = 0u; i < 8u; i++) {
+        let a = f32(p.local_start + kb + kj) * inv_freq[8u * o + i];
+        r[i] = vec2<f32>(cos(a), sin(a));
     }
     return r;
 }
 
-// Stage virtual keys kb .. kb + BC of segment `seg` (zero past n_keys): long-distance keys as
-// cached, local keys rotated to their rows; with `values`, their values.
-fn stage(li: u32, kb: u32, n_keys: u32, kvh: u32, values: bool, seg: u32, rot_off: array<vec2<f32>, SPT>) {
-    let half = D / 2u;
-    let words = p.n_kv * half;
-    // the tile's base rotation for this thread's pairs (local keys, SHARED_E)
-    var base = vec2<f32>(1.0, 0.0);
-    if (SHARED_E && seg == 1u) {
-        let a = f32(p.local_start + kb) * inv_freq[li % half];
-        base = vec2<f32>(cos(a), sin(a));
+// cos/sin of BC f for this thread's 8 frequencies: the rotation from one tile to the next.
+fn rot_step(li: u32) -> array<vec2<f32>, 8> {
+    var r: array<vec2<f32>, 8>;
+    let o = li % KOCT;
+    for (var i = 0u; i < 8u; i++) {
+        let a = f32(BC) * inv_freq[8u * o + i];
+        r[i] = vec2<f32>(cos(a), sin(a));
     }
-    for (var j = 0u; j < SPT; j++) {
-        let i = li + 256u * j;
-        if (i >= BC * half) { break; }
-        let kj = i / half;
-        let e = i % half;
-        let key = kb + kj;
-        var lo = 0.0;
-        var hi = 0.0;
-        var v0 = 0.0;
-        var v1 = 0.0;
-        if (key < n_keys) {
-            var row = p.local_start + key;
-            if (seg == 0u) {
-                row = select(sel[key - min(key, p.n_init)], key, key < p.n_init);
+    return r;
+}
+
+// Complex product of two rotations per frequency.
+fn rot_mul(a_in: array<vec2<f32>, 8>, b_in: array<vec2<f32>, 8>) -> array<vec2<f32>, 8> {
+    var r: array<vec2<f32>, 8>;
+    var a = a_in;
+    var b = b_in;
+    for (var i = 0u; i < 8u; i++) {
+        r[i] = vec2<f32>(a[i].x * b[i].x - a[i].y * b[i].y, a[i].y * b[i].x + a[i].x * b[i].y);
+    }
+    return r;
+}
+
+// Query columns 32 c + lane of the subgroup's 16 rows, rotated, into its P region (f16).
+fn stage_q(sg: u32, lane: u32, r0: u32, n_rows: u32, g: u32, kvh: u32, seg: u32, c: u32) {
+    let ea = 32u * c + lane;
+    let e = ea % HALF;
+    for (var m = 0u; m < 16u; m++) {
+        let row = r0 + sg * 16u + m;
+        var val = 0.0;
+        if (row < n_rows && ea < D) {
+            let t = row / g;
+            let b = t * p.q_stride + (kvh * g + row % g) * D;
+            let q0 = q[b + e];
+            let q1 = q[b + e + HALF];
+            var lo = q0;
+            var hi = q1;
+            if (p.rotate_q != 0u) {
+                let a = f32(select(p.pos0 + t, p.w, seg == 0u)) * inv_freq[e];
+                let cs_ = cos(a);
+                let sn = sin(a);
+                lo = q0 * cs_ - q1 * sn;
+                hi = q1 * cs_ + q0 * sn;
             }
-            let base_w = row * words + kvh * half;
-            let k0 = unpack2x16float(k_cache[base_w + e / 2u])[e & 1u];
-            let k1 = unpack2x16float(k_cache[base_w + (e + half) / 2u])[(e + half) & 1u];
-            lo = k0;
-            hi = k1;
-            if (seg == 1u) {
-                var cs_ = vec2<f32>(0.0);
-                if (SHARED_E) {
-                    let o = rot_off[j];
-                    cs_ = vec2<f32>(base.x * o.x - base.y * o.y, base.y * o.x + base.x * o.y);
-                } else {
-                    let a = f32(row) * inv_freq[e];
-                    cs_ = vec2<f32>(cos(a), sin(a));
-                }
-                lo = k0 * cs_.x - k1 * cs_.y;
-                hi = k1 * cs_.x + k0 * cs_.y;
-            }
-            if (values) {
-                v0 = unpack2x16float(v_cache[base_w + e / 2u])[e & 1u];
-                v1 = unpack2x16float(v_cache[base_w + (e + half) / 2u])[(e + half) & 1u];
-            }
+            val = select(hi, lo, ea < HALF);
         }
-        ks[kj * LD + e] = f16(lo);
-        ks[kj * LD + e + half] = f16(hi);
-        if (values) {
-            vs[kj * LD + e] = f16(v0);
-            vs[kj * LD + e + half] = f16(v1);
-        }
+        ps[(sg * 16u + m) * LDP + lane] = f16(val);
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let g = p.n_heads / p.n_kv;
     let kvh = wg.y;
-    let seg = wg.z;
+    let seg = select(1u, 0u, wg.z < p.splits0);
+    let split = wg.z - select(0u, p.splits0, seg == 1u);
     let n_rows = p.n_q * g;
-    let r0 = wg.x * BR;
-    let last_row = min(r0 + BR, n_rows) - 1u;
+    let r0 = wg.x * 16u * NSG;
+    let last_row = min(r0 + 16u * NSG, n_rows) - 1u;
     // Virtual keys of this workgroup's segment (the selection count lives on the GPU).
     if (li == 0u) {
         if (seg == 0u) {
@@ -157,113 +215,127 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             wg_keys = vec4<u32>(p.pos0 + last_row / g + 1u - p.local_start);
         }
     }
+    // This split's virtual keys: [k_begin, k_end).
     let n_keys = workgroupUniformLoad(&wg_keys).x;
-    let rf = sg % 4u; // row fragment
-    let kf = sg / 4u; // key fragment (S) / first column fragment (O)
+    let k_begin = split * p.split_len;
+    let k_end = min(n_keys, k_begin + p.split_len);
     let ld = LD;
     let ldp = LDP;
+    let bcs = BC;
     let s16 = 16u;
-    let cbase = sg * 256u;
+    let pb = sg * 16u * LDP; // this subgroup's P rows
+    let cb = sg * 16u * BC; // this subgroup's S rows
 
-    // Queries (f16, unscaled: the scale is applied to S in f32), rotated to w (long-distance
-    // part) or to their own positions (local part).
-    let half = D / 2u;
-    for (var i = li; i < BR * half; i += 256u) {
-        let r = i / half;
-        let e = i % half;
-        let row = r0 + r;
-        var lo = 0.0;
-        var hi = 0.0;
-        if (row < n_rows) {
-            let t = row / g;
-            let b = t * p.q_stride + (kvh * g + row % g) * D;
-            let q0 = q[b + e];
-            let q1 = q[b + e + half];
-            lo = q0;
-            hi = q1;
-            if (p.rotate_q != 0u) {
-                let a = f32(select(p.pos0 + t, p.w, seg == 0u)) * inv_freq[e];
-                let c = cos(a);
-                let s = sin(a);
-                lo = q0 * c - q1 * s;
-                hi = q1 * c + q0 * s;
-            }
-        }
-        qs[r * LD + e] = f16(lo);
-        qs[r * LD + e + half] = f16(hi);
+    // Queries in registers, 32 columns (two fragments) at a time through the P region.
+    var q0: coop_mat16x16<f16, A>;
+    var q1: coop_mat16x16<f16, A>;
+    var q2: coop_mat16x16<f16, A>;
+    var q3: coop_mat16x16<f16, A>;
+    var q4: coop_mat16x16<f16, A>;
+    var q5: coop_mat16x16<f16, A>;
+    var q6: coop_mat16x16<f16, A>;
+    var q7: coop_mat16x16<f16, A>;
+    for (var c = 0u; c < D / 32u; c++) {
+        stage_q(sg, lane, r0, n_rows, g, kvh, seg, c);
+        workgroupBarrier();
+        let qa = coopLoadT<coop_mat16x16<f16, A>>(&ps[pb], ldp);
+        let pq1 = pb + 16u;
+        let qb = coopLoadT<coop_mat16x16<f16, A>>(&ps[pq1], ldp);
+        if (c == 0u) { q0 = qa; q1 = qb; }
+        if (c == 1u) { q2 = qa; q3 = qb; }
+        if (c == 2u) { q4 = qa; q5 = qb; }
+        if (c == 3u) { q6 = qa; q7 = qb; }
+        workgroupBarrier();
     }
 
-    // This lane's share of the subgroup's S fragment: row lm, keys 8 lh .. 8 lh + 7.
+    // This lane's half row: row lm of the subgroup, tile keys BC/2 lh .. BC/2 lh + BC/2 - 1.
     let lm = lane % 16u;
     let lh = lane / 16u;
-    let my_row = r0 + rf * 16u + lm;
+    let my_row = r0 + sg * 16u + lm;
     let my_t = my_row / g;
+    // this split's keys below `lim` are visible to this row
+    var lim = 0u;
+    if (my_row < n_rows) {
+        lim = select(k_end, min(k_end, p.pos0 + my_t + 1u - p.local_start), seg == 1u);
+    }
+    let step = rot_step(li);
+    let start = rot_at(li, k_begin);
     var run_m = NEG;
     var run_l = 0.0;
 
-    var rot_off: array<vec2<f32>, SPT>;
-    if (SHARED_E) { rot_off = rot_offsets(li); }
-
     // Pass 1: running max and sum per row.
-    for (var kb = 0u; kb < n_keys; kb += BC) {
+    var rot = start;
+    for (var kb = k_begin; kb < k_end; kb += BC) {
+        stage_k(li, kb, k_end, kvh, seg, rot);
+        rot = rot_mul(rot, step);
         workgroupBarrier();
-        stage(li, kb, n_keys, kvh, false, seg, rot_off);
-        workgroupBarrier();
-        var acc = coop_mat16x16<f32, C>();
-        for (var dd = 0u; dd < D; dd += 16u) {
-            let ia = rf * 16u * LD + dd;
-            let ib = kf * 16u * LD + dd;
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[ia], ld);
-            let b = coopLoad<coop_mat16x16<f16, B>>(&ks[ib], ld);
-            acc = coopMultiplyAdd(a, b, acc);
+        for (var f = 0u; f < BC / 16u; f++) {
+            var acc = coop_mat16x16<f32, C>();
+            let kf = f * 16u * LD;
+            let bk0 = coopLoad<coop_mat16x16<f16, B>>(&ks[kf], ld);
+            acc = coopMultiplyAdd(q0, bk0, acc);
+            let ik1 = kf + 16u;
+            let bk1 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik1], ld);
+            acc = coopMultiplyAdd(q1, bk1, acc);
+            if (D >= 64u) {
+                let ik2 = kf + 32u;
+                let bk2 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik2], ld);
+                acc = coopMultiplyAdd(q2, bk2, acc);
+                let ik3 = kf + 48u;
+                let bk3 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik3], ld);
+                acc = coopMultiplyAdd(q3, bk3, acc);
+            }
+            if (D >= 96u) {
+                let ik4 = kf + 64u;
+                let bk4 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik4], ld);
+                acc = coopMultiplyAdd(q4, bk4, acc);
+                let ik5 = kf + 80u;
+                let bk5 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik5], ld);
+                acc = coopMultiplyAdd(q5, bk5, acc);
+            }
+            if (D >= 128u) {
+                let ik6 = kf + 96u;
+                let bk6 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik6], ld);
+                acc = coopMultiplyAdd(q6, bk6, acc);
+                let ik7 = kf + 112u;
+                let bk7 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik7], ld);
+                acc = coopMultiplyAdd(q7, bk7, acc);
+            }
+            let sf = cb + f * 16u;
+            coopStoreT(acc, &cs[sf], bcs);
         }
-        coopStoreT(acc, &cs[cbase], s16);
         workgroupBarrier();
+        // (the next tile's staging only writes ks, whose products are all done: no barrier)
+        var vals: array<f32, BC / 2u>;
         var mx = NEG;
-        var vals: array<f32, 8>;
-        for (var n = 0u; n < 8u; n++) {
-            let key = kb + kf * 16u + lh * 8u + n;
+        for (var n = 0u; n < BC / 2u; n++) {
+            let key = kb + lh * (BC / 2u) + n;
             var s = NEG;
-            if (my_row < n_rows && key < n_keys && (seg == 0u || p.local_start + key <= p.pos0 + my_t)) { s = cs[cbase + lm * 16u + lh * 8u + n] * p.scale; }
+            if (key < lim) { s = cs[cb + lm * BC + lh * (BC / 2u) + n] * p.scale; }
             vals[n] = s;
             mx = max(mx, s);
         }
-        mx = max(mx, subgroupShuffleXor(mx, 16u));
         let m_new = max(run_m, mx);
-        var e = 0.0;
-        for (var n = 0u; n < 8u; n++) {
-            if (vals[n] > NEG) { e += exp(vals[n] - m_new); }
-        }
-        e += subgroupShuffleXor(e, 16u);
         if (m_new > NEG) {
+            var e = 0.0;
+            for (var n = 0u; n < BC / 2u; n++) {
+                if (vals[n] > NEG) { e += exp(vals[n] - m_new); }
+            }
             run_l = run_l * select(0.0, exp(run_m - m_new), run_m > NEG) + e;
             run_m = m_new;
         }
     }
-    // Combine the two key-fragment halves of each row (subgroups s and s + 4).
-    workgroupBarrier();
-    if (lh == 0u) {
-        cs[kf * 128u + rf * 16u + lm] = run_m;
-        cs[kf * 128u + 64u + rf * 16u + lm] = run_l;
-    }
-    workgroupBarrier();
-    if (li < BR) {
-        let m0 = cs[li];
-        let m1 = cs[128u + li];
-        let l0 = cs[64u + li];
-        let l1 = cs[192u + li];
-        let m = max(m0, m1);
-        let l = select(0.0, l0 * exp(m0 - m), m0 > NEG) + select(0.0, l1 * exp(m1 - m), m1 > NEG);
-        row_m[li] = m;
-        row_l[li] = l;
-        // this row's (m, l) of the partial; an empty segment leaves (-3e38, 0) and o = 0
-        let row = r0 + li;
-        if (row < n_rows) {
-            let qh = (row / g) * p.n_heads + kvh * g + row % g;
-            let at = (qh * 2u + seg) * (D + 2u);
-            part[at] = m;
-            part[at + 1u] = l;
-        }
+    // The row's (m, l) from its two halves.
+    let om = subgroupShuffleXor(run_m, 16u);
+    let ol = subgroupShuffleXor(run_l, 16u);
+    let row_m = max(run_m, om);
+    let row_l = select(0.0, run_l * exp(run_m - row_m), run_m > NEG) + select(0.0, ol * exp(om - row_m), om > NEG);
+    if (lh == 0u && my_row < n_rows) {
+        // an empty segment leaves (-3e38, 0) and o = 0
+        let qh = my_t * p.n_heads + kvh * g + my_row % g;
+        let at = (qh * p.n_part + wg.z) * (D + 2u);
+        part[at] = row_m;
+        part[at + 1u] = row_l;
     }
 
     // Pass 2: O = sum over tiles of P V.
@@ -271,71 +343,114 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o1 = coop_mat16x16<f32, C>();
     var o2 = coop_mat16x16<f32, C>();
     var o3 = coop_mat16x16<f32, C>();
-    for (var kb = 0u; kb < n_keys; kb += BC) {
+    var o4 = coop_mat16x16<f32, C>();
+    var o5 = coop_mat16x16<f32, C>();
+    var o6 = coop_mat16x16<f32, C>();
+    var o7 = coop_mat16x16<f32, C>();
+    rot = start;
+    for (var kb = k_begin; kb < k_end; kb += BC) {
+        workgroupBarrier(); // the previous tile's P V products are done with vs
+        stage_k(li, kb, k_end, kvh, seg, rot);
+        rot = rot_mul(rot, step);
+        stage_v(li, kb, k_end, kvh, seg);
         workgroupBarrier();
-        stage(li, kb, n_keys, kvh, true, seg, rot_off);
-        workgroupBarrier();
-        var acc = coop_mat16x16<f32, C>();
-        for (var dd = 0u; dd < D; dd += 16u) {
-            let ia = rf * 16u * LD + dd;
-            let ib = kf * 16u * LD + dd;
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&qs[ia], ld);
-            let b = coopLoad<coop_mat16x16<f16, B>>(&ks[ib], ld);
-            acc = coopMultiplyAdd(a, b, acc);
-        }
-        coopStoreT(acc, &cs[cbase], s16);
-        workgroupBarrier();
-        let rm = row_m[rf * 16u + lm];
-        for (var n = 0u; n < 8u; n++) {
-            let kl = kf * 16u + lh * 8u + n;
-            let key = kb + kl;
-            var pv = 0.0;
-            if (my_row < n_rows && key < n_keys && (seg == 0u || p.local_start + key <= p.pos0 + my_t)) {
-                pv = exp(cs[cbase + lm * 16u + lh * 8u + n] * p.scale - rm); // unnormalised
+        for (var f = 0u; f < BC / 16u; f++) {
+            var acc = coop_mat16x16<f32, C>();
+            let kf = f * 16u * LD;
+            let bk0 = coopLoad<coop_mat16x16<f16, B>>(&ks[kf], ld);
+            acc = coopMultiplyAdd(q0, bk0, acc);
+            let ik1 = kf + 16u;
+            let bk1 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik1], ld);
+            acc = coopMultiplyAdd(q1, bk1, acc);
+            if (D >= 64u) {
+                let ik2 = kf + 32u;
+                let bk2 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik2], ld);
+                acc = coopMultiplyAdd(q2, bk2, acc);
+                let ik3 = kf + 48u;
+                let bk3 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik3], ld);
+                acc = coopMultiplyAdd(q3, bk3, acc);
             }
-            ps[(rf * 16u + lm) * LDP + kl] = f16(pv);
+            if (D >= 96u) {
+                let ik4 = kf + 64u;
+                let bk4 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik4], ld);
+                acc = coopMultiplyAdd(q4, bk4, acc);
+                let ik5 = kf + 80u;
+                let bk5 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik5], ld);
+                acc = coopMultiplyAdd(q5, bk5, acc);
+            }
+            if (D >= 128u) {
+                let ik6 = kf + 96u;
+                let bk6 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik6], ld);
+                acc = coopMultiplyAdd(q6, bk6, acc);
+                let ik7 = kf + 112u;
+                let bk7 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik7], ld);
+                acc = coopMultiplyAdd(q7, bk7, acc);
+            }
+            let sf = cb + f * 16u;
+            coopStoreT(acc, &cs[sf], bcs);
+        }
+        workgroupBarrier();
+        for (var n = 0u; n < BC / 2u; n++) {
+            let kl = lh * (BC / 2u) + n;
+            var pv = 0.0;
+            if (kb + kl < lim) { pv = exp(cs[cb + lm * BC + kl] * p.scale - row_m); } // unnormalised
+            ps[pb + lm * LDP + kl] = f16(pv);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BC; kk += 16u) {
-            let ia = rf * 16u * LDP + kk;
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&ps[ia], ldp);
-            let ib0 = kk * LD + kf * 16u;
-            let b0 = coopLoadT<coop_mat16x16<f16, B>>(&vs[ib0], ld);
-            o0 = coopMultiplyAdd(a, b0, o0);
+            let pk = pb + kk;
+            let a = coopLoadT<coop_mat16x16<f16, A>>(&ps[pk], ldp);
+            let vb = kk * LD;
+            let bv0 = coopLoadT<coop_mat16x16<f16, B>>(&vs[vb], ld);
+            o0 = coopMultiplyAdd(a, bv0, o0);
+            let iv1 = vb + 16u;
+            let bv1 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv1], ld);
+            o1 = coopMultiplyAdd(a, bv1, o1);
             if (D >= 64u) {
-                let ib1 = ib0 + 32u;
-                let b1 = coopLoadT<coop_mat16x16<f16, B>>(&vs[ib1], ld);
-                o1 = coopMultiplyAdd(a, b1, o1);
+                let iv2 = vb + 32u;
+                let bv2 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv2], ld);
+                o2 = coopMultiplyAdd(a, bv2, o2);
+                let iv3 = vb + 48u;
+                let bv3 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv3], ld);
+                o3 = coopMultiplyAdd(a, bv3, o3);
             }
             if (D >= 96u) {
-                let ib2 = ib0 + 64u;
-                let b2 = coopLoadT<coop_mat16x16<f16, B>>(&vs[ib2], ld);
-                o2 = coopMultiplyAdd(a, b2, o2);
+                let iv4 = vb + 64u;
+                let bv4 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv4], ld);
+                o4 = coopMultiplyAdd(a, bv4, o4);
+                let iv5 = vb + 80u;
+                let bv5 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv5], ld);
+                o5 = coopMultiplyAdd(a, bv5, o5);
             }
             if (D >= 128u) {
-                let ib3 = ib0 + 96u;
-                let b3 = coopLoadT<coop_mat16x16<f16, B>>(&vs[ib3], ld);
-                o3 = coopMultiplyAdd(a, b3, o3);
+                let iv6 = vb + 96u;
+                let bv6 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv6], ld);
+                o6 = coopMultiplyAdd(a, bv6, o6);
+                let iv7 = vb + 112u;
+                let bv7 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv7], ld);
+                o7 = coopMultiplyAdd(a, bv7, o7);
             }
         }
     }
 
-    // Write O: each fragment through the subgroup's scratch; lanes write rows of 16 columns.
-    for (var j = 0u; j < D / 32u; j++) {
+    // Write O: each 16-column fragment through the subgroup's S scratch; lanes write 8 entries.
+    for (var j = 0u; j < D / 16u; j++) {
         workgroupBarrier();
-        if (j == 0u) { coopStoreT(o0, &cs[cbase], s16); }
-        if (j == 1u) { coopStoreT(o1, &cs[cbase], s16); }
-        if (j == 2u) { coopStoreT(o2, &cs[cbase], s16); }
-        if (j == 3u) { coopStoreT(o3, &cs[cbase], s16); }
+        if (j == 0u) { coopStoreT(o0, &cs[cb], s16); }
+        if (j == 1u) { coopStoreT(o1, &cs[cb], s16); }
+        if (j == 2u) { coopStoreT(o2, &cs[cb], s16); }
+        if (j == 3u) { coopStoreT(o3, &cs[cb], s16); }
+        if (j == 4u) { coopStoreT(o4, &cs[cb], s16); }
+        if (j == 5u) { coopStoreT(o5, &cs[cb], s16); }
+        if (j == 6u) { coopStoreT(o6, &cs[cb], s16); }
+        if (j == 7u) { coopStoreT(o7, &cs[cb], s16); }
         workgroupBarrier();
-        let col0 = (kf + 2u * j) * 16u;
         for (var e = lane; e < 256u; e += 32u) {
             let m = e / 16u;
-            let n = e % 16u;
-            let row = r0 + rf * 16u + m;
+            let row = r0 + sg * 16u + m;
             if (row < n_rows) {
                 let qh = (row / g) * p.n_heads + kvh * g + row % g;
-                part[(qh * 2u + seg) * (D + 2u) + 2u + col0 + n] = cs[cbase + m * 16u + n];
+                part[(qh * p.n_part + wg.z) * (D + 2u) + 2u + 16u * j + e % 16u] = cs[cb + e];
             }
         }
     }

@@ -272,7 +272,7 @@ fn tolerance(ctx: &GpuContext, n_q: usize, head_dim: usize) -> f32 {
 #[test]
 fn coop_esa_attention_validates() {
     for d in [32usize, 64, 96, 128] {
-        common::gpu::validate_wgsl(&format!("esa_attention_coop d={d}"), &esa_wgpu::gpu::ops::esa_attention::coop_source(d));
+        common::gpu::validate_wgsl(&format!("esa_attention_coop d={d}"), &esa_wgpu::gpu::ops::esa_attention::coop_source(d, 8));
     }
 }
 

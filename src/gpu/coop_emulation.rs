@@ -97,6 +97,10 @@ pub fn emulate(src: &str) -> Result<String> {
         }
     }
     s = s.replace("coopMultiplyAdd(", "emu_mma(");
+    // What is left of the fragment types are declarations (`var q: coop_mat16x16<f16, A>;`).
+    for t in ["coop_mat16x16<f16, A>", "coop_mat16x16<f16, B>", "coop_mat16x16<f32, C>"] {
+        s = s.replace(t, "EmuFrag");
+    }
     // Stores: coopStoreT(FRAG, &NAME[INDEX], STRIDE)
     let mut stores: Vec<String> = Vec::new();
     while let Some(at) = s.find("coopStoreT(") {

@@ -50,12 +50,51 @@ struct CoopParams {
     q_stride: u32,
     scale: f32,
     rotate_q: u32,
+    n_part: u32,
+    splits0: u32,
+    split_len: u32,
+    _pad: u32,
 }
 
-/// WGSL of `esa_attention_coop.wgsl` for one head size (a constant: it sizes workgroup arrays).
-/// Public so tests can validate it where no adapter runs it.
-pub fn coop_source(head_dim: usize) -> String {
-    super::src::ESA_ATTENTION_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
+/// Most partials (key splits) per (query, head) of the cooperative-matrix attention; the scratch
+/// (`scratch_floats`, `attention::scratch_floats`) holds this many per query and head.
+pub const COOP_MAX_PARTS: usize = 4;
+/// Keys per tile of the cooperative-matrix attention (`BC`): splits are multiples of it.
+const COOP_TILE_KEYS: usize = 32;
+/// Workgroups the key splits aim for: a few per compute unit of a large GPU, so each one's tile
+/// loads overlap the others' products.
+const COOP_TARGET_GROUPS: usize = 512;
+
+/// Key splits of the cooperative-matrix attention: (splits of the long-distance segment, of the
+/// local one, keys per split). `keys0`, `keys1`: the most virtual keys of each segment;
+/// `groups`: workgroups per split; `cap`: most partials the scratch holds.
+pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize) -> (usize, usize, usize) {
+    let want = COOP_TARGET_GROUPS.div_ceil(groups.max(1)).clamp(1, cap.max(1));
+    let total = (keys0 + keys1).max(1);
+    let mut len = total.div_ceil(want).next_multiple_of(COOP_TILE_KEYS);
+    loop {
+        let (s0, s1) = (keys0.div_ceil(len), keys1.div_ceil(len).max(1));
+        if s0 + s1 <= cap.max(2) {
+            return (s0, s1, len);
+        }
+        len += COOP_TILE_KEYS;
+    }
+}
+
+/// WGSL of `esa_attention_coop.wgsl` for one head size and `nsg` subgroups of 16 rows per
+/// workgroup (constants: they size workgroup arrays). Public so tests can validate it where no
+/// adapter runs it.
+pub fn coop_source(head_dim: usize, nsg: usize) -> String {
+    super::src::ESA_ATTENTION_COOP
+        .replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
+        .replacen("const NSG: u32 = 8u;", &format!("const NSG: u32 = {nsg}u;"), 1)
+}
+
+/// Subgroups (of 16 rows each) per workgroup of the cooperative-matrix attention: 8 (128 rows
+/// share each staged key tile); 4 under the plain-WGSL emulation, whose kernel must fit lavapipe's
+/// 32 KiB of workgroup memory (head sizes up to 64 there).
+pub(crate) fn coop_subgroups(ctx: &crate::gpu::GpuContext) -> usize {
+    if ctx.caps.coop_emulated { 4 } else { 8 }
 }
 
 #[repr(C)]
@@ -87,9 +126,9 @@ pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) 
     // shrinks (m * max_split(m) <= TARGET_GROUPS / workgroups-per-query). Size for the worst chunk
     // of at most n_q queries, so a buffer sized for the prefill chunk also serves the shorter last
     // chunk and the decode steps after it.
-    // The cooperative-matrix variant writes two partials (segments) per query.
+    // The cooperative-matrix variant writes up to COOP_MAX_PARTS partials (key splits) per query.
     let per_query = rows_per_split(1, n_heads, n_kv).max(1);
-    (2 * n_q).max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
+    (COOP_MAX_PARTS * n_q).max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
 }
 
 /// The selected middle tokens on the GPU.
@@ -139,11 +178,13 @@ pub struct EsaAttend<'a> {
 /// rotated to their positions (dense attention, which has no long-distance part).
 pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool) -> Result<()> {
     let ctx = rec.ctx();
-    let need = 2 * a.n_q * a.n_heads * (a.head_dim + 2);
-    super::esa_common::check_words("esa_attention_coop", "part", a.part, need)?;
+    let per_part = a.n_q * a.n_heads * (a.head_dim + 2);
+    super::esa_common::check_words("esa_attention_coop", "part", a.part, 2 * per_part)?;
+    let cap = ((super::esa_common::binding_bytes(a.part) / 4) as usize / per_part).min(COOP_MAX_PARTS);
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
-    let name = format!("esa_attention_coop_d{}", a.head_dim);
-    let k = ctx.kernel_with(&name, "main", &[], || Ok(coop_source(a.head_dim)))?;
+    let nsg = coop_subgroups(ctx);
+    let name = format!("esa_attention_coop_d{}_sg{nsg}", a.head_dim);
+    let k = ctx.kernel_with(&name, "main", &[], || Ok(coop_source(a.head_dim, nsg)))?;
     let p = CoopParams {
         n_q: a.n_q as u32,
         n_heads: a.n_heads as u32,
@@ -157,13 +198,22 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
         q_stride: a.q_stride as u32,
         scale: a.scale,
         rotate_q: rotate_q as u32,
+        n_part: 0,
+        splits0: 0,
+        split_len: 0,
+        _pad: 0,
     };
     let rows = a.n_q * (a.n_heads / a.n_kv);
+    let groups = rows.div_ceil(16 * nsg) * a.n_kv;
+    let keys0 = a.n_init + max_sel; // the count on the GPU is at most max_sel
+    let keys1 = a.pos0 + a.n_q - a.local_start;
+    let (splits0, splits1, split_len) = coop_splits(keys0, keys1, groups, cap);
+    let p = CoopParams { n_part: (splits0 + splits1) as u32, splits0: splits0 as u32, split_len: split_len as u32, ..p };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
-    rec.dispatch(&k, &p, &bufs, [rows.div_ceil(64) as u32, a.n_kv as u32, 2]);
+    rec.dispatch(&k, &p, &bufs, [rows.div_ceil(16 * nsg) as u32, a.n_kv as u32, p.n_part]);
     let qh = a.n_q * a.n_heads;
     let g = grid(ctx, qh as u32);
-    let mp = MergeParams { n_qh: qh as u32, n_split: 2, head_dim: a.head_dim as u32, grid_x: g[0] };
+    let mp = MergeParams { n_qh: qh as u32, n_split: p.n_part, head_dim: a.head_dim as u32, grid_x: g[0] };
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
     Ok(())
 }
@@ -238,13 +288,30 @@ mod tests {
     /// A buffer of `scratch_floats(chunk, ..)` holds the partials of every path for every chunk
     /// of at most `chunk` queries: the split kernel (n_q * n_heads * n_split rows) and the
     /// cooperative-matrix kernel (two per query and head).
+    /// Splits cover each segment's keys in ranges of whole tiles, at most `cap` of them, one at
+    /// least for the local segment, none for an empty long-distance one.
+    #[test]
+    fn coop_splits_cover_the_keys() {
+        for keys0 in [0usize, 1, 128, 2176, 5000] {
+            for keys1 in [1usize, 31, 32, 33, 2048, 6144, 100_000] {
+                for groups in [1usize, 40, 144, 512, 4096] {
+                    for cap in 2..=COOP_MAX_PARTS {
+                        let (s0, s1, len) = coop_splits(keys0, keys1, groups, cap);
+                        assert!(len % COOP_TILE_KEYS == 0 && s0 + s1 <= cap && s1 >= 1, "{keys0} {keys1} {groups} {cap}");
+                        assert!(s0 * len >= keys0 && s1 * len >= keys1 && (keys0 > 0) == (s0 > 0));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn scratch_covers_every_path() {
         for (heads, kv, d) in [(9, 3, 64), (6, 2, 12), (32, 8, 128), (4, 1, 14), (15, 5, 64), (64, 8, 128)] {
             for chunk in 1..=4096 {
                 let have = scratch_floats(chunk, heads, kv, d);
                 let n_q = chunk; // the largest chunk needs most for the coop path ...
-                assert!(2 * n_q * heads * (d + 2) <= have, "coop, chunk {chunk}");
+                assert!(COOP_MAX_PARTS * n_q * heads * (d + 2) <= have, "coop, chunk {chunk}");
                 // ... and any shorter one may need more for the split path.
                 for n_q in [1, 2, 3, chunk / 2, chunk.saturating_sub(1), chunk].into_iter().filter(|&n| n >= 1 && n <= chunk) {
                     let split = max_split(n_q, heads, kv);
