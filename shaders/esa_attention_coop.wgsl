@@ -22,7 +22,7 @@ enable wgpu_cooperative_matrix;
 // Dispatch: (ceil(n_q * G / (16 NSG)), n_kv, n_part) workgroups of 32 NSG threads. Rows of a workgroup:
 // 16 NSG (token, head) pairs of one KV group (row R: token R / G, head kvh * G + R % G).
 // D (head_dim: 32, 64, 96 or 128) and NSG are substituted into the source by the op; BC * D / 16
-// <= 32 NSG (one key octet pair per thread, see `stage_k`).
+// <= 32 NSG (one key octet pair per thread, see `fetch`).
 // Every matrix load and store takes its pointer index from a `let` (naga 30's SPIR-V writer fails
 // on an index expression written inside the call), and the scores of a tile are written out for
 // both passes (pass 1 and pass 2 repeat the same block) since fragments cannot be passed around.
@@ -92,47 +92,70 @@ fn key_row(key: u32, seg: u32) -> u32 {
     return p.local_start + key;
 }
 
-// Keys: thread li < BC * KOCT stages key kj = li / KOCT, dims 8o .. 8o + 7 and their rotation
-// partners HALF + 8o .., o = li % KOCT; local keys rotated by `rot` (this thread's cos/sin of
-// row * f for its 8 frequencies, advanced by the caller from tile to tile). Zero past n_keys.
-fn stage_k(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32, rot: array<vec2<f32>, 8>) {
-    if (li >= BC * KOCT) { return; }
-    let kj = li / KOCT;
-    let o = li % KOCT;
-    let key = kb + kj;
-    var lo: array<f32, 8>;
-    var hi: array<f32, 8>;
-    if (key < n_keys) {
-        let base = (key_row(key, seg) * p.n_kv + kvh) * VOCT;
-        // (vars: naga's SPIR-V writer needs dynamically indexed arrays in memory)
-        var a = unpack8(k_cache[base + o]);
-        var b = unpack8(k_cache[base + o + KOCT]);
-        var rv = rot;
-        for (var i = 0u; i < 8u; i++) {
-            if (seg == 1u) {
-                let r = rv[i];
-                lo[i] = a[i] * r.x - b[i] * r.y;
-                hi[i] = b[i] * r.x + a[i] * r.y;
-            } else {
-                lo[i] = a[i];
-                hi[i] = b[i];
-            }
-        }
-    }
-    for (var i = 0u; i < 8u; i++) {
-        ks[kj * LD + 8u * o + i] = f16(lo[i]);
-        ks[kj * LD + HALF + 8u * o + i] = f16(hi[i]);
-    }
+// A tile's keys and values are fetched into registers one tile ahead (`fetch`), so their loads
+// are in flight while the previous tile multiplies, then rotated, converted and written to
+// workgroup memory (`put`).
+// Keys: thread li < BC * KOCT holds key kj = li / KOCT, dims 8o .. 8o + 7 and their rotation
+// partners HALF + 8o .., o = li % KOCT (one octet pair: `k`); values: octets li + THREADS j of
+// the BC x D tile (`v`). Zero past the split's last key.
+const VPT: u32 = (BC * VOCT + THREADS - 1u) / THREADS;
+
+struct Raw {
+    k: array<vec4<u32>, 2>,
+    v: array<vec4<u32>, VPT>,
 }
 
-fn stage_v(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32) {
-    for (var i = li; i < BC * VOCT; i += THREADS) {
-        let kj = i / VOCT;
-        let o = i % VOCT;
-        let key = kb + kj;
-        var v: array<f32, 8>;
-        if (key < n_keys) { v = unpack8(v_cache[(key_row(key, seg) * p.n_kv + kvh) * VOCT + o]); }
-        for (var j = 0u; j < 8u; j++) { vs[kj * LD + 8u * o + j] = f16(v[j]); }
+fn fetch(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32, values: bool) -> Raw {
+    var r: Raw;
+    if (li < BC * KOCT) {
+        let key = kb + li / KOCT;
+        if (key < n_keys) {
+            let base = (key_row(key, seg) * p.n_kv + kvh) * VOCT;
+            r.k[0] = k_cache[base + li % KOCT];
+            r.k[1] = k_cache[base + li % KOCT + KOCT];
+        }
+    }
+    if (values) {
+        for (var j = 0u; j < VPT; j++) {
+            let i = li + THREADS * j;
+            let key = kb + i / VOCT;
+            if (i < BC * VOCT && key < n_keys) { r.v[j] = v_cache[(key_row(key, seg) * p.n_kv + kvh) * VOCT + i % VOCT]; }
+        }
+    }
+    return r;
+}
+
+// Write fetched keys (local ones rotated by `rot`: this thread's cos/sin of row * f for its 8
+// frequencies, advanced by the caller from tile to tile) and, with `values`, values.
+fn put(li: u32, raw: Raw, seg: u32, rot: array<vec2<f32>, 8>, values: bool) {
+    // (vars: naga's SPIR-V writer needs dynamically indexed arrays in memory)
+    var w = raw;
+    var rv = rot;
+    if (li < BC * KOCT) {
+        let kj = li / KOCT;
+        let o = li % KOCT;
+        var a = unpack8(w.k[0]);
+        var b = unpack8(w.k[1]);
+        for (var i = 0u; i < 8u; i++) {
+            var lo = a[i];
+            var hi = b[i];
+            if (seg == 1u) {
+                let r = rv[i];
+                lo = a[i] * r.x - b[i] * r.y;
+                hi = b[i] * r.x + a[i] * r.y;
+            }
+            ks[kj * LD + 8u * o + i] = f16(lo);
+            ks[kj * LD + HALF + 8u * o + i] = f16(hi);
+        }
+    }
+    if (values) {
+        for (var j = 0u; j < VPT; j++) {
+            let i = li + THREADS * j;
+            if (i < BC * VOCT) {
+                var v = unpack8(w.v[j]);
+                for (var e = 0u; e < 8u; e++) { vs[(i / VOCT) * LD + 8u * (i % VOCT) + e] = f16(v[e]); }
+            }
+        }
     }
 }
 
@@ -265,10 +288,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     // Pass 1: running max and sum per row.
     var rot = start;
+    var raw = fetch(li, k_begin, k_end, kvh, seg, false);
     for (var kb = k_begin; kb < k_end; kb += BC) {
-        stage_k(li, kb, k_end, kvh, seg, rot);
+        put(li, raw, seg, rot, false);
         rot = rot_mul(rot, step);
         workgroupBarrier();
+        if (kb + BC < k_end) { raw = fetch(li, kb + BC, k_end, kvh, seg, false); }
         for (var f = 0u; f < BC / 16u; f++) {
             var acc = coop_mat16x16<f32, C>();
             let kf = f * 16u * LD;
@@ -348,12 +373,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
     rot = start;
+    raw = fetch(li, k_begin, k_end, kvh, seg, true);
     for (var kb = k_begin; kb < k_end; kb += BC) {
         workgroupBarrier(); // the previous tile's P V products are done with vs
-        stage_k(li, kb, k_end, kvh, seg, rot);
+        put(li, raw, seg, rot, true);
         rot = rot_mul(rot, step);
-        stage_v(li, kb, k_end, kvh, seg);
         workgroupBarrier();
+        if (kb + BC < k_end) { raw = fetch(li, kb + BC, k_end, kvh, seg, true); }
         for (var f = 0u; f < BC / 16u; f++) {
             var acc = coop_mat16x16<f32, C>();
             let kf = f * 16u * LD;

@@ -78,18 +78,19 @@ fn q_oct(c: u32, o: u32) -> array<f32, 8> {
     return v;
 }
 
-// Octet o of middle token m (zero past n_m).
+// Octet o of middle token m as eight floats (zero past n_m).
 fn k_oct(m: u32, o: u32) -> array<f32, 8> {
     var v: array<f32, 8>;
-    if (m < p.n_m) {
-        let w = ck[(p.m0 + m) * OCT + o];
-        let a = unpack2x16float(w.x);
-        let b = unpack2x16float(w.y);
-        let c = unpack2x16float(w.z);
-        let d = unpack2x16float(w.w);
-        v = array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
-    }
+    if (m < p.n_m) { v = unpack8(ck[(p.m0 + m) * OCT + o]); }
     return v;
+}
+
+fn unpack8(w: vec4<u32>) -> array<f32, 8> {
+    let a = unpack2x16float(w.x);
+    let b = unpack2x16float(w.y);
+    let c = unpack2x16float(w.z);
+    let d = unpack2x16float(w.w);
+    return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
 }
 
 fn stage_rs(li: u32, base: u32, queries: bool) {
@@ -102,13 +103,62 @@ fn stage_rs(li: u32, base: u32, queries: bool) {
     }
 }
 
-fn stage_ss(li: u32, base: u32, queries: bool) {
-    for (var i = li; i < STR * OCT; i += 256u) {
-        let r = i / OCT;
-        let o = i % OCT;
-        var v: array<f32, 8>;
-        if (queries) { v = q_oct(base + r, o); } else { v = k_oct(base + r, o); }
-        for (var j = 0u; j < 8u; j++) { ss[r * LD + 8u * o + j] = f16(v[j]); }
+// The streamed rows are fetched into registers a step ahead (`fetch_*`), so their loads are in
+// flight while the previous step multiplies, then written to workgroup memory (`put_*`). Thread
+// li holds octets li + 256 j, j < SPT, of the STR x D tile.
+const SPT: u32 = (STR * OCT + 255u) / 256u;
+
+fn fetch_k(li: u32, base: u32) -> array<vec4<u32>, SPT> {
+    var r: array<vec4<u32>, SPT>;
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        let m = base + i / OCT;
+        if (i < STR * OCT && m < p.n_m) { r[j] = ck[(p.m0 + m) * OCT + i % OCT]; }
+    }
+    return r;
+}
+
+fn put_k(li: u32, raw: array<vec4<u32>, SPT>) {
+    var w = raw; // (a var: naga's SPIR-V writer wants dynamically indexed arrays in memory)
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        if (i < STR * OCT) {
+            var v = unpack8(w[j]);
+            for (var e = 0u; e < 8u; e++) { ss[(i / OCT) * LD + 8u * (i % OCT) + e] = f16(v[e]); }
+        }
+    }
+}
+
+fn fetch_q(li: u32, base: u32) -> array<vec4<f32>, 2u * SPT> {
+    var r: array<vec4<f32>, 2u * SPT>;
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        let c = base + i / OCT;
+        if (i < STR * OCT && c < p.n_q) {
+            r[2u * j] = cq[c * (D / 4u) + 2u * (i % OCT)];
+            r[2u * j + 1u] = cq[c * (D / 4u) + 2u * (i % OCT) + 1u];
+        }
+    }
+    return r;
+}
+
+fn put_q(li: u32, raw: array<vec4<f32>, 2u * SPT>) {
+    var w = raw;
+    for (var j = 0u; j < SPT; j++) {
+        let i = li + 256u * j;
+        if (i < STR * OCT) {
+            let at = (i / OCT) * LD + 8u * (i % OCT);
+            let a = w[2u * j];
+            let b = w[2u * j + 1u];
+            ss[at] = f16(a.x);
+            ss[at + 1u] = f16(a.y);
+            ss[at + 2u] = f16(a.z);
+            ss[at + 3u] = f16(a.w);
+            ss[at + 4u] = f16(b.x);
+            ss[at + 5u] = f16(b.y);
+            ss[at + 6u] = f16(b.z);
+            ss[at + 7u] = f16(b.w);
+        }
     }
 }
 
@@ -144,10 +194,12 @@ fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let s16 = 16u;
     stage_rs(li, q_base, true);
     var best = NEG;
+    var raw = fetch_k(li, t0 * STR);
     for (var t = t0; t < t1; t++) {
         workgroupBarrier();
-        stage_ss(li, t * STR, false);
+        put_k(li, raw);
         workgroupBarrier();
+        if (t + 1u < t1) { raw = fetch_k(li, (t + 1u) * STR); }
         var acc = coop_mat16x16<f32, C>();
         for (var dd = 0u; dd < D; dd += 16u) {
             let ia = rf * 16u * LD + dd;
@@ -189,15 +241,19 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let s16 = 16u;
     stage_rs(li, m_base, false);
     var best = NEG;
+    var raw = fetch_q(li, 0u);
+    var rm_next = 0.0;
+    if (li < STR && li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[li])); }
     for (var q_base = 0u; q_base < p.n_q; q_base += STR) {
         workgroupBarrier();
-        stage_ss(li, q_base, true);
-        if (li < STR) {
-            var r = 0.0;
-            if (q_base + li < p.n_q) { r = float_of(atomicLoad(&rowmax[q_base + li])); }
-            srm[li] = r;
-        }
+        put_q(li, raw);
+        if (li < STR) { srm[li] = rm_next; }
         workgroupBarrier();
+        let nb = q_base + STR;
+        if (nb < p.n_q) {
+            raw = fetch_q(li, nb);
+            if (li < STR && nb + li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[nb + li])); }
+        }
         var acc = coop_mat16x16<f32, C>();
         for (var dd = 0u; dd < D; dd += 16u) {
             let ia = rf * 16u * LD + dd;

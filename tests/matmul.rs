@@ -190,9 +190,9 @@ fn coop_kernels_validate() {
 }
 
 /// Tile shapes of the cooperative-matrix matmul that the op may choose or the benches sweep.
-const TILES: [&str; 14] = [
+const TILES: [&str; 15] = [
     "2x4x2x2x32", "2x4x4x2x32", "2x2x4x4x32", "2x2x4x4x16", "2x4x4x4x16", "4x2x4x4x16", "2x4x4x2x16", "2x4x4x4x32x1", "4x2x4x4x32x1",
-    "2x4x4x4x16x1", "4x4x4x2x32x1", "4x4x2x4x32x1", "2x4x4x2x32x1", "2x4x2x2x32x1",
+    "2x4x4x4x16x1", "4x4x4x2x32x1", "4x4x2x4x32x1", "2x4x4x2x32x1", "2x4x2x2x32x1", "2x2x1x2x32",
 ];
 
 /// Every tile shape of `TILES` on an odd shape (a partial tile in every direction, two shards),

@@ -127,7 +127,11 @@ impl EsaState {
             // At most max_ctx tokens can be selected, whatever top_k asks for.
             selected: f("esa selected", cfg.top_k.min(max_ctx))?,
             topk: esa_topk::TopkScratch::new(ctx, max_ctx)?,
-            part: f("esa partials", esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim))?,
+            // Room for every key split the cooperative-matrix attention may use, within one binding.
+            part: f("esa partials", {
+                let most = esa_attention::coop_scratch_floats(chunk, c.num_heads, c.head_dim, esa_attention::COOP_MAX_PARTS);
+                esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim).max(most.min((ctx.caps.max_binding / 4) as usize))
+            })?,
             cfg,
             max_ctx,
             probe: None,

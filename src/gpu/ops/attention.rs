@@ -33,9 +33,9 @@ const TARGET_GROUPS: usize = 1024;
 
 /// Floats of scratch the partial results need for a chunk of `n_q` queries.
 pub fn scratch_floats(n_q: usize, n_heads: usize, head_dim: usize) -> usize {
-    // the cooperative-matrix prefill kernel writes up to COOP_MAX_PARTS partials (key splits) per
-    // (query, head)
-    (super::esa_attention::COOP_MAX_PARTS * n_q * n_heads).max(TARGET_GROUPS) * (head_dim + 2)
+    // the cooperative-matrix prefill kernel writes up to SCRATCH_PARTS partials (key splits) per
+    // (query, head) into a scratch of this size
+    (super::esa_attention::SCRATCH_PARTS * n_q * n_heads).max(TARGET_GROUPS) * (head_dim + 2)
 }
 
 pub struct Attend<'a> {

@@ -56,9 +56,18 @@ struct CoopParams {
     _pad: u32,
 }
 
-/// Most partials (key splits) per (query, head) of the cooperative-matrix attention; the scratch
-/// (`scratch_floats`, `attention::scratch_floats`) holds this many per query and head.
-pub const COOP_MAX_PARTS: usize = 4;
+/// Most partials (key splits) per (query, head) of the cooperative-matrix attention, as many as
+/// its scratch holds. `scratch_floats` and `attention::scratch_floats` hold `SCRATCH_PARTS`;
+/// ESA's state, whose chunks are small (512 tokens: few rows, so few workgroups per split), sizes
+/// for all 16 where the binding limit allows (`coop_scratch_floats`).
+pub const COOP_MAX_PARTS: usize = 16;
+/// Partials per (query, head) that the scratch sizes of `scratch_floats` hold at least.
+pub const SCRATCH_PARTS: usize = 4;
+
+/// Floats of scratch for `parts` partials of a chunk of `n_q` queries (cooperative-matrix kernel).
+pub fn coop_scratch_floats(n_q: usize, n_heads: usize, head_dim: usize, parts: usize) -> usize {
+    parts * n_q * n_heads * (head_dim + 2)
+}
 /// Keys per tile of the cooperative-matrix attention (`BC`): splits are multiples of it.
 const COOP_TILE_KEYS: usize = 32;
 /// Workgroups the key splits aim for: a few per compute unit of a large GPU, so each one's tile
@@ -126,9 +135,10 @@ pub fn scratch_floats(n_q: usize, n_heads: usize, n_kv: usize, head_dim: usize) 
     // shrinks (m * max_split(m) <= TARGET_GROUPS / workgroups-per-query). Size for the worst chunk
     // of at most n_q queries, so a buffer sized for the prefill chunk also serves the shorter last
     // chunk and the decode steps after it.
-    // The cooperative-matrix variant writes up to COOP_MAX_PARTS partials (key splits) per query.
+    // The cooperative-matrix variant writes up to SCRATCH_PARTS partials (key splits) per query
+    // into a scratch of this size.
     let per_query = rows_per_split(1, n_heads, n_kv).max(1);
-    (COOP_MAX_PARTS * n_q).max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
+    (SCRATCH_PARTS * n_q).max(TARGET_GROUPS / per_query).max(1) * n_heads * (head_dim + 2)
 }
 
 /// The selected middle tokens on the GPU.
@@ -311,7 +321,7 @@ mod tests {
             for chunk in 1..=4096 {
                 let have = scratch_floats(chunk, heads, kv, d);
                 let n_q = chunk; // the largest chunk needs most for the coop path ...
-                assert!(COOP_MAX_PARTS * n_q * heads * (d + 2) <= have, "coop, chunk {chunk}");
+                assert!(coop_scratch_floats(n_q, heads, d, SCRATCH_PARTS) <= have, "coop, chunk {chunk}");
                 // ... and any shorter one may need more for the split path.
                 for n_q in [1, 2, 3, chunk / 2, chunk.saturating_sub(1), chunk].into_iter().filter(|&n| n >= 1 && n <= chunk) {
                     let split = max_split(n_q, heads, kv);

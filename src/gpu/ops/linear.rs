@@ -241,13 +241,17 @@ impl CoopTile {
     pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2 };
     /// The op's choices, largest first (H200 sweep in docs/perf.md): 256 tokens x 128 rows and
     /// 128 x 256 with one staging buffer of k = 32 (100 and 95 TFLOP/s on 4096 x 14336 x 4096),
-    /// 128 x 128 with two buffers of k = 16 (57 on 512 x 4096 x 4096), then `SMALL`.
-    pub const BY_SIZE: [CoopTile; 4] = [
+    /// 128 x 128 with two buffers of k = 16 (57 on 512 x 4096 x 4096), then `SMALL`, then `TINY`.
+    pub const BY_SIZE: [CoopTile; 5] = [
         CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1 },
         CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1 },
         CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 16, stages: 2 },
         CoopTile::SMALL,
+        CoopTile::TINY,
     ];
+    /// 32 tokens x 64 rows, 4 subgroups: small models' products over ESA's 512-token chunks
+    /// (SmolLM2's 576 x 576 projection makes 40 `SMALL` tiles for 132 compute units, 144 of these).
+    pub const TINY: CoopTile = CoopTile { wm: 2, wn: 2, fm: 1, fn_: 2, bk: 32, stages: 2 };
 
     pub fn tokens(&self) -> u32 {
         16 * self.wm * self.fm
@@ -691,7 +695,7 @@ pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 
 /// The cooperative-matrix tile for a product of `rows` x `n_tok`: the largest of
 /// `CoopTile::BY_SIZE` that fits the adapter's workgroup memory and still makes `COOP_MIN_TILES`
-/// workgroups. Larger tiles feed each staged value to more products; the global loads that stage
+/// workgroups (the smallest where none does). Larger tiles feed each staged value to more products; the global loads that stage
 /// them, not the tensor cores, bound this kernel (docs/perf.md).
 pub fn coop_tile(ctx: &GpuContext, rows: usize, n_tok: usize) -> CoopTile {
     let tiles = |t: &CoopTile| rows.div_ceil(t.rows() as usize) * n_tok.div_ceil(t.tokens() as usize);
@@ -699,7 +703,7 @@ pub fn coop_tile(ctx: &GpuContext, rows: usize, n_tok: usize) -> CoopTile {
         .into_iter()
         .filter(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage)
         .find(|t| tiles(t) >= COOP_MIN_TILES)
-        .unwrap_or(CoopTile::SMALL)
+        .unwrap_or(CoopTile::TINY)
 }
 
 /// The cooperative-matrix matmul with a given tile shape (benches sweep shapes; tests cover each).
