@@ -20,6 +20,9 @@ struct LayerState {
     /// f_q with the rotation to position w folded in: acts on un-rotated queries.
     f_q: GpuMatrix,
     f_k: GpuMatrix,
+    /// f_k is the identity (exact maps: d' = kv_dim): the chunk's keys are packed as they are,
+    /// without the f_k product.
+    f_k_identity: bool,
     /// Compressed keys `[max_ctx][d'/2]` u32 (f16 pairs).
     ck: wgpu::Buffer,
 }
@@ -109,7 +112,9 @@ impl EsaState {
         let mut layers = Vec::with_capacity(c.num_layers);
         for (l, (fq, fk)) in maps.iter().enumerate() {
             let folded = fold_query_rotation(fq, shape, w, inv_freq)?;
+            let f_k_identity = d == c.kv_dim() && fk.iter().enumerate().all(|(i, &v)| v == if i / d == i % d { 1.0 } else { 0.0 });
             layers.push(LayerState {
+                f_k_identity,
                 f_q: matrix(ctx, &format!("esa.layers.{l}.f_q"), d, c.q_dim(), &folded)?,
                 f_k: matrix(ctx, &format!("esa.layers.{l}.f_k"), d, c.kv_dim(), fk)?,
                 ck: ctx.storage(&format!("esa compressed keys {l}"), (max_ctx * esa_pack::row_bytes(d)) as u64)?,
@@ -172,10 +177,17 @@ impl EsaState {
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
         let ckx = BufRef::from(&self.ckx);
         let ck = BufRef::from(&layer.ck);
-        // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows.
-        let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, x_f16: false, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
-        linear::linear(rec, &layer.f_k, &io, Epilogue::Store)?;
-        esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
+        // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows (the keys
+        // themselves when f_k is the identity and a binding may start where they do).
+        let k_off = qkv.offset + (c.q_dim() * 4) as u64;
+        if layer.f_k_identity && k_off % rec.ctx().device.limits().min_storage_buffer_offset_alignment as u64 == 0 {
+            let keys = BufRef { buf: qkv.buf.clone(), offset: k_off, size: None };
+            esa_pack::append(rec, &keys, qkv_rows, &ck, d, n, pos0)?;
+        } else {
+            let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, x_f16: false, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
+            linear::linear(rec, &layer.f_k, &io, Epilogue::Store)?;
+            esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
+        }
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
         // top_k 0 (StreamingLLM): initial + local tokens only, nothing scored.
