@@ -24,8 +24,8 @@ enable wgpu_cooperative_matrix;
 // D (head_dim: 32, 64, 96 or 128) and NSG are substituted into the source by the op; BC * D / 16
 // <= 32 NSG (one key octet pair per thread, see `fetch`).
 // Every matrix load and store takes its pointer index from a `let` (naga 30's SPIR-V writer fails
-// on an index expression written inside the call), and the scores of a tile are written out for
-// both passes (pass 1 and pass 2 repeat the same block) since fragments cannot be passed around.
+// on an index expression written inside the call). The op expands each `//@SCORES` line into the
+// D / 16 products of the query fragments q0.. with the key tile's (`coop_source`).
 // Layout: q [n_q][q_stride] f32, UN-rotated, head h at h * D; k_cache, v_cache [rows][n_kv][D/2]
 // u32 (f16 pairs, keys un-rotated; read as vec4<u32>); inv_freq [D/2]; sel [>= max_sel] u32 cache
 // rows; state [..] u32; part [n_q * n_heads][n_part][D + 2] f32 = (m, l, o[D]) per split (an
@@ -297,35 +297,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var f = 0u; f < BC / 16u; f++) {
             var acc = coop_mat16x16<f32, C>();
             let kf = f * 16u * LD;
-            let bk0 = coopLoad<coop_mat16x16<f16, B>>(&ks[kf], ld);
-            acc = coopMultiplyAdd(q0, bk0, acc);
-            let ik1 = kf + 16u;
-            let bk1 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik1], ld);
-            acc = coopMultiplyAdd(q1, bk1, acc);
-            if (D >= 64u) {
-                let ik2 = kf + 32u;
-                let bk2 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik2], ld);
-                acc = coopMultiplyAdd(q2, bk2, acc);
-                let ik3 = kf + 48u;
-                let bk3 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik3], ld);
-                acc = coopMultiplyAdd(q3, bk3, acc);
-            }
-            if (D >= 96u) {
-                let ik4 = kf + 64u;
-                let bk4 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik4], ld);
-                acc = coopMultiplyAdd(q4, bk4, acc);
-                let ik5 = kf + 80u;
-                let bk5 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik5], ld);
-                acc = coopMultiplyAdd(q5, bk5, acc);
-            }
-            if (D >= 128u) {
-                let ik6 = kf + 96u;
-                let bk6 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik6], ld);
-                acc = coopMultiplyAdd(q6, bk6, acc);
-                let ik7 = kf + 112u;
-                let bk7 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik7], ld);
-                acc = coopMultiplyAdd(q7, bk7, acc);
-            }
+            //@SCORES
             let sf = cb + f * 16u;
             coopStoreT(acc, &cs[sf], bcs);
         }
@@ -383,35 +355,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var f = 0u; f < BC / 16u; f++) {
             var acc = coop_mat16x16<f32, C>();
             let kf = f * 16u * LD;
-            let bk0 = coopLoad<coop_mat16x16<f16, B>>(&ks[kf], ld);
-            acc = coopMultiplyAdd(q0, bk0, acc);
-            let ik1 = kf + 16u;
-            let bk1 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik1], ld);
-            acc = coopMultiplyAdd(q1, bk1, acc);
-            if (D >= 64u) {
-                let ik2 = kf + 32u;
-                let bk2 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik2], ld);
-                acc = coopMultiplyAdd(q2, bk2, acc);
-                let ik3 = kf + 48u;
-                let bk3 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik3], ld);
-                acc = coopMultiplyAdd(q3, bk3, acc);
-            }
-            if (D >= 96u) {
-                let ik4 = kf + 64u;
-                let bk4 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik4], ld);
-                acc = coopMultiplyAdd(q4, bk4, acc);
-                let ik5 = kf + 80u;
-                let bk5 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik5], ld);
-                acc = coopMultiplyAdd(q5, bk5, acc);
-            }
-            if (D >= 128u) {
-                let ik6 = kf + 96u;
-                let bk6 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik6], ld);
-                acc = coopMultiplyAdd(q6, bk6, acc);
-                let ik7 = kf + 112u;
-                let bk7 = coopLoad<coop_mat16x16<f16, B>>(&ks[ik7], ld);
-                acc = coopMultiplyAdd(q7, bk7, acc);
-            }
+            //@SCORES
             let sf = cb + f * 16u;
             coopStoreT(acc, &cs[sf], bcs);
         }

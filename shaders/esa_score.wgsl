@@ -18,22 +18,10 @@
 //         ck [rows][d/2] u32, two f16 per word (even element in the low half), middle token m at
 //         row m0 + m; out [n_m] f32. d is even.
 
-struct Params {
-    n_q: u32,
-    n_m: u32,
-    d: u32,
-    m0: u32,
-    split_tiles: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// struct Params, bindings 0, 1 and 4, key_of, float_of, touch, clear: esa_score_common.wgsl.
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> rowmax: array<atomic<u32>>;
 @group(0) @binding(2) var<storage, read> cq: array<f32>;
 @group(0) @binding(3) var<storage, read> ck: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const TM: u32 = 64u;
 const TQ: u32 = 64u;
@@ -45,31 +33,6 @@ var<workgroup> red: array<f32, 256>;
 var<workgroup> rm: array<f32, 64>;
 
 fn neg_inf() -> f32 { return bitcast<f32>(0xff800000u); }
-
-// Float -> u32 whose unsigned order is the float order (same as reference::esa::sortable_key).
-fn key_of(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
-
-fn float_of(k: u32) -> f32 {
-    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
-}
-
-// Every entry point statically uses all bindings so they share one binding order.
-fn touch() {
-    _ = p.n_q;
-    _ = arrayLength(&rowmax);
-    _ = arrayLength(&cq);
-    _ = arrayLength(&ck);
-    _ = arrayLength(&out);
-}
-
-@compute @workgroup_size(256)
-fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
-    touch();
-    if (gid.x < p.n_q) { atomicStore(&rowmax[gid.x], 0u); }
-}
 
 // Loads dims [d0, d0 + DK) of key tile m_base and query tile q_base into workgroup memory.
 fn load_tiles(li: u32, m_base: u32, q_base: u32, d0: u32) {

@@ -21,22 +21,10 @@ enable wgpu_cooperative_matrix;
 // ck [rows][D/2] u32 f16 pairs (read as vec4<u32>: D is a multiple of 16), middle token m at row
 // m0 + m; rowmax [n_q] sortable u32 keys; out [n_m] f32.
 
-struct Params {
-    n_q: u32,
-    n_m: u32,
-    d: u32,
-    m0: u32,
-    split_tiles: u32,
-    grid_x: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// struct Params, bindings 0, 1 and 4, key_of, float_of, touch, clear: esa_score_common.wgsl.
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> rowmax: array<atomic<u32>>;
 @group(0) @binding(2) var<storage, read> cq: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> ck: array<vec4<u32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const D: u32 = 64u;
 const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, rows on different banks
@@ -49,23 +37,6 @@ var<workgroup> rs: array<f16, RES * LD>; // resident rows
 var<workgroup> ss: array<f16, STR * LD>; // streamed rows of this step
 var<workgroup> cs: array<f32, 2048>; // 8 subgroups x [16][16] fragment scratch
 var<workgroup> srm: array<f32, STR>; // pass 2: rowmax of the streamed queries
-
-fn key_of(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
-}
-
-fn float_of(k: u32) -> f32 {
-    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
-}
-
-fn touch() {
-    _ = p.n_q;
-    _ = arrayLength(&rowmax);
-    _ = arrayLength(&cq);
-    _ = arrayLength(&ck);
-    _ = arrayLength(&out);
-}
 
 // Octet o of query c as eight floats (zero past n_q).
 fn q_oct(c: u32, o: u32) -> array<f32, 8> {
@@ -160,12 +131,6 @@ fn put_q(li: u32, raw: array<vec4<f32>, 2u * SPT>) {
             ss[at + 7u] = f16(b.w);
         }
     }
-}
-
-@compute @workgroup_size(256)
-fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
-    touch();
-    if (gid.x < p.n_q) { atomicStore(&rowmax[gid.x], 0u); }
 }
 
 // Each lane's best over its 8 streamed entries, combined over the lane halves and the two

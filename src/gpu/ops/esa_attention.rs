@@ -94,9 +94,19 @@ pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize)
 /// workgroup (constants: they size workgroup arrays). Public so tests can validate it where no
 /// adapter runs it.
 pub fn coop_source(head_dim: usize, nsg: usize) -> String {
+    // S fragment of 16 keys (key row offset `kf`) += q_j x k_j^T over the head's D / 16 slices.
+    let scores: String = (0..head_dim / 16)
+        .map(|j| {
+            format!(
+                "            let ik{j} = kf + {}u;\n            let bk{j} = coopLoad<coop_mat16x16<f16, B>>(&ks[ik{j}], ld);\n            acc = coopMultiplyAdd(q{j}, bk{j}, acc);\n",
+                16 * j
+            )
+        })
+        .collect();
     super::src::ESA_ATTENTION_COOP
         .replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
         .replacen("const NSG: u32 = 8u;", &format!("const NSG: u32 = {nsg}u;"), 1)
+        .replace("            //@SCORES\n", &scores)
 }
 
 /// Subgroups (of 16 rows each) per workgroup of the cooperative-matrix attention: 8 (128 rows

@@ -53,34 +53,24 @@ pub fn coop_supports(ctx: &crate::gpu::GpuContext, d: usize) -> bool {
     super::linear::matmul_variant(ctx) == super::linear::MatmulVariant::Coop && d % 16 == 0 && d <= COOP_MAX_D
 }
 
-/// WGSL of `esa_score_coop.wgsl` for one d' (a constant: it sizes workgroup arrays). Public so
-/// tests can validate it where no adapter runs it.
+/// WGSL of `esa_score_coop.wgsl` for one d' (a constant: it sizes workgroup arrays), with
+/// `esa_score_common.wgsl` after its `enable` directives. Public so tests can validate it where no
+/// adapter runs it.
 pub fn coop_source(d: usize) -> String {
-    super::src::ESA_SCORE_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {d}u;"), 1)
+    let src = super::src::ESA_SCORE_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {d}u;"), 1);
+    let directives = "enable wgpu_cooperative_matrix;\n";
+    let at = src.find(directives).map_or(0, |i| i + directives.len());
+    format!("{}{}{}", &src[..at], super::src::ESA_SCORE_COMMON, &src[at..])
+}
+
+/// WGSL of `esa_score.wgsl` with `esa_score_common.wgsl`.
+fn fma_source() -> String {
+    format!("{}{}", super::src::ESA_SCORE_COMMON, super::src::ESA_SCORE)
 }
 
 /// Resident rows per workgroup and streamed rows per step of the cooperative-matrix variant.
 const COOP_RES: usize = 64;
 const COOP_STR: usize = 32;
-
-/// Both chunk passes on cooperative matrices; `p` carries n_q, n_m, d, m0.
-fn score_coop(rec: &mut Recorder, a: &Score, mut p: Params) -> Result<()> {
-    let ctx = rec.ctx();
-    let name = format!("esa_score_coop_d{}", a.d);
-    let kernel = |entry: &str| ctx.kernel_with(&name, entry, &[], || Ok(coop_source(a.d)));
-    let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];
-    rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
-    let q_tiles = a.n_q.div_ceil(COOP_RES);
-    let k_tiles = a.n_m.div_ceil(COOP_STR);
-    let n_split = (TARGET_GROUPS / q_tiles).clamp(1, k_tiles);
-    p.split_tiles = k_tiles.div_ceil(n_split) as u32;
-    let n_split = k_tiles.div_ceil(p.split_tiles as usize);
-    rec.dispatch(&kernel("rowmax_coop")?, &p, &bufs, [q_tiles as u32, n_split as u32, 1]);
-    let g = grid(ctx, a.n_m.div_ceil(COOP_RES) as u32);
-    p.grid_x = g[0];
-    rec.dispatch(&kernel("chunk_coop")?, &p, &bufs, g);
-    Ok(())
-}
 
 /// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
 /// `n_m = 0` records nothing.
@@ -97,7 +87,10 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     check_words("esa_score", "rowmax", a.rowmax, a.n_q)?;
     check_words("esa_score", "out", a.out, a.n_m)?;
     let ctx = rec.ctx();
-    let kernel = |entry: &str| ctx.kernel("esa_score", super::src::ESA_SCORE, entry, &[]);
+    // Chunks on cooperative matrices where offered; decode steps (n_q = 1) and the rest FMA.
+    let coop = a.n_q > 1 && coop_supports(ctx, a.d);
+    let name = if coop { format!("esa_score_coop_d{}", a.d) } else { "esa_score".to_string() };
+    let kernel = |entry: &str| ctx.kernel_with(&name, entry, &[], || Ok(if coop { coop_source(a.d) } else { fma_source() }));
     let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];
     let mut p = Params { n_q: a.n_q as u32, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, _pad: [0; 2] };
     rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
@@ -110,17 +103,18 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
         rec.dispatch(&kernel("decode_sub")?, &p, &bufs, g);
         return Ok(());
     }
-    if coop_supports(ctx, a.d) {
-        return score_coop(rec, a, p);
-    }
-    let q_tiles = a.n_q.div_ceil(TILE);
-    let m_tiles = a.n_m.div_ceil(TILE);
-    let n_split = (TARGET_GROUPS / q_tiles).clamp(1, m_tiles);
-    p.split_tiles = m_tiles.div_ceil(n_split) as u32;
-    let n_split = m_tiles.div_ceil(p.split_tiles as usize);
-    rec.dispatch(&kernel("rowmax_tiled")?, &p, &bufs, [q_tiles as u32, n_split as u32, 1]);
-    let g = grid(ctx, m_tiles as u32);
+    // (pass 1 and 2 entry points, queries per pass-1 workgroup, keys per pass-1 step, keys per
+    // pass-2 workgroup)
+    let ((rowmax, chunk), q_tile, k_tile, m_tile) =
+        if coop { (("rowmax_coop", "chunk_coop"), COOP_RES, COOP_STR, COOP_RES) } else { (("rowmax_tiled", "chunk_tiled"), TILE, TILE, TILE) };
+    let q_tiles = a.n_q.div_ceil(q_tile);
+    let k_tiles = a.n_m.div_ceil(k_tile);
+    let n_split = (TARGET_GROUPS / q_tiles).clamp(1, k_tiles);
+    p.split_tiles = k_tiles.div_ceil(n_split) as u32;
+    let n_split = k_tiles.div_ceil(p.split_tiles as usize);
+    rec.dispatch(&kernel(rowmax)?, &p, &bufs, [q_tiles as u32, n_split as u32, 1]);
+    let g = grid(ctx, a.n_m.div_ceil(m_tile) as u32);
     p.grid_x = g[0];
-    rec.dispatch(&kernel("chunk_tiled")?, &p, &bufs, g);
+    rec.dispatch(&kernel(chunk)?, &p, &bufs, g);
     Ok(())
 }

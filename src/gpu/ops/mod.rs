@@ -46,6 +46,7 @@ pub mod src {
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
+    pub const ESA_SCORE_COMMON: &str = include_str!("../../../shaders/esa_score_common.wgsl");
     pub const ESA_SCORE_COOP: &str = include_str!("../../../shaders/esa_score_coop.wgsl");
     pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
     pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
