@@ -133,6 +133,23 @@ fn put_q(li: u32, raw: array<vec4<f32>, 2u * SPT>) {
     }
 }
 
+// The subgroup's fragment of resident rows rf * 16 .. x streamed rows sf * 16 .., into its
+// scratch (cs[cbase + r * 16 + s]); ends with a barrier, so every lane may read any of it.
+fn tile_scores(rf: u32, sf: u32, cbase: u32) {
+    let ld = LD;
+    let s16 = 16u;
+    var acc = coop_mat16x16<f32, C>();
+    for (var dd = 0u; dd < D; dd += 16u) {
+        let ia = rf * 16u * LD + dd;
+        let ib = sf * 16u * LD + dd;
+        let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
+        let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
+        acc = coopMultiplyAdd(a, b, acc);
+    }
+    coopStoreT(acc, &cs[cbase], s16);
+    workgroupBarrier();
+}
+
 // Each lane's best over its 8 streamed entries, combined over the lane halves and the two
 // streamed fragments: the resident row's best lands in cs[li] for li < RES (after a barrier).
 fn combine(best_in: f32, lh: u32, lm: u32, rf: u32, sf: u32) {
@@ -155,8 +172,6 @@ fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let lm = lane % 16u;
     let lh = lane / 16u;
     let cbase = sg * 256u;
-    let ld = LD;
-    let s16 = 16u;
     stage_rs(li, q_base, true);
     var best = NEG;
     var raw = fetch_k(li, t0 * STR);
@@ -165,16 +180,7 @@ fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
         put_k(li, raw);
         workgroupBarrier();
         if (t + 1u < t1) { raw = fetch_k(li, (t + 1u) * STR); }
-        var acc = coop_mat16x16<f32, C>();
-        for (var dd = 0u; dd < D; dd += 16u) {
-            let ia = rf * 16u * LD + dd;
-            let ib = sf * 16u * LD + dd;
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
-            let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
-            acc = coopMultiplyAdd(a, b, acc);
-        }
-        coopStoreT(acc, &cs[cbase], s16);
-        workgroupBarrier();
+        tile_scores(rf, sf, cbase);
         for (var n = 0u; n < 8u; n++) {
             let key = t * STR + sf * 16u + lh * 8u + n;
             if (key < p.n_m) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n]); }
@@ -202,8 +208,6 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let lm = lane % 16u;
     let lh = lane / 16u;
     let cbase = sg * 256u;
-    let ld = LD;
-    let s16 = 16u;
     stage_rs(li, m_base, false);
     var best = NEG;
     var raw = fetch_q(li, 0u);
@@ -219,16 +223,7 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             raw = fetch_q(li, nb);
             if (li < STR && nb + li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[nb + li])); }
         }
-        var acc = coop_mat16x16<f32, C>();
-        for (var dd = 0u; dd < D; dd += 16u) {
-            let ia = rf * 16u * LD + dd;
-            let ib = sf * 16u * LD + dd;
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
-            let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
-            acc = coopMultiplyAdd(a, b, acc);
-        }
-        coopStoreT(acc, &cs[cbase], s16);
-        workgroupBarrier();
+        tile_scores(rf, sf, cbase);
         for (var n = 0u; n < 8u; n++) {
             let s = sf * 16u + lh * 8u + n;
             if (q_base + s < p.n_q) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n] - srm[s]); }

@@ -365,7 +365,8 @@ fn coop_attention_emulated() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(9);
-    for (nh, nkv, d) in [(2usize, 1usize, 32usize), (1, 1, 32)] {
+    // One shape (the emulation compiles slowly on lavapipe); the H200 runs every shape for real.
+    for (nh, nkv, d) in [(2usize, 1usize, 32usize)] {
         let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
         let max_ctx = 128;
         let qkv_rows = (nh + 2 * nkv) * d;
