@@ -9,6 +9,10 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Parser;
+
+#[path = "common/esa_args.rs"]
+mod esa_args;
+use esa_args::EsaArgs;
 use esa_wgpu::calibrate;
 use indicatif::{ProgressBar, ProgressStyle};
 use esa_wgpu::{Attention, Bars, Engine, EsaConfig, EsaOptions, FinishReason, GpuOptions, Message, Sampling, SessionOptions};
@@ -65,24 +69,8 @@ struct Args {
     /// Attention policy: dense, or esa (Efficient Selective Attention for long contexts).
     #[arg(long, default_value = "dense")]
     attention: String,
-    /// ESA: initial tokens always attended.
-    #[arg(long, default_value_t = 128)]
-    esa_init: usize,
-    /// ESA: local window.
-    #[arg(long, default_value_t = 4096)]
-    esa_local: usize,
-    /// ESA: middle tokens selected per chunk and layer.
-    #[arg(long, default_value_t = 2048)]
-    esa_top_k: usize,
-    /// ESA: prefill chunk.
-    #[arg(long, default_value_t = 512)]
-    esa_chunk: usize,
-    /// ESA: proximity pooling radius.
-    #[arg(long, default_value_t = 1)]
-    esa_eps: usize,
-    /// ESA: position of long-distance queries (default: --esa-local).
-    #[arg(long)]
-    esa_w: Option<usize>,
+    #[command(flatten)]
+    esa: EsaArgs,
     /// RoPE scaling in place of the model's own: `yarn` (with --rope-factor), or `none` for the
     /// model's. E.g. `--rope-scaling yarn --rope-factor 4` runs an 8k-trained model at 32k.
     #[arg(long, default_value = "none")]
@@ -94,10 +82,6 @@ struct Args {
     /// max_position_embeddings).
     #[arg(long)]
     rope_original_context: Option<usize>,
-    /// ESA: the last tokens of every prompt run as their own chunk, with their own selection
-    /// (query-aware final chunk); 0: the paper's plain chunking.
-    #[arg(long, default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
-    esa_final_chunk: usize,
     /// ESA: calibrated compression maps (safetensors), or `auto`: calibrate this model once on
     /// the default text (or --esa-calibration-text) and cache the maps beside the models.
     /// Default: exact maps (width n_kv * head_dim).
@@ -201,16 +185,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
     let attention = match args.attention.as_str() {
         "dense" => Attention::Dense,
         "esa" => {
-            let config = EsaConfig {
-                n_init: args.esa_init,
-                n_local: args.esa_local,
-                top_k: args.esa_top_k,
-                chunk: args.esa_chunk,
-                eps: args.esa_eps,
-                w: args.esa_w,
-                d_compressed: args.esa_d.unwrap_or(EsaConfig::default().d_compressed),
-                final_chunk: args.esa_final_chunk,
-            };
+            let config = EsaConfig { d_compressed: args.esa_d.unwrap_or(EsaConfig::default().d_compressed), ..args.esa.config() };
             let maps = match &args.esa_maps {
                 Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, args.esa_d, &args.esa_calibration_text, args.esa_calibration_tokens)?,
                 other => other.clone(),

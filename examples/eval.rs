@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
+
+#[path = "common/esa_args.rs"]
+mod esa_args;
+use esa_args::EsaArgs;
 use esa_wgpu::attention::ProbeSpec;
 use esa_wgpu::eval::{generate, score, Case, TaskKind};
 use esa_wgpu::model::config::RopeScaling;
@@ -58,19 +62,8 @@ struct Args {
     /// Calibrated ESA maps for the `esa-maps` method.
     #[arg(long)]
     esa_maps: Option<PathBuf>,
-    #[arg(long, default_value_t = 128)]
-    esa_init: usize,
-    #[arg(long, default_value_t = 4096)]
-    esa_local: usize,
-    #[arg(long, default_value_t = 2048)]
-    esa_top_k: usize,
-    #[arg(long, default_value_t = 512)]
-    esa_chunk: usize,
-    #[arg(long, default_value_t = 1)]
-    esa_eps: usize,
-    /// Query-aware final chunk of the `esa` and `esa-maps` methods (`esa-plain` uses 0).
-    #[arg(long, default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
-    esa_final_chunk: usize,
+    #[command(flatten)]
+    esa: EsaArgs,
     /// Trained context (dense only up to it; YaRN's factor is length / it). Default: the model's
     /// max_position_embeddings.
     #[arg(long)]
@@ -199,7 +192,7 @@ fn run(mut args: Args) -> esa_wgpu::Result<()> {
         args.lengths = "4k,8k".into();
         args.depths = "0.5".into();
         args.methods = "dense,esa".into();
-        (args.esa_init, args.esa_local, args.esa_top_k, args.esa_chunk) = (32, 256, 128, 512);
+        (args.esa.init, args.esa.local, args.esa.top_k, args.esa.chunk) = (32, 256, 128, 512);
         if args.model.is_none() && args.synthetic.is_none() {
             args.synthetic = Some("tiny-smollm2-vocab".into());
         }
@@ -207,7 +200,7 @@ fn run(mut args: Args) -> esa_wgpu::Result<()> {
     let tasks: Vec<TaskKind> = if args.tasks == "all" { TaskKind::ALL.iter().map(|n| TaskKind::parse(n)).collect::<Result<_, _>>()? } else { parse_list("--tasks", &args.tasks, |x| TaskKind::parse(x).ok())? };
     let lengths = parse_list("--lengths", &args.lengths, parse_len)?;
     let depths = parse_list("--depths", &args.depths, |x| x.parse::<f64>().ok().filter(|d| (0.0..=1.0).contains(d)))?;
-    let esa = EsaConfig { n_init: args.esa_init, n_local: args.esa_local, top_k: args.esa_top_k, chunk: args.esa_chunk, eps: args.esa_eps, final_chunk: args.esa_final_chunk, ..EsaConfig::default() };
+    let esa = args.esa.config();
     let methods = methods(&args, &esa)?;
     let engine = Engine::new(&GpuOptions { no_coop_matrix: args.no_coop, ..Default::default() })?;
     let path = match &args.model {
@@ -382,7 +375,7 @@ fn report(args: &Args, methods: &[Method], tasks: &[TaskKind], lengths: &[usize]
     md.push_str(&format!("# Long-context evaluation\n\nModel {model} (trained to {trained} tokens); command `{}`.\n\n", command.join(" ")));
     md.push_str(&format!(
         "ESA budget: {} initial, {} local, top-{}, chunks of {}, eps {}, final chunk {}; streaming: {} initial + {} local. Scores in percent (mean over depths and cases); `-`: not run (dense only inside the trained window, YaRN only past it).\n\n",
-        args.esa_init, args.esa_local, args.esa_top_k, args.esa_chunk, args.esa_eps, args.esa_final_chunk, args.esa_init, args.esa_local + args.esa_top_k
+        args.esa.init, args.esa.local, args.esa.top_k, args.esa.chunk, args.esa.eps, args.esa.final_chunk, args.esa.init, args.esa.local + args.esa.top_k
     ));
     let mut table = String::new();
     for t in tasks {

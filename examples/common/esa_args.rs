@@ -1,0 +1,37 @@
+//! The ESA budget flags shared by the chat and eval examples (`#[command(flatten)]`), one
+//! definition for both.
+
+use esa_wgpu::EsaConfig;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EsaArgs {
+    /// ESA: initial tokens always attended.
+    #[arg(long = "esa-init", default_value_t = 128)]
+    pub init: usize,
+    /// ESA: local window.
+    #[arg(long = "esa-local", default_value_t = 4096)]
+    pub local: usize,
+    /// ESA: middle tokens selected per chunk and layer.
+    #[arg(long = "esa-top-k", default_value_t = 2048)]
+    pub top_k: usize,
+    /// ESA: prefill chunk.
+    #[arg(long = "esa-chunk", default_value_t = 512)]
+    pub chunk: usize,
+    /// ESA: proximity pooling radius.
+    #[arg(long = "esa-eps", default_value_t = 1)]
+    pub eps: usize,
+    /// ESA: position of long-distance queries (default: --esa-local).
+    #[arg(long = "esa-w")]
+    pub w: Option<usize>,
+    /// ESA: the last tokens of every prompt run as their own chunk, with their own selection
+    /// (query-aware final chunk); 0: the paper's plain chunking.
+    #[arg(long = "esa-final-chunk", default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
+    pub final_chunk: usize,
+}
+
+impl EsaArgs {
+    /// The ESA configuration these flags give; d' as `EsaConfig`'s default (callers override it).
+    pub fn config(&self) -> EsaConfig {
+        EsaConfig { n_init: self.init, n_local: self.local, top_k: self.top_k, chunk: self.chunk, eps: self.eps, w: self.w, final_chunk: self.final_chunk, ..EsaConfig::default() }
+    }
+}
