@@ -39,3 +39,18 @@ fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
     s = fma(a[7], b[7], s);
     return (s.x + s.y) + (s.z + s.w);
 }
+
+// Values col .. col + 31 (col a multiple of 32) as four fmt_load8 (from the weight-format file
+// composed after this one); octets past the row are left zero. The fmt_dec32 of formats without a
+// dedicated 32-value decode (f32, and the K-quants, whose sub-block scales this decodes per octet).
+fn dec32_by_octets(row: u32, col: u32) -> array<vec4<f32>, 8> {
+    var o: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 4u; k++) {
+        if (col + 8u * k < p.cols) {
+            let e = fmt_load8(row, col + 8u * k);
+            o[2u * k] = e.lo;
+            o[2u * k + 1u] = e.hi;
+        }
+    }
+    return o;
+}

@@ -72,13 +72,7 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
 // Values col .. col + 31 (col a multiple of 32) for matvec_cpu, as four fmt_load8 (the sub-block
 // scales are decoded per octet; a dedicated decode would load them once per 32 values).
 fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
-    var o: array<vec4<f32>, 8>;
-    for (var k = 0u; k < 4u; k++) {
-        let e = fmt_load8(row, col + 8u * k);
-        o[2u * k] = e.lo;
-        o[2u * k + 1u] = e.hi;
-    }
-    return o;
+    return dec32_by_octets(row, col);
 }
 
 // The dot product of values col .. col + 31 with xs, for matvec_cpu's one-token pass.
