@@ -180,7 +180,7 @@ impl EsaState {
         // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows (the keys
         // themselves when f_k is the identity and a binding may start where they do).
         let k_off = qkv.offset + (c.q_dim() * 4) as u64;
-        if layer.f_k_identity && k_off % rec.ctx().device.limits().min_storage_buffer_offset_alignment as u64 == 0 {
+        if layer.f_k_identity && k_off % rec.ctx().caps.storage_offset_alignment == 0 {
             let keys = BufRef { buf: qkv.buf.clone(), offset: k_off, size: None };
             esa_pack::append(rec, &keys, qkv_rows, &ck, d, n, pos0)?;
         } else {

@@ -48,6 +48,8 @@ pub struct Caps {
     pub max_workgroup_storage: u32,
     pub max_workgroups_per_dim: u32,
     pub max_storage_buffers_per_stage: u32,
+    /// Alignment of a storage binding's offset into its buffer (bytes).
+    pub storage_offset_alignment: u64,
 }
 
 pub struct GpuContext {
@@ -212,6 +214,7 @@ impl GpuContext {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            storage_offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
         };
         let caps_timestamps = caps.timestamps;
         Ok(Arc::new(GpuContext {
