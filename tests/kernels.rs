@@ -240,8 +240,9 @@ fn rope_kv_and_attention_prefill_then_decode() {
         if coop {
             attention::attend_prefill_coop(&mut rec, &a(&oc)).unwrap();
         }
-        // the CPU adapters' kernel, forced wherever it can run (splits and merge for decode steps
-        // over long histories, one split per (query, KV head) for chunks)
+        // the CPU adapters' kernels, forced wherever they can run (attention_cpu: splits and merge
+        // for decode steps over long histories, one split per (query, KV head) for chunks of head
+        // sizes 12 and 14; attention_cpu_block: chunks of 8 or more queries at head sizes 64, 128)
         let ocpu = BufRef::from(&out_cpu);
         let cpu = linear::cpu_capable(&ctx) && attention::cpu_supports(&a(&ocpu));
         if cpu {

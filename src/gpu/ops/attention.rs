@@ -124,6 +124,9 @@ pub fn attend_cpu(rec: &mut Recorder, a: &Attend) -> Result<()> {
     let sg = super::linear::fixed_subgroup(ctx).unwrap_or(8);
     let g = a.n_heads / a.n_kv;
     let d = a.head_dim;
+    if a.n_q >= CPU_BLOCK_MIN_QUERIES && d % (4 * sg as usize) == 0 {
+        return attend_cpu_block(rec, a, sg);
+    }
     let k = ctx.kernel_with(&format!("attention_cpu[D{d},G{g},SG{sg}]"), "main", &[], || {
         Ok(format!("const D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\n{}", super::src::ATTENTION_CPU))
     })?;
@@ -154,6 +157,92 @@ pub fn attend_cpu(rec: &mut Recorder, a: &Attend) -> Result<()> {
         let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: d as u32, grid_x: gr[0] };
         rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], gr);
     }
+    Ok(())
+}
+
+/// Queries from which a CPU adapter's chunk takes `attention_cpu_block.wgsl` (one query per lane)
+/// rather than `attention_cpu.wgsl` (one per subgroup, the decode kernel).
+pub const CPU_BLOCK_MIN_QUERIES: usize = 8;
+
+/// Keys per online-softmax block of `attention_cpu_block.wgsl` (one output rescale per block).
+const CPU_BLOCK_KEYS: u32 = 8;
+
+/// `attention_cpu_block.wgsl` for head_dim `d` (a multiple of 4 `sg`), `g` query heads per KV
+/// head and subgroups of `sg`: the `//@` lines written out for each head and each of the D / 4
+/// words of a half head (WGSL's subgroupBroadcast takes a constant lane, and private arrays indexed in loops are
+/// memory on a CPU adapter, so each word is its own variable).
+pub fn cpu_block_source(d: usize, g: usize, sg: u32) -> String {
+    let hw = d / 4;
+    let sg = sg as usize;
+    let nw = hw / sg;
+    let (mut setup, mut max0, mut qk, mut rescale, mut pv, mut store) = (String::new(), String::new(), String::new(), String::new(), String::new(), String::new());
+    for j in 0..nw {
+        setup += &format!("    let wd{j} = lane + {}u;\n    let fr{j} = vec2<f32>(inv_freq[2u * wd{j}], inv_freq[2u * wd{j} + 1u]);\n", sg * j);
+        qk += &format!("            let kr{j} = kword(row, wd{j}, kp, fr{j});\n");
+        pv += &format!("            let vv{j} = vword(row, wd{j});\n");
+    }
+    for w in 0..hw {
+        let (lane, j) = (w % sg, w / sg);
+        qk += &format!("            let b{w} = subgroupBroadcast(kr{j}, {lane}u);\n");
+        pv += &format!("            let b{w} = subgroupBroadcast(vv{j}, {lane}u);\n");
+    }
+    for h in 0..g {
+        setup += &format!("    var m{h} = NEG;\n    var l{h} = 0.0;\n");
+        max0 += &format!("        var mb{h} = NEG;\n");
+        qk += &format!("            var acc{h} = vec4<f32>(0.0);\n");
+        for w in 0..hw {
+            setup += &format!("    let q{h}_{w} = qword(qb + {}u, {w}u);\n    var o{h}_{w} = vec4<f32>(0.0);\n", h * d);
+            qk += &format!("            acc{h} = fma(q{h}_{w}, b{w}, acc{h});\n");
+        }
+        qk += &format!("            let s{h} = select(NEG, (acc{h}.x + acc{h}.y) + (acc{h}.z + acc{h}.w), ok);\n            s[kk * G + {h}u] = s{h};\n            mb{h} = max(mb{h}, s{h});\n");
+        rescale += &format!("        let mn{h} = max(m{h}, mb{h});\n        let c{h} = exp(m{h} - mn{h});\n        l{h} *= c{h};\n        m{h} = mn{h};\n");
+        pv += &format!("            let p{h} = exp(s[kk * G + {h}u] - m{h});\n            l{h} += p{h};\n");
+        store += &format!("    let inv{h} = select(0.0, 1.0 / l{h}, l{h} > 0.0);\n");
+        for w in 0..hw {
+            rescale += &format!("        o{h}_{w} *= c{h};\n");
+            pv += &format!("            o{h}_{w} = fma(vec4<f32>(p{h}), b{w}, o{h}_{w});\n");
+            store += &format!("    put(qb + {}u, {w}u, o{h}_{w} * inv{h});\n", h * d);
+        }
+    }
+    let mut out = format!("const D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\nconst BK: u32 = {CPU_BLOCK_KEYS}u;\n");
+    for line in super::src::ATTENTION_CPU_BLOCK.lines() {
+        match line.trim() {
+            "//@SETUP" => out += &setup,
+            "//@MAX0" => out += &max0,
+            "//@QK" => out += &qk,
+            "//@RESCALE" => out += &rescale,
+            "//@PV" => out += &pv,
+            "//@STORE" => out += &store,
+            _ => {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A prompt chunk on a CPU adapter: `attention_cpu_block.wgsl`, SG queries of one KV group's heads
+/// per subgroup over all their keys (no splits, no merge).
+fn attend_cpu_block(rec: &mut Recorder, a: &Attend, sg: u32) -> Result<()> {
+    let ctx = rec.ctx();
+    let (d, g) = (a.head_dim, a.n_heads / a.n_kv);
+    let k = ctx.kernel_with(&format!("attention_cpu_block[D{d},G{g},SG{sg}]"), "main", &[], || Ok(cpu_block_source(d, g, sg)))?;
+    let blocks = a.n_q.div_ceil(sg as usize) as u32;
+    if blocks > ctx.caps.max_workgroups_per_dim {
+        return Err(crate::Error::arg("n_q", format!("CPU attention grid of {blocks} query blocks exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
+    }
+    let p = Params {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        head_dim: d as u32,
+        pos0: a.pos0 as u32,
+        n_split: 1,
+        split_len: (a.pos0 + a.n_q) as u32,
+        scale: a.scale,
+    };
+    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [blocks, a.n_kv as u32, 1]);
     Ok(())
 }
 
