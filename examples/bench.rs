@@ -388,3 +388,13 @@ fn print_profile(ctx: &GpuContext, what: &str) {
         println!("| ({untimed} dispatches untimed) | | | |");
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own consistency checks (duplicate ids or flags, bad defaults) on this example's flags.
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

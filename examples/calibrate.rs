@@ -228,3 +228,13 @@ fn plot(path: &PathBuf, methods: &[&str], ks: &[usize], recall: &[Vec<Vec<f64>>]
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own consistency checks (duplicate ids or flags, bad defaults) on this example's flags.
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

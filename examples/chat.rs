@@ -308,3 +308,25 @@ fn describe(s: &Sampling) -> String {
 fn window(n: usize) -> String {
     if n == usize::MAX { "the whole context".into() } else { format!("the last {n} tokens") }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own consistency checks (duplicate ids or flags, bad defaults) on this example's flags.
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+
+    /// The README's first command parses, and the sampling and ESA budget flags of the same name
+    /// (`--top-k`, `--esa-top-k`) land in their own fields.
+    #[test]
+    fn readme_command_and_top_k_flags_parse() {
+        use clap::Parser;
+        let a = super::Args::try_parse_from(["chat", "--prompt", "What is the capital of France?"]).unwrap();
+        assert_eq!(a.prompt.as_deref(), Some("What is the capital of France?"));
+        assert_eq!((a.top_k, a.esa.top_k), (None, 2048));
+        let a = super::Args::try_parse_from(["chat", "--top-k", "5", "--esa-top-k", "7"]).unwrap();
+        assert_eq!((a.top_k, a.esa.top_k), (Some(5), 7));
+    }
+}

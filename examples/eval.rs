@@ -467,3 +467,13 @@ fn heatmap(path: &Path, title: &str, lengths: &[usize], depths: &[f64], grid: &[
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own consistency checks (duplicate ids or flags, bad defaults) on this example's flags.
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

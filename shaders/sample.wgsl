@@ -1,11 +1,22 @@
-// sample: pick the next token from one row of logits: greedy (temperature <= 0) or temperature +
-// top-p (nucleus) sampling with a uniform random number supplied by the host.
-// Nucleus: the tokens whose probability is >= tau, for the largest tau whose such tokens hold at
-// least top_p of the mass (found by bisection; ties at the boundary are kept together). The token
-// is then chosen by inverse CDF over the nucleus in vocabulary order.
+// sample: pick the next token from one row of logits, every filter on the GPU so that a decode step
+// never needs the row on the host. In order (as transformers applies its logits processors, and
+// as `crate::sampler`, the host reference, defines them):
+//   1. repetition penalty (penalty != 1): the logit of each distinct id among the window's
+//      `n_recent` ids (`hist[recent0 ..]`, the context's last tokens) is divided by the penalty
+//      when positive and multiplied by it otherwise, once however often the id occurs;
+//   2. greedy (temperature <= 0): the argmax, lowest index on ties, NaN skipped; otherwise weights
+//      w = exp((logit - max) / temperature), so the most likely token has weight 1;
+//   3. top-k (top_k > 0): the tokens whose logit is at least the k-th largest (ties kept), found by
+//      bisection on the logits' order-preserving 32-bit keys (exact in 32 steps);
+//   4. top-p (top_p < 1): the tokens with w >= tau for the largest tau whose kept tokens (top-k's,
+//      at or above min-p's threshold) hold top_p of the mass top-k left (bisection on tau);
+//   5. min-p (min_p > 0): the tokens with w >= min_p;
+//   then inverse CDF over the kept tokens in vocabulary order with the host's uniform number.
 // Dispatch: one workgroup of 256 threads; thread i owns the contiguous vocabulary range
 // [i * chunk, (i+1) * chunk).
-// Layout: logits [vocab] f32 (at offset `offset`); out [1] u32.
+// Layout: logits [vocab] f32 (at offset `offset`); out [1] u32; hist [..] u32 token ids;
+// scratch [2 vocab] u32: the penalised logits (f32 bits) then one flag per id (used only with a
+// penalty).
 
 struct Params {
     vocab: u32,
@@ -13,14 +24,20 @@ struct Params {
     temperature: f32,
     top_p: f32,
     uniform: f32,
+    top_k: u32,
+    min_p: f32,
+    penalty: f32,
+    recent0: u32,
+    n_recent: u32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(3) var<storage, read> hist: array<u32>;
+@group(0) @binding(4) var<storage, read_write> scratch: array<u32>;
 
 var<workgroup> rv: array<f32, 256>;
 var<workgroup> ri: array<u32, 256>;
@@ -38,16 +55,59 @@ fn reduce_sum(li: u32, v: f32) -> f32 {
     return r;
 }
 
+fn reduce_count(li: u32, v: u32) -> u32 {
+    ri[li] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (li < s) { ri[li] += ri[li + s]; }
+        workgroupBarrier();
+    }
+    let r = ri[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Logit i after the repetition penalty.
+fn lg(i: u32) -> f32 {
+    if (p.penalty != 1.0) { return bitcast<f32>(scratch[i]); }
+    return logits[p.offset + i];
+}
+
+// Order-preserving key of a float: a > b exactly when key(a) > key(b) (NaN excluded by callers).
+fn key(v: f32) -> u32 {
+    let u = bitcast<u32>(v);
+    return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32) {
     let chunk = (p.vocab + 255u) / 256u;
     let lo = min(li * chunk, p.vocab);
     let hi = min(lo + chunk, p.vocab);
+    if (p.penalty != 1.0) {
+        for (var i = lo; i < hi; i++) {
+            scratch[i] = bitcast<u32>(logits[p.offset + i]);
+            scratch[p.vocab + i] = 0u;
+        }
+        storageBarrier();
+        for (var j = li; j < p.n_recent; j += 256u) {
+            let id = hist[p.recent0 + j];
+            if (id < p.vocab) { scratch[p.vocab + id] = 1u; }
+        }
+        storageBarrier();
+        for (var i = lo; i < hi; i++) {
+            if (scratch[p.vocab + i] != 0u) {
+                let v = bitcast<f32>(scratch[i]);
+                scratch[i] = bitcast<u32>(select(v * p.penalty, v / p.penalty, v > 0.0));
+            }
+        }
+        storageBarrier();
+    }
     // Argmax, lowest index on ties; NaN logits are skipped.
     var best = -3.4e38;
     var besti = 0xffffffffu;
     for (var i = lo; i < hi; i++) {
-        let v = logits[p.offset + i];
+        let v = lg(i);
         if (v > best || (besti == 0xffffffffu && v == v)) { best = v; besti = i; }
     }
     rv[li] = best;
@@ -72,34 +132,59 @@ fn main(@builtin(local_invocation_index) li: u32) {
         return;
     }
     let inv_t = 1.0 / p.temperature;
+    // Top-k: the largest key kth with at least top_k logits at or above it (0: keep all).
+    var kth = 0u;
+    if (p.top_k > 0u) {
+        // invariant: at least top_k keys are >= a, fewer than top_k are > b; 32 halvings of the
+        // 2^32 keys meet (a fixed count, so the barriers stay in uniform control flow)
+        var a = 0u;
+        var b = 0xffffffffu;
+        for (var it = 0u; it < 32u; it++) {
+            let mid = a + (b - a) / 2u + ((b - a) & 1u);
+            var c = 0u;
+            for (var i = lo; i < hi; i++) {
+                let v = lg(i);
+                if (v == v && key(v) >= mid) { c += 1u; }
+            }
+            let n = reduce_count(li, c);
+            if (a < b) {
+                if (n >= p.top_k) { a = mid; } else { b = mid - 1u; }
+            }
+        }
+        kth = a;
+    }
+    // Weights of the tokens top-k keeps, and their sum.
     var z = 0.0;
     for (var i = lo; i < hi; i++) {
-        let v = logits[p.offset + i];
-        if (v == v) { z += exp((v - mx) * inv_t); }
+        let v = lg(i);
+        if (v == v && key(v) >= kth) { z += exp((v - mx) * inv_t); }
     }
     z = reduce_sum(li, z);
-    // Bisection on the probability threshold tau.
+    // Top-p: bisection on the weight threshold tau, over the tokens min-p also keeps (if the
+    // nucleus would reach below them, min-p removes what it adds anyway).
+    let min_w = max(p.min_p, 0.0);
     var tlo = 0.0;
     var thi = 1.0;
     if (p.top_p < 1.0) {
+        let goal = p.top_p * z;
         for (var it = 0u; it < 32u; it++) {
             let mid = 0.5 * (tlo + thi);
             var mass = 0.0;
             for (var i = lo; i < hi; i++) {
-                let v = logits[p.offset + i];
-                let pr = exp((v - mx) * inv_t) / z;
-                if (v == v && pr >= mid) { mass += pr; }
+                let v = lg(i);
+                let w = exp((v - mx) * inv_t);
+                if (v == v && key(v) >= kth && w >= mid && w >= min_w) { mass += w; }
             }
-            mass = reduce_sum(li, mass);
-            if (mass >= p.top_p) { tlo = mid; } else { thi = mid; }
+            if (reduce_sum(li, mass) >= goal) { tlo = mid; } else { thi = mid; }
         }
     }
-    // Inverse CDF over the nucleus in vocabulary order.
+    let tau = max(tlo, min_w);
+    // Inverse CDF over the kept tokens in vocabulary order.
     var mine = 0.0;
     for (var i = lo; i < hi; i++) {
-        let v = logits[p.offset + i];
-        let pr = exp((v - mx) * inv_t) / z;
-        if (v == v && pr >= tlo) { mine += pr; }
+        let v = lg(i);
+        let w = exp((v - mx) * inv_t);
+        if (v == v && key(v) >= kth && w >= tau) { mine += w; }
     }
     rv[li] = mine;
     workgroupBarrier();
@@ -117,18 +202,18 @@ fn main(@builtin(local_invocation_index) li: u32) {
         var pick = 0xffffffffu;
         var last = 0xffffffffu;
         for (var i = lo; i < hi; i++) {
-            let v = logits[p.offset + i];
-            let pr = exp((v - mx) * inv_t) / z;
-            if (v == v && pr >= tlo) {
+            let v = lg(i);
+            let w = exp((v - mx) * inv_t);
+            if (v == v && key(v) >= kth && w >= tau) {
                 last = i;
-                acc += pr;
+                acc += w;
                 if (acc > goal) { pick = i; break; }
             }
         }
         if (pick == 0xffffffffu) { pick = last; }
         out[0] = pick;
     }
-    // Rounding can leave the goal past the total: fall back to the argmax (always in the nucleus).
+    // Rounding can leave the goal past the total: fall back to the argmax (always kept).
     if (li == 255u && goal >= before + mine) {
         out[0] = argmax;
     }

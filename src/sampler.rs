@@ -1,14 +1,11 @@
-//! Host-side sampling: the filters that need the whole logits row on the host (top-k, min-p and the
-//! repetition penalty), plus temperature and top-p so that this path is a complete sampler.
+//! The sampling filters defined on the host: the reference that the GPU sampler
+//! (`shaders/sample.wgsl`, `gpu::ops::sampling`, which every `Session` step uses) is tested against
+//! (`tests/sampling.rs`: the same token for the same uniform, and matching frequencies), and a
+//! complete sampler for callers that hold a logits row (`Session::logits`).
 //!
-//! Greedy decoding and plain temperature + top-p keep running on the GPU (`shaders/sample.wgsl`,
-//! `gpu::ops::sampling`): one workgroup picks the token and only its id (4 bytes) is read back.
-//! Settings that use top-k, min-p or a repetition penalty read the logits row back (`vocab * 4`
-//! bytes per token) and sample here (`Session::step` chooses; `Sampling::needs_host`). For the
-//! plain settings both paths draw from the same distribution: the nucleus is the set of tokens
-//! whose probability is at least the smallest probability among the most likely tokens that
-//! together reach `top_p` (ties at the boundary kept together), and the token is picked by inverse
-//! CDF over the kept tokens in vocabulary order with the same uniform number.
+//! The nucleus is the set of tokens whose probability is at least the smallest probability among
+//! the most likely tokens that together reach `top_p` (ties at the boundary kept together), and the
+//! token is picked by inverse CDF over the kept tokens in vocabulary order.
 //!
 //! Order, as Hugging Face's `generate` applies its logits processors: repetition penalty,
 //! temperature, top-k, top-p, min-p, then one draw.
@@ -345,7 +342,7 @@ mod tests {
         let g = Sampling::from_generation_config(&json!({"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.1, "repetition_penalty": 1.05})).unwrap();
         assert_eq!((g.temperature, g.top_p, g.top_k, g.min_p, g.repeat_penalty), (0.7, 0.8, 20, 0.1, 1.05));
         assert_eq!(g.repeat_last_n, usize::MAX);
-        assert!(g.penalises() && g.needs_host());
+        assert!(g.penalises());
         // do_sample false: greedy whatever else it says.
         let g = Sampling::from_generation_config(&json!({"do_sample": false, "temperature": 0.9})).unwrap();
         assert_eq!(g.temperature, 0.0);
@@ -379,15 +376,10 @@ mod tests {
     }
 
     #[test]
-    fn host_path_only_for_the_new_filters() {
-        assert!(!Sampling::default().needs_host());
-        assert!(!Sampling::greedy().needs_host());
-        assert!(Sampling::llama_cpp().needs_host());
-        // Greedy with top-k or min-p: the argmax either way, so the GPU path.
-        assert!(!Sampling { top_k: 40, min_p: 0.05, ..Sampling::greedy() }.needs_host());
-        // A penalty matters to greedy too, unless its window is empty.
-        assert!(Sampling { repeat_penalty: 1.1, ..Sampling::greedy() }.needs_host());
-        assert!(!Sampling { repeat_penalty: 1.1, repeat_last_n: 0, ..Sampling::greedy() }.needs_host());
+    fn penalty_only_with_a_window_and_invalid_settings_refused() {
+        assert!(Sampling { repeat_penalty: 1.1, ..Sampling::greedy() }.penalises());
+        assert!(!Sampling { repeat_penalty: 1.1, repeat_last_n: 0, ..Sampling::greedy() }.penalises());
+        assert!(!Sampling::llama_cpp().penalises());
         for bad in [
             Sampling { temperature: f32::NAN, ..Sampling::default() },
             Sampling { top_p: 1.01, ..Sampling::default() },

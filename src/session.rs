@@ -60,9 +60,8 @@ impl Default for SessionOptions {
 /// transformers uses: repetition penalty, temperature, top-k, top-p, min-p (`sampler` has their
 /// exact definitions).
 ///
-/// Greedy decoding and plain temperature + top-p sample on the GPU (no read-back but the token);
-/// top-k, min-p or a repetition penalty make `Session::step` read the logits back and sample on the
-/// host (`needs_host`).
+/// Every setting samples on the GPU (`gpu::ops::sampling`): only the chosen id is read back, and
+/// `Session::generate` keeps up to `PIPELINE_DEPTH` steps in flight whatever the filters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sampling {
     pub temperature: f32,
@@ -120,13 +119,6 @@ impl Sampling {
     /// Whether the repetition penalty does anything.
     pub fn penalises(&self) -> bool {
         self.repeat_penalty != 1.0 && self.repeat_last_n > 0
-    }
-
-    /// Whether these settings sample on the host (top-k or min-p while sampling, or a repetition
-    /// penalty); greedy and plain temperature + top-p run on the GPU. (Top-k and min-p never
-    /// change the greedy choice.)
-    pub fn needs_host(&self) -> bool {
-        self.penalises() || (self.temperature > 0.0 && (self.top_k > 0 || self.min_p > 0.0))
     }
 
     /// Refuse settings no filter can mean.
@@ -202,6 +194,11 @@ struct Scratch {
     token_staging: wgpu::Buffer,
     /// Token ids of a chunk fed from the host, gathered into `x` on the GPU (`ops::embed`).
     ids: wgpu::Buffer,
+    /// Every token id in the KV cache, by position (written with each chunk; a sampled id is
+    /// copied from `token`): the repetition penalty's window, read on the GPU.
+    hist_ids: wgpu::Buffer,
+    /// The sampler's penalised logits and id flags (`sampling::scratch_bytes`).
+    sample_scratch: wgpu::Buffer,
     /// Host-mappable copies of `token` for the steps `generate` keeps in flight, one per step.
     ring: Vec<wgpu::Buffer>,
     /// f16 copy of a prefill matmul's input (`pack_f16`), when the matmul runs on cooperative
@@ -219,8 +216,6 @@ pub struct Session {
     logit_rows: usize,
     /// Seeded by the first sampled token's `Sampling::seed`.
     rng: Option<SplitMix>,
-    /// Token ids in the KV cache (the repetition penalty's window).
-    history: Vec<u32>,
     progress: Option<Arc<dyn Progress>>,
     esa: Option<EsaState>,
     /// The RoPE table and softmax scale this session runs with: the model's, or those of
@@ -295,6 +290,8 @@ impl Session {
             token: f("token", 4)?,
             token_staging: ctx.staging("token read-back", 4),
             ids: f("token ids", chunk)?,
+            hist_ids: f("context token ids", opts.max_context)?,
+            sample_scratch: ctx.storage("sampler scratch", sampling::scratch_bytes(c.vocab_size))?,
             ring: (0..PIPELINE_DEPTH).map(|i| ctx.staging(&format!("token ring {i}"), 4)).collect(),
             // The cooperative-matrix matmul reads its inputs as f16 (pack_f16), widest first.
             x_f16: if linear::matmul_variant(ctx) == linear::MatmulVariant::Coop {
@@ -308,7 +305,7 @@ impl Session {
             Attention::Esa(e) => Some(EsaState::new(ctx, c, &model.identity, &inv_freqs, e, opts.max_context, chunk)?),
             Attention::Dense => None,
         };
-        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, history: Vec::new(), progress: None, esa, inv_freq, attn_scale, capture: None })
+        Ok(Session { model, opts: SessionOptions { prefill_chunk: chunk, ..opts }, kv, s, pos: 0, logit_rows: 0, rng: None, progress: None, esa, inv_freq, attn_scale, capture: None })
     }
 
     /// Follow the cache rows `spec.tokens` through ESA's selection in every later chunk (None:
@@ -364,7 +361,6 @@ impl Session {
         if n < self.pos {
             self.pos = n;
             self.logit_rows = 0;
-            self.history.truncate(n);
         }
     }
 
@@ -372,7 +368,6 @@ impl Session {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.logit_rows = 0;
-        self.history.clear();
     }
 
     /// Append `tokens` to the context, running them through the model in chunks. Afterwards the
@@ -389,23 +384,14 @@ impl Session {
         })
     }
 
-    /// Feed `tokens` and choose the next token, in one submission per chunk; returns its id.
-    /// Greedy and plain temperature + top-p settings sample on the GPU in the last submission;
-    /// top-k, min-p and the repetition penalty read the logits back and sample on the host
-    /// (`Sampling::needs_host`, `crate::sampler`).
+    /// Feed `tokens` and choose the next token, in one submission per chunk; returns its id. The
+    /// last submission samples on the GPU and only the id is read back.
     pub fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "empty"));
         }
         sampling.validate()?;
         self.reporting(tokens.len(), |s| {
-            if sampling.needs_host() {
-                s.run_chunks(tokens, None, None)?;
-                let logits = s.logits()?;
-                let u = s.next_uniform(sampling);
-                let recent = &s.history[s.history.len().saturating_sub(sampling.repeat_last_n)..];
-                return Ok(crate::sampler::sample(&logits, recent, sampling, u));
-            }
             s.run_chunks(tokens, Some(sampling), None)?;
             let b = s.model.ctx.read_staged(&s.s.token_staging, 4)?;
             Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -418,8 +404,8 @@ impl Session {
     /// `on_token` sees the ids in order and returns false to stop (a stop token, enough text);
     /// steps already submitted past that point are discarded, so the context and the sampler
     /// end exactly as if each token had come from [`step`](Self::step): the prompt and every id
-    /// seen but the last. Stops early when the context is full. Settings that sample on the host
-    /// (`Sampling::needs_host`) run step by step. Returns the number of ids `on_token` saw.
+    /// seen but the last. Stops early when the context is full. Returns the number of ids
+    /// `on_token` saw.
     pub fn generate(&mut self, tokens: &[u32], sampling: &Sampling, max_new: usize, mut on_token: impl FnMut(u32) -> Result<bool>) -> Result<usize> {
         if tokens.is_empty() {
             return Err(Error::arg("tokens", "empty"));
@@ -428,17 +414,6 @@ impl Session {
         if max_new == 0 {
             self.feed(tokens)?;
             return Ok(0);
-        }
-        if sampling.needs_host() {
-            let mut next = self.step(tokens, sampling)?;
-            let mut n = 0;
-            loop {
-                n += 1;
-                if !on_token(next)? || n >= max_new || self.pos >= self.opts.max_context {
-                    return Ok(n);
-                }
-                next = self.step(&[next], sampling)?;
-            }
         }
         let ctx = self.model.ctx.clone();
         let start = self.pos + tokens.len();
@@ -503,8 +478,6 @@ impl Session {
             self.pos = keep;
             self.logit_rows = 0; // the logits are a discarded step's
         }
-        self.history.truncate(start);
-        self.history.extend_from_slice(&seen[..seen.len().saturating_sub(1)]);
         self.rng = rng;
         ctx.check()?;
         result.map(|_| seen.len())
@@ -552,7 +525,6 @@ impl Session {
             let ctx = self.model.ctx.clone();
             let mut rec = Recorder::new(&ctx);
             self.record_chunk(&mut rec, Ids::Host(chunk), None)?;
-            self.history.extend_from_slice(chunk);
             let last = i + 1 == n_chunks;
             if let (Some(s), true) = (sampling, last) {
                 self.record_sample(&mut rec, s)?;
@@ -647,7 +619,18 @@ impl Session {
     fn record_sample(&mut self, rec: &mut Recorder, s: &Sampling) -> Result<()> {
         let u = self.next_uniform(s);
         let v = self.model.cfg.vocab_size;
-        sampling::sample(rec, &BufRef::from(&self.s.logits), (self.logit_rows - 1) * v, v, s.temperature, s.top_p, u, &BufRef::from(&self.s.token))
+        // the penalty's window: the last repeat_last_n ids of the context, this chunk's included
+        let n = if s.penalises() { s.repeat_last_n.min(self.pos) } else { 0 };
+        let io = sampling::SampleIo {
+            logits: &BufRef::from(&self.s.logits),
+            offset: (self.logit_rows - 1) * v,
+            vocab: v,
+            hist: &BufRef::from(&self.s.hist_ids),
+            recent: self.pos - n..self.pos,
+            scratch: &BufRef::from(&self.s.sample_scratch),
+            out: &BufRef::from(&self.s.token),
+        };
+        sampling::sample(rec, &io, s, u)
     }
 
     /// `capture`: copy each layer's QKV rows there, packed (`feed_capturing`).
@@ -662,9 +645,13 @@ impl Session {
                     return Err(Error::arg("tokens", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
                 }
                 m.ctx.write(&self.s.ids, 0, bytemuck::cast_slice(tokens));
+                m.ctx.write(&self.s.hist_ids, (self.pos * 4) as u64, bytemuck::cast_slice(tokens));
                 (BufRef::from(&self.s.ids), tokens.len())
             }
-            Ids::Sampled => (BufRef::from(&self.s.token), 1),
+            Ids::Sampled => {
+                rec.copy(&self.s.token, 0, &self.s.hist_ids, (self.pos * 4) as u64, 4);
+                (BufRef::from(&self.s.token), 1)
+            }
         };
         embed::embed_rows(rec, m.embedding_table(), &ids_buf, 0, n, &BufRef::from(&self.s.x), h)?;
         // `small`: the linear layers take the matvec path with the RMSNorm fused in: a few tokens,

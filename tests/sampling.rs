@@ -1,71 +1,184 @@
-//! Sampling across its two paths: the GPU kernel (greedy, temperature + top-p) against the host
-//! sampler (`esa_wgpu::sampler`, which also does top-k, min-p and the repetition penalty) on the
-//! same logits and uniforms, and `Session::step` choosing between them on a tiny model. The
-//! filters themselves are unit-tested in `src/sampler.rs`.
+//! Sampling on the GPU (`shaders/sample.wgsl`: greedy, temperature, top-k, top-p, min-p, the
+//! repetition penalty) against the host reference (`esa_wgpu::sampler`, which defines each
+//! filter): the same token for the same logits and uniform, and over many uniforms the empirical
+//! frequencies of each filter's distribution; then `Session` using them, step by step and
+//! pipelined. The host filters themselves are unit-tested in `src/sampler.rs`.
 
 mod common;
 
 use common::gpu::{rand_vec, upload};
 use common::{tiny_model_dir, TinySpec};
-use esa_wgpu::gpu::ops::sampling;
+use esa_wgpu::gpu::ops::sampling::{self, SampleIo};
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::sampler;
 use esa_wgpu::{Engine, Sampling, SessionOptions};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
-/// The host path draws what the GPU kernel draws: same token for the same logits and uniform,
-/// except where the uniform falls within rounding of a boundary of the CDF (skipped).
+/// Uploads `logits` and `hist` and returns a closure that samples `n` times on the GPU (one
+/// submission) under `s` with the given uniforms, the penalty's window being all of `hist`.
+struct GpuSampler {
+    ctx: std::sync::Arc<GpuContext>,
+    logits: wgpu::Buffer,
+    hist: wgpu::Buffer,
+    n_hist: usize,
+    scratch: wgpu::Buffer,
+    vocab: usize,
+}
+
+impl GpuSampler {
+    fn new(logits: &[f32], hist: &[u32]) -> GpuSampler {
+        let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+        let lb = upload(&ctx, logits);
+        let hb = ctx.upload("hist", bytemuck::cast_slice(&[hist, &[0]].concat())).unwrap();
+        let scratch = ctx.storage("scratch", sampling::scratch_bytes(logits.len())).unwrap();
+        GpuSampler { ctx, logits: lb, hist: hb, n_hist: hist.len(), scratch, vocab: logits.len() }
+    }
+
+    /// One draw per uniform, all in one submission (each into its own aligned slot).
+    fn draw(&self, s: &Sampling, uniforms: &[f32]) -> Vec<u32> {
+        let align = self.ctx.caps.storage_offset_alignment.max(4) as usize;
+        let out = self.ctx.upload("tokens", &vec![0xff; uniforms.len() * align]).unwrap();
+        let mut rec = Recorder::new(&self.ctx);
+        for (i, &u) in uniforms.iter().enumerate() {
+            let o = BufRef { buf: out.clone(), offset: (i * align) as u64, size: Some(4) };
+            let io = SampleIo {
+                logits: &BufRef::from(&self.logits),
+                offset: 0,
+                vocab: self.vocab,
+                hist: &BufRef::from(&self.hist),
+                recent: 0..self.n_hist,
+                scratch: &BufRef::from(&self.scratch),
+                out: &o,
+            };
+            sampling::sample(&mut rec, &io, s, u).unwrap();
+        }
+        rec.submit().unwrap();
+        let all = self.ctx.read_u32(&out, 0, uniforms.len() * align / 4).unwrap();
+        (0..uniforms.len()).map(|i| all[i * align / 4]).collect()
+    }
+}
+
+/// The host reference distribution of `s` (repetition penalty over `hist`, then the filters).
+fn reference(logits: &[f32], hist: &[u32], s: &Sampling) -> Vec<f64> {
+    let mut l = logits.to_vec();
+    if s.penalises() {
+        sampler::apply_repeat_penalty(&mut l, hist, s.repeat_penalty);
+    }
+    sampler::distribution(&l, s)
+}
+
+fn plain(temperature: f32) -> Sampling {
+    Sampling { temperature, ..Sampling::greedy() }
+}
+
+/// The GPU draws what the host reference draws: same token for the same logits and uniform, for
+/// every filter alone and together, except where the uniform falls within rounding of a boundary
+/// of the CDF (skipped).
 #[test]
-fn gpu_kernel_and_host_sampler_agree() {
-    let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+fn gpu_sampler_draws_what_the_host_reference_draws() {
     let mut rng = StdRng::seed_from_u64(11);
     let vocab = 517;
     let mut logits = rand_vec(&mut rng, vocab, 5.0);
     logits[40] = 7.5;
     logits[41] = 7.5; // a tie at the top
     logits[99] = f32::NAN;
-    let lb = upload(&ctx, &logits);
-    let out = ctx.upload("tok", &[0xff; 4]).unwrap();
-    let gpu = |t: f32, p: f32, u: f32| {
-        let mut rec = Recorder::new(&ctx);
-        sampling::sample(&mut rec, &BufRef::from(&lb), 0, vocab, t, p, u, &BufRef::from(&out)).unwrap();
-        rec.submit().unwrap();
-        ctx.read_u32(&out, 0, 1).unwrap()[0]
-    };
+    let hist: Vec<u32> = vec![40, 7, 7, 300, 516, 41];
+    let g = GpuSampler::new(&logits, &hist);
+    let settings = [
+        plain(0.0),
+        plain(1.0),
+        Sampling { top_p: 0.9, ..plain(1.0) },
+        Sampling { top_p: 0.5, ..plain(0.7) },
+        Sampling { top_p: 0.95, ..plain(2.0) },
+        Sampling { top_k: 5, ..plain(1.0) },
+        Sampling { top_k: 1, ..plain(1.5) },
+        Sampling { top_k: 100_000, ..plain(1.0) },
+        Sampling { min_p: 0.05, ..plain(1.0) },
+        Sampling { min_p: 0.3, top_p: 0.95, ..plain(2.0) },
+        Sampling { repeat_penalty: 1.3, ..plain(0.0) },
+        Sampling { repeat_penalty: 1.3, ..plain(1.0) },
+        Sampling { repeat_penalty: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..plain(0.8) },
+        Sampling::llama_cpp(),
+    ];
     let mut checked = 0;
-    for (t, p) in [(0.0, 1.0), (1.0, 1.0), (1.0, 0.9), (0.7, 0.5), (2.0, 0.95)] {
-        let s = Sampling { temperature: t, top_p: p, ..Sampling::greedy() };
-        assert!(!s.needs_host());
-        let probs = if t > 0.0 { sampler::distribution(&logits, &s) } else { vec![] };
-        for i in 0..60 {
-            let u = (i as f32 + 0.41) / 60.0;
-            if t > 0.0 {
-                let goal = u as f64;
+    for s in settings {
+        let uniforms: Vec<f32> = (0..60).map(|i| (i as f32 + 0.41) / 60.0).collect();
+        let got = g.draw(&s, &uniforms);
+        let probs = if s.temperature > 0.0 { reference(&logits, &hist, &s) } else { vec![] };
+        let mut l = logits.clone();
+        if s.penalises() {
+            sampler::apply_repeat_penalty(&mut l, &hist, s.repeat_penalty);
+        }
+        for (&u, &tok) in uniforms.iter().zip(&got) {
+            if s.temperature > 0.0 {
                 let mut acc = 0.0;
                 let near = probs.iter().any(|&q| {
                     acc += q;
-                    q > 0.0 && (acc - goal).abs() < 1e-4
+                    q > 0.0 && (acc - u as f64).abs() < 1e-4
                 });
                 if near {
                     continue;
                 }
             }
-            assert_eq!(gpu(t, p, u), sampler::sample(&logits, &[], &s, u), "temperature {t}, top-p {p}, u {u}");
+            assert_eq!(tok, sampler::sample(&l, &[], &Sampling { repeat_penalty: 1.0, ..s }, u), "{s:?}, u {u}");
             checked += 1;
         }
     }
-    assert!(checked > 250, "{checked}");
+    assert!(checked > 700, "{checked}");
 }
 
+/// Each filter on the GPU, over 2 000 uniforms: the empirical frequencies of a small fixed logit
+/// vector match the host reference distribution within four standard errors (plus 0.002), and a
+/// token the filter removes is never drawn.
 #[test]
-fn session_uses_host_filters() {
+fn gpu_sampler_frequencies_match_the_reference() {
+    let logits = [2.0f32, 1.5, 1.4, 0.3, -0.5, 1.9, 0.0, -2.0, 1.0, 0.8, f32::NAN, 0.5];
+    let hist = [0u32, 5, 5, 11];
+    let g = GpuSampler::new(&logits, &hist);
+    let mut rng = StdRng::seed_from_u64(5);
+    let n = 2000;
+    let settings = [
+        ("temperature", plain(1.0)),
+        ("top-k 3", Sampling { top_k: 3, ..plain(1.0) }),
+        ("top-p 0.8", Sampling { top_p: 0.8, ..plain(1.0) }),
+        ("min-p 0.3", Sampling { min_p: 0.3, ..plain(1.0) }),
+        ("repetition penalty 1.8", Sampling { repeat_penalty: 1.8, ..plain(1.0) }),
+        ("all four", Sampling { top_k: 6, top_p: 0.9, min_p: 0.1, repeat_penalty: 1.5, ..plain(0.8) }),
+    ];
+    for (what, s) in settings {
+        let uniforms: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+        let got = g.draw(&s, &uniforms);
+        let want = reference(&logits, &hist, &s);
+        let mut count = vec![0usize; logits.len()];
+        for t in got {
+            count[t as usize] += 1;
+        }
+        for (i, (&c, &p)) in count.iter().zip(&want).enumerate() {
+            let f = c as f64 / n as f64;
+            if p == 0.0 {
+                assert_eq!(c, 0, "{what}: token {i} is filtered out but was drawn {c} times");
+                continue;
+            }
+            let tol = 4.0 * (p * (1.0 - p) / n as f64).sqrt() + 0.002;
+            assert!((f - p).abs() <= tol, "{what}: token {i} drawn with frequency {f:.4}, reference {p:.4} (tolerance {tol:.4})");
+        }
+    }
+}
+
+/// `Session` with the filters: top-k 1 is greedy at any temperature, a top-k past the vocabulary
+/// changes nothing, a strong penalty over the whole context never repeats a token, pipelined
+/// `generate` gives the tokens of step-by-step `step` under every filter (the penalty's window is
+/// kept on the GPU), and invalid settings are refused.
+#[test]
+fn session_samples_with_every_filter() {
     let spec = TinySpec::llama_gqa_f16();
     let dir = tiny_model_dir(&spec);
     let model = Engine::with_context(GpuContext::new(&GpuOptions::default()).unwrap()).load(dir.path()).unwrap();
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 7919 + 3) % spec.vocab as u32).collect();
+    let opts = || SessionOptions { max_context: 64, ..Default::default() };
     let run = |s: &Sampling, n: usize| -> Vec<u32> {
-        let mut session = model.session(SessionOptions { max_context: 64, ..Default::default() }).unwrap();
+        let mut session = model.session(opts()).unwrap();
         let mut out = vec![session.step(&prompt, s).unwrap()];
         while out.len() < n {
             let t = *out.last().unwrap();
@@ -73,19 +186,20 @@ fn session_uses_host_filters() {
         }
         out
     };
+    let pipelined = |s: &Sampling, n: usize| -> Vec<u32> {
+        let mut session = model.session(opts()).unwrap();
+        let mut out = Vec::new();
+        session.generate(&prompt, s, n, |t| {
+            out.push(t);
+            Ok(true)
+        }).unwrap();
+        out
+    };
     let greedy = run(&Sampling::greedy(), 8);
-    // top-k 1 (host) is greedy whatever the temperature.
     let k1 = Sampling { temperature: 1.5, top_k: 1, ..Sampling::greedy() };
-    assert!(k1.needs_host());
     assert_eq!(run(&k1, 8), greedy);
-    // A top-k past the vocabulary filters nothing: the host path then draws the GPU path's tokens
-    // (same seed, same uniforms).
     let plain = Sampling { temperature: 1.0, top_p: 0.9, seed: 5, ..Sampling::greedy() };
-    let host = Sampling { top_k: 100_000, ..plain };
-    assert!(!plain.needs_host() && host.needs_host());
-    assert_eq!(run(&host, 8), run(&plain, 8));
-    // A strong repetition penalty over the whole context: greedy never picks a token already in it
-    // while some token not in it has a positive logit.
+    assert_eq!(run(&Sampling { top_k: 100_000, ..plain }, 8), run(&plain, 8));
     let pen = Sampling { repeat_penalty: 1e4, repeat_last_n: usize::MAX, ..Sampling::greedy() };
     let got = run(&pen, 8);
     let mut seen = prompt.clone();
@@ -93,8 +207,11 @@ fn session_uses_host_filters() {
         assert!(!seen.contains(t), "{t} repeated in {got:?} after {prompt:?}");
         seen.push(*t);
     }
-    // Invalid settings are refused.
-    let mut s = model.session(SessionOptions { max_context: 64, ..Default::default() }).unwrap();
+    assert_eq!(pipelined(&pen, 8), got);
+    for s in [Sampling::llama_cpp(), Sampling { repeat_penalty: 1.5, repeat_last_n: 6, top_k: 20, ..plain }, Sampling { min_p: 0.2, ..plain }] {
+        assert_eq!(pipelined(&s, 12), run(&s, 12), "{s:?}");
+    }
+    let mut s = model.session(opts()).unwrap();
     for bad in [Sampling { top_p: 1.5, ..plain }, Sampling { min_p: -0.1, ..plain }, Sampling { repeat_penalty: 0.0, ..plain }] {
         assert!(s.step(&prompt, &bad).is_err(), "{bad:?}");
     }

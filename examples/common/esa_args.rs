@@ -1,31 +1,33 @@
 //! The ESA budget flags shared by the chat and eval examples (`#[command(flatten)]`), one
-//! definition for both.
+//! definition for both. Each has an `esa_` id: clap names a flattened argument by its field, and
+//! `top_k` would collide with the chat's sampling `--top-k` (each example's `flags_are_consistent`
+//! test runs clap's checks).
 
 use esa_wgpu::EsaConfig;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EsaArgs {
     /// ESA: initial tokens always attended.
-    #[arg(long = "esa-init", default_value_t = 128)]
+    #[arg(id = "esa_init", long = "esa-init", default_value_t = 128)]
     pub init: usize,
     /// ESA: local window.
-    #[arg(long = "esa-local", default_value_t = 4096)]
+    #[arg(id = "esa_local", long = "esa-local", default_value_t = 4096)]
     pub local: usize,
     /// ESA: middle tokens selected per chunk and layer.
-    #[arg(long = "esa-top-k", default_value_t = 2048)]
+    #[arg(id = "esa_top_k", long = "esa-top-k", default_value_t = 2048)]
     pub top_k: usize,
     /// ESA: prefill chunk.
-    #[arg(long = "esa-chunk", default_value_t = 512)]
+    #[arg(id = "esa_chunk", long = "esa-chunk", default_value_t = 512)]
     pub chunk: usize,
     /// ESA: proximity pooling radius.
-    #[arg(long = "esa-eps", default_value_t = 1)]
+    #[arg(id = "esa_eps", long = "esa-eps", default_value_t = 1)]
     pub eps: usize,
     /// ESA: position of long-distance queries (default: --esa-local).
-    #[arg(long = "esa-w")]
+    #[arg(id = "esa_w", long = "esa-w")]
     pub w: Option<usize>,
     /// ESA: the last tokens of every prompt run as their own chunk, with their own selection
     /// (query-aware final chunk); 0: the paper's plain chunking.
-    #[arg(long = "esa-final-chunk", default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
+    #[arg(id = "esa_final_chunk", long = "esa-final-chunk", default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
     pub final_chunk: usize,
 }
 

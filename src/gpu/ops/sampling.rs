@@ -1,7 +1,10 @@
-//! Token sampling on the GPU: greedy, or temperature + top-p with a host-supplied uniform.
+//! Token sampling on the GPU (`shaders/sample.wgsl`): greedy, or temperature with top-k, top-p,
+//! min-p and the repetition penalty, with a host-supplied uniform. Only the chosen id (4 bytes)
+//! leaves the GPU; `crate::sampler` is the host reference that defines each filter.
 
 use crate::gpu::{BufRef, Recorder};
-use crate::Result;
+use crate::session::Sampling;
+use crate::{Error, Result};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -11,13 +14,59 @@ struct Params {
     temperature: f32,
     top_p: f32,
     uniform: f32,
-    _pad: [u32; 3],
+    top_k: u32,
+    min_p: f32,
+    penalty: f32,
+    recent0: u32,
+    n_recent: u32,
+    _pad: [u32; 2],
 }
 
-/// Writes the chosen token id to `out[0]`. `offset`: index of the first logit in `logits`.
-pub fn sample(rec: &mut Recorder, logits: &BufRef, offset: usize, vocab: usize, temperature: f32, top_p: f32, uniform: f32, out: &BufRef) -> Result<()> {
+/// Bytes of the scratch `sample` needs for a vocabulary of `vocab` (the penalised logits and one
+/// flag per id).
+pub fn scratch_bytes(vocab: usize) -> u64 {
+    (2 * vocab * 4) as u64
+}
+
+/// The logits row to sample from and where the chosen id goes.
+pub struct SampleIo<'a> {
+    pub logits: &'a BufRef,
+    /// Index of the row's first logit in `logits`.
+    pub offset: usize,
+    pub vocab: usize,
+    /// Token ids of the context; the repetition penalty's window is `hist[recent.start ..
+    /// recent.end]` (empty: no penalty whatever the settings).
+    pub hist: &'a BufRef,
+    pub recent: std::ops::Range<usize>,
+    /// At least `scratch_bytes(vocab)`, written only with a penalty.
+    pub scratch: &'a BufRef,
+    pub out: &'a BufRef,
+}
+
+/// Writes the id chosen under `s` (seed unused: `uniform` is the draw) to `io.out[0]`.
+pub fn sample(rec: &mut Recorder, io: &SampleIo, s: &Sampling, uniform: f32) -> Result<()> {
+    s.validate()?;
+    if io.recent.end < io.recent.start {
+        return Err(Error::arg("recent", format!("window {:?} runs backwards", io.recent)));
+    }
+    let penalty = if s.penalises() && !io.recent.is_empty() { s.repeat_penalty } else { 1.0 };
+    if penalty != 1.0 && io.scratch.size.is_some_and(|n| n < scratch_bytes(io.vocab)) {
+        return Err(Error::arg("scratch", format!("{} bytes, the penalty needs {}", io.scratch.size.unwrap_or(0), scratch_bytes(io.vocab))));
+    }
     let k = rec.ctx().kernel("sample", super::src::SAMPLE, "main", &[])?;
-    let p = Params { vocab: vocab as u32, offset: offset as u32, temperature, top_p, uniform, _pad: [0; 3] };
-    rec.dispatch(&k, &p, &[logits.clone(), out.clone()], [1, 1, 1]);
+    let p = Params {
+        vocab: io.vocab as u32,
+        offset: io.offset as u32,
+        temperature: s.temperature,
+        top_p: s.top_p,
+        uniform,
+        top_k: s.top_k.min(u32::MAX as usize) as u32,
+        min_p: s.min_p,
+        penalty,
+        recent0: io.recent.start as u32,
+        n_recent: io.recent.len() as u32,
+        _pad: [0; 2],
+    };
+    rec.dispatch(&k, &p, &[io.logits.clone(), io.out.clone(), io.hist.clone(), io.scratch.clone()], [1, 1, 1]);
     Ok(())
 }
