@@ -37,6 +37,11 @@ struct Args {
     /// Prompt tokens per forward pass (default: the session's, 2048).
     #[arg(long, default_value_t = esa_wgpu::session::DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
+    /// Sampling of the generated tokens: greedy, smollm2 (its model card's temperature 0.2, top-p
+    /// 0.9: the chat's default for the default model) or llama-cpp (temperature 0.8, top-k 40,
+    /// top-p 0.95, min-p 0.05: the chat's default for other models); all on the GPU.
+    #[arg(long, default_value = "greedy")]
+    sampling: String,
     /// Attention policy: dense, or esa (default budget; its chunk replaces --prefill-chunk).
     #[arg(long, default_value = "dense")]
     attention: String,
@@ -320,6 +325,12 @@ fn main() -> esa_wgpu::Result<()> {
         Attention::Dense => None,
     };
     let mut session = Session::new(gpu.clone(), SessionOptions { max_context, prefill_chunk: args.prefill_chunk, all_logits: false, attention, rope_scaling: None })?;
+    let sampling = match args.sampling.as_str() {
+        "greedy" => Sampling::greedy(),
+        "smollm2" => Sampling::default(),
+        "llama-cpp" => Sampling::llama_cpp(),
+        s => return Err(esa_wgpu::Error::arg("sampling", format!("unknown `{s}` (greedy, smollm2, llama-cpp)"))),
+    };
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32).map(|i| (i * 7919 + 11) % c.vocab_size as u32).collect();
     let mut best_prefill = f64::MAX;
     let mut best_decode = f64::MAX;
@@ -329,7 +340,7 @@ fn main() -> esa_wgpu::Result<()> {
         // prompt's time runs to its token's arrival, the decode's from there to the last one.
         let t = Instant::now();
         let mut first = None;
-        session.generate(&prompt, &Sampling::greedy(), args.decode_tokens + 1, |_| {
+        session.generate(&prompt, &sampling, args.decode_tokens + 1, |_| {
             first.get_or_insert_with(Instant::now);
             Ok(true)
         })?;
@@ -363,11 +374,11 @@ fn main() -> esa_wgpu::Result<()> {
         }
         session.reset();
         ctx.set_profiling(true);
-        let tok = session.step(&prompt, &Sampling::greedy())?;
+        let tok = session.step(&prompt, &sampling)?;
         print_profile(ctx, &format!("prefill of {} tokens", args.prompt_tokens));
         if args.decode_tokens > 0 {
             ctx.set_profiling(true);
-            session.generate(&[tok], &Sampling::greedy(), args.decode_tokens, |_| Ok(true))?;
+            session.generate(&[tok], &sampling, args.decode_tokens, |_| Ok(true))?;
             print_profile(ctx, &format!("decode of {} tokens", args.decode_tokens));
         }
         ctx.set_profiling(false);

@@ -12,8 +12,9 @@
 //      at or above min-p's threshold) hold top_p of the mass top-k left (bisection on tau);
 //   5. min-p (min_p > 0): the tokens with w >= min_p;
 //   then inverse CDF over the kept tokens in vocabulary order with the host's uniform number.
-// Dispatch: one workgroup of 256 threads; thread i owns the contiguous vocabulary range
-// [i * chunk, (i+1) * chunk).
+// Dispatch: one workgroup of 256 threads. The passes that only count, sum or take a maximum read
+// the row strided (thread i: i, i + 256, ...: coalesced); the draw needs thread i to own the
+// contiguous range [i * chunk, (i+1) * chunk) so the running sums follow vocabulary order.
 // Layout: logits [vocab] f32 (at offset `offset`); out [1] u32; hist [..] u32 token ids;
 // scratch [2 vocab] u32: the penalised logits (f32 bits) then one flag per id (used only with a
 // penalty).
@@ -85,7 +86,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
     let lo = min(li * chunk, p.vocab);
     let hi = min(lo + chunk, p.vocab);
     if (p.penalty != 1.0) {
-        for (var i = lo; i < hi; i++) {
+        for (var i = li; i < p.vocab; i += 256u) {
             scratch[i] = bitcast<u32>(logits[p.offset + i]);
             scratch[p.vocab + i] = 0u;
         }
@@ -95,7 +96,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
             if (id < p.vocab) { scratch[p.vocab + id] = 1u; }
         }
         storageBarrier();
-        for (var i = lo; i < hi; i++) {
+        for (var i = li; i < p.vocab; i += 256u) {
             if (scratch[p.vocab + i] != 0u) {
                 let v = bitcast<f32>(scratch[i]);
                 scratch[i] = bitcast<u32>(select(v * p.penalty, v / p.penalty, v > 0.0));
@@ -106,7 +107,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
     // Argmax, lowest index on ties; NaN logits are skipped.
     var best = -3.4e38;
     var besti = 0xffffffffu;
-    for (var i = lo; i < hi; i++) {
+    for (var i = li; i < p.vocab; i += 256u) {
         let v = lg(i);
         if (v > best || (besti == 0xffffffffu && v == v)) { best = v; besti = i; }
     }
@@ -142,7 +143,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
         for (var it = 0u; it < 32u; it++) {
             let mid = a + (b - a) / 2u + ((b - a) & 1u);
             var c = 0u;
-            for (var i = lo; i < hi; i++) {
+            for (var i = li; i < p.vocab; i += 256u) {
                 let v = lg(i);
                 if (v == v && key(v) >= mid) { c += 1u; }
             }
@@ -155,7 +156,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
     }
     // Weights of the tokens top-k keeps, and their sum.
     var z = 0.0;
-    for (var i = lo; i < hi; i++) {
+    for (var i = li; i < p.vocab; i += 256u) {
         let v = lg(i);
         if (v == v && key(v) >= kth) { z += exp((v - mx) * inv_t); }
     }
@@ -170,7 +171,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
         for (var it = 0u; it < 32u; it++) {
             let mid = 0.5 * (tlo + thi);
             var mass = 0.0;
-            for (var i = lo; i < hi; i++) {
+            for (var i = li; i < p.vocab; i += 256u) {
                 let v = lg(i);
                 let w = exp((v - mx) * inv_t);
                 if (v == v && key(v) >= kth && w >= mid && w >= min_w) { mass += w; }

@@ -328,9 +328,13 @@ fn sampling_greedy_and_top_p() {
     logits[501] = 9.0; // tie: the lower index wins
     let lb = upload(&ctx, &logits);
     let out = ctx.upload("tok", &[0xff; 4]).unwrap();
+    let hist = ctx.upload("hist", &[0; 4]).unwrap();
+    let scratch = ctx.storage("scratch", sampling::scratch_bytes(vocab)).unwrap();
     let run = |t: f32, p: f32, u: f32| {
         let mut rec = Recorder::new(&ctx);
-        sampling::sample(&mut rec, &BufRef::from(&lb), 0, vocab, t, p, u, &BufRef::from(&out)).unwrap();
+        let io = sampling::SampleIo { logits: &BufRef::from(&lb), offset: 0, vocab, hist: &BufRef::from(&hist), recent: 0..0, scratch: &BufRef::from(&scratch), out: &BufRef::from(&out) };
+        let s = esa_wgpu::Sampling { temperature: t, top_p: p, ..esa_wgpu::Sampling::greedy() };
+        sampling::sample(&mut rec, &io, &s, u).unwrap();
         rec.submit().unwrap();
         ctx.read_u32(&out, 0, 1).unwrap()[0]
     };
