@@ -43,6 +43,19 @@ struct Params {
 var<workgroup> rv: array<f32, 256>;
 var<workgroup> ri: array<u32, 256>;
 var<workgroup> bcast: f32;
+// The candidate list: logits of the tokens in the bins that can hold a kept token.
+const CAP: u32 = 2048u;
+var<workgroup> hcnt: array<atomic<u32>, 256>;
+var<workgroup> ncand: atomic<u32>;
+var<workgroup> ncand_u: u32;
+var<workgroup> cand: array<f32, CAP>;
+var<workgroup> plan: vec2<u32>; // (list the candidates?, last bin listed)
+
+// Weight bin: 8 per octave below the maximum (w = 1 in bin 0); w <= 2^-32, or 0, in bin 255.
+fn bin_of(w: f32) -> u32 {
+    if (w <= 0.0) { return 255u; }
+    return u32(clamp(-log2(w) * 8.0, 0.0, 255.0));
+}
 
 fn reduce_sum(li: u32, v: f32) -> f32 {
     rv[li] = v;
@@ -133,19 +146,81 @@ fn main(@builtin(local_invocation_index) li: u32) {
         return;
     }
     let inv_t = 1.0 / p.temperature;
-    // Top-k: the largest key kth with at least top_k logits at or above it (0: keep all).
+    let min_w = max(p.min_p, 0.0);
+    // One pass: every weight's bin (8 per octave below the maximum, bin_of) counted, and the sum
+    // of the weights.
+    atomicStore(&hcnt[li], 0u);
+    if (li == 0u) { atomicStore(&ncand, 0u); }
+    workgroupBarrier();
+    var zs = 0.0;
+    for (var i = li; i < p.vocab; i += 256u) {
+        let v = lg(i);
+        if (v == v) {
+            let w = exp((v - mx) * inv_t);
+            zs += w;
+            atomicAdd(&hcnt[bin_of(w)], 1u);
+        }
+    }
+    let z_all = reduce_sum(li, zs);
+    // Which bins can hold a kept token (thread 0 decides; bins ascend as weights fall): top-k's
+    // all lie at or above the bin where the count reaches k; min-p's at or above min_p's bin;
+    // top-p's at or above the first bin where a lower bound of the mass reaches top_p of the
+    // total (a smaller nucleus, as after top-k, lies inside it). When the tokens of those bins fit
+    // in workgroup memory they are listed and the filters' bisections run over the list;
+    // otherwise (or with no filter) over the whole row.
+    if (li == 0u) {
+        var last = 255u;
+        var cum = 0u;
+        var low = 0.0;
+        var n = 0u;
+        let bmin = select(255u, bin_of(min_w), min_w > 0.0);
+        var found = false;
+        for (var bi = 0u; bi < 256u; bi++) {
+            let c = atomicLoad(&hcnt[bi]);
+            cum += c;
+            low += f32(c) * 0.99 * exp2(-f32(bi + 1u) / 8.0);
+            if (!found) {
+                n = cum;
+                last = bi;
+                if (p.top_k > 0u) {
+                    found = cum >= p.top_k;
+                } else {
+                    found = bi >= bmin || (p.top_p < 1.0 && low >= p.top_p * z_all);
+                }
+            }
+        }
+        let any = p.top_k > 0u || p.top_p < 1.0 || min_w > 0.0;
+        plan = vec2<u32>(select(0u, 1u, any && n <= CAP), last);
+    }
+    let pl = workgroupUniformLoad(&plan);
+    let listed = pl.x == 1u;
+    if (listed) {
+        for (var i = li; i < p.vocab; i += 256u) {
+            let v = lg(i);
+            if (v == v && bin_of(exp((v - mx) * inv_t)) <= pl.y) {
+                cand[atomicAdd(&ncand, 1u)] = v;
+            }
+        }
+    }
+    workgroupBarrier();
+    if (li == 0u) { ncand_u = atomicLoad(&ncand); }
+    let nc = workgroupUniformLoad(&ncand_u);
+    // Top-k: the largest key kth with at least top_k logits at or above it (0: keep all);
+    // 32 halvings of the 2^32 keys meet (a fixed count keeps the barriers in uniform control).
     var kth = 0u;
     if (p.top_k > 0u) {
-        // invariant: at least top_k keys are >= a, fewer than top_k are > b; 32 halvings of the
-        // 2^32 keys meet (a fixed count, so the barriers stay in uniform control flow)
         var a = 0u;
         var b = 0xffffffffu;
         for (var it = 0u; it < 32u; it++) {
             let mid = a + (b - a) / 2u + ((b - a) & 1u);
             var c = 0u;
-            for (var i = li; i < p.vocab; i += 256u) {
-                let v = lg(i);
-                if (v == v && key(v) >= mid) { c += 1u; }
+            if (listed) {
+                for (var j = li; j < nc; j += 256u) { c += select(0u, 1u, key(cand[j]) >= mid); }
+            } else {
+                for (var i = li; i < p.vocab; i += 256u) {
+                    let v = lg(i);
+                    if (v == v && key(v) >= mid) { c += 1u; }
+                }
             }
             let n = reduce_count(li, c);
             if (a < b) {
@@ -154,16 +229,24 @@ fn main(@builtin(local_invocation_index) li: u32) {
         }
         kth = a;
     }
-    // Weights of the tokens top-k keeps, and their sum.
-    var z = 0.0;
-    for (var i = li; i < p.vocab; i += 256u) {
-        let v = lg(i);
-        if (v == v && key(v) >= kth) { z += exp((v - mx) * inv_t); }
+    // The mass top-k keeps.
+    var z = z_all;
+    if (p.top_k > 0u) {
+        var zk = 0.0;
+        if (listed) {
+            for (var j = li; j < nc; j += 256u) {
+                if (key(cand[j]) >= kth) { zk += exp((cand[j] - mx) * inv_t); }
+            }
+        } else {
+            for (var i = li; i < p.vocab; i += 256u) {
+                let v = lg(i);
+                if (v == v && key(v) >= kth) { zk += exp((v - mx) * inv_t); }
+            }
+        }
+        z = reduce_sum(li, zk);
     }
-    z = reduce_sum(li, z);
     // Top-p: bisection on the weight threshold tau, over the tokens min-p also keeps (if the
     // nucleus would reach below them, min-p removes what it adds anyway).
-    let min_w = max(p.min_p, 0.0);
     var tlo = 0.0;
     var thi = 1.0;
     if (p.top_p < 1.0) {
@@ -171,10 +254,17 @@ fn main(@builtin(local_invocation_index) li: u32) {
         for (var it = 0u; it < 32u; it++) {
             let mid = 0.5 * (tlo + thi);
             var mass = 0.0;
-            for (var i = li; i < p.vocab; i += 256u) {
-                let v = lg(i);
-                let w = exp((v - mx) * inv_t);
-                if (v == v && key(v) >= kth && w >= mid && w >= min_w) { mass += w; }
+            if (listed) {
+                for (var j = li; j < nc; j += 256u) {
+                    let w = exp((cand[j] - mx) * inv_t);
+                    if (key(cand[j]) >= kth && w >= mid && w >= min_w) { mass += w; }
+                }
+            } else {
+                for (var i = li; i < p.vocab; i += 256u) {
+                    let v = lg(i);
+                    let w = exp((v - mx) * inv_t);
+                    if (v == v && key(v) >= kth && w >= mid && w >= min_w) { mass += w; }
+                }
             }
             if (reduce_sum(li, mass) >= goal) { tlo = mid; } else { thi = mid; }
         }
