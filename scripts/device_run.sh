@@ -17,7 +17,8 @@ done
 chmod +x $B/*
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 echo "== correctness on this GPU"
-for t in matmul kernels quant_kernels esa_kernels model_e2e esa_e2e; do
+for t in $(ls $B | sort); do
+    case "$t" in bench|*.txt) continue;; esac
     [ -x "$B/$t" ] || continue
     timeout 300 "$B/$t" --test-threads=1 > "$OUT/test_$t.log" 2>&1
     echo "test $t: rc=$? $(grep -E '^test result' "$OUT/test_$t.log")" | tee -a "$OUT/tests.txt"
