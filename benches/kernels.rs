@@ -134,7 +134,8 @@ fn bench_attention_prefill(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention_prefill");
     g.sample_size(10);
     g.throughput(Throughput::Elements(flops as u64));
-    // the CPU adapters' kernel (attention_cpu.wgsl) where it is the one the op picks
+    // the CPU adapters' kernel where it is the one the op picks (attend_cpu: attention_cpu_block.wgsl
+    // for chunks of 8 or more queries)
     let kinds: &[&str] = if linear::cpu_variant(&ctx) { &["tiled", "split", "cpu"] } else { &["tiled", "split"] };
     for &kind in kinds {
         g.bench_function(format!("{kind} {n_q} queries at {pos0} heads={nh}/{nkv} d={d}"), |b| {
