@@ -16,9 +16,8 @@ enable wgpu_cooperative_matrix;
 // queries held in registers as D/16 matrix fragments; per tile of BC keys the workgroup stages the
 // keys (and values) once in workgroup memory and every subgroup computes its own 16 x BC scores,
 // softmax terms and P V products, so a staged tile serves 16 NSG rows.
-// Two passes over the keys: pass 1 keeps each row's max m and sum l of exp(S - m) (each lane half
-// a row, in registers); pass 2 accumulates o = sum exp(S - m) V, unnormalised, which is what the
-// merge wants, so the opaque output fragments never need rescaling.
+// One pass over the keys with a lazily moved reference maximum per row (see the loop): o = sum
+// exp(S - m) V, unnormalised, and l = sum exp(S - m), which is what the merge wants.
 // Dispatch: (ceil(n_q * G / (16 NSG)), n_kv, n_part) workgroups of 32 NSG threads. Rows of a workgroup:
 // 16 NSG (token, head) pairs of one KV group (row R: token R / G, head kvh * G + R % G).
 // D (head_dim: 32, 64, 96 or 128) and NSG are substituted into the source by the op; BC * D / 16
@@ -47,7 +46,7 @@ struct Params {
     n_part: u32, // partials per (query, head): splits0 + the local segment's splits
     splits0: u32, // partials (dispatch z) of the long-distance segment; the rest are local
     split_len: u32, // virtual keys per split, a multiple of BC
-    _pad: u32,
+    rescale_at: f32, // how far a row's maximum may pass its reference before o is rescaled
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -77,6 +76,7 @@ var<workgroup> cs: array<f32, NSG * 16u * BC>; // per subgroup S [16][BC]
 // 16 bytes, not 4: a 4-byte workgroup variable can leave the f16 arrays that the matrix loads read
 // off 16-byte alignment (seen on the H200: shifted columns).
 var<workgroup> wg_keys: vec4<u32>;
+var<workgroup> wg_flag: u32; // 1 when some row of the current tile moved its reference maximum
 
 fn unpack8(w: vec4<u32>) -> array<f32, 8> {
     let a = unpack2x16float(w.x);
@@ -193,6 +193,23 @@ fn rot_mul(a_in: array<vec2<f32>, 8>, b_in: array<vec2<f32>, 8>) -> array<vec2<f
     return r;
 }
 
+// Output fragment `o` with row m multiplied by lane m's `factor`, through the subgroup's S
+// scratch at cb (a fragment's elements are opaque in registers).
+fn rescaled(o: coop_mat16x16<f32, C>, cb: u32, lane: u32, factor: f32) -> coop_mat16x16<f32, C> {
+    let at = cb;
+    let s16 = 16u;
+    coopStoreT(o, &cs[at], s16);
+    workgroupBarrier();
+    for (var i = 0u; i < 8u; i++) {
+        let e = lane + 32u * i; // (a loop every lane runs alike: the shuffle's lanes all take part)
+        cs[at + e] *= subgroupShuffle(factor, e / 16u);
+    }
+    workgroupBarrier();
+    let r = coopLoadT<coop_mat16x16<f32, C>>(&cs[at], s16);
+    workgroupBarrier();
+    return r;
+}
+
 // Query columns 32 c + lane of the subgroup's 16 rows, rotated, into its P region (f16).
 fn stage_q(sg: u32, lane: u32, r0: u32, n_rows: u32, g: u32, kvh: u32, seg: u32, c: u32) {
     let ea = 32u * c + lane;
@@ -282,60 +299,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         lim = select(k_end, min(k_end, p.pos0 + my_t + 1u - p.local_start), seg == 1u);
     }
     let step = rot_step(li);
-    let start = rot_at(li, k_begin);
-    var run_m = NEG;
-    var run_l = 0.0;
-
-    // Pass 1: running max and sum per row.
-    var rot = start;
-    var raw = fetch(li, k_begin, k_end, kvh, seg, false);
-    for (var kb = k_begin; kb < k_end; kb += BC) {
-        put(li, raw, seg, rot, false);
-        rot = rot_mul(rot, step);
-        workgroupBarrier();
-        if (kb + BC < k_end) { raw = fetch(li, kb + BC, k_end, kvh, seg, false); }
-        for (var f = 0u; f < BC / 16u; f++) {
-            var acc = coop_mat16x16<f32, C>();
-            let kf = f * 16u * LD;
-            //@SCORES
-            let sf = cb + f * 16u;
-            coopStoreT(acc, &cs[sf], bcs);
-        }
-        workgroupBarrier();
-        // (the next tile's staging only writes ks, whose products are all done: no barrier)
-        var vals: array<f32, BC / 2u>;
-        var mx = NEG;
-        for (var n = 0u; n < BC / 2u; n++) {
-            let key = kb + lh * (BC / 2u) + n;
-            var s = NEG;
-            if (key < lim) { s = cs[cb + lm * BC + lh * (BC / 2u) + n] * p.scale; }
-            vals[n] = s;
-            mx = max(mx, s);
-        }
-        let m_new = max(run_m, mx);
-        if (m_new > NEG) {
-            var e = 0.0;
-            for (var n = 0u; n < BC / 2u; n++) {
-                if (vals[n] > NEG) { e += exp(vals[n] - m_new); }
-            }
-            run_l = run_l * select(0.0, exp(run_m - m_new), run_m > NEG) + e;
-            run_m = m_new;
-        }
-    }
-    // The row's (m, l) from its two halves.
-    let om = subgroupShuffleXor(run_m, 16u);
-    let ol = subgroupShuffleXor(run_l, 16u);
-    let row_m = max(run_m, om);
-    let row_l = select(0.0, run_l * exp(run_m - row_m), run_m > NEG) + select(0.0, ol * exp(om - row_m), om > NEG);
-    if (lh == 0u && my_row < n_rows) {
-        // an empty segment leaves (-3e38, 0) and o = 0
-        let qh = my_t * p.n_heads + kvh * g + my_row % g;
-        let at = (qh * p.n_part + wg.z) * (D + 2u);
-        part[at] = row_m;
-        part[at + 1u] = row_l;
-    }
-
-    // Pass 2: O = sum over tiles of P V.
+    var rot = rot_at(li, k_begin);
+    // One pass (FlashAttention-2's online softmax, lazily rescaled): each row keeps a reference
+    // m_ref; P = exp(S - m_ref) in f16 and o accumulates P V against it. Only when a tile's
+    // maximum passes m_ref by more than p.rescale_at (P would outgrow f16's range) does the row
+    // move m_ref up, which rescales its sum and, through the subgroup's S scratch, its output
+    // fragments (opaque in registers); that happens in a few early tiles at most.
+    var m_ref = NEG;
+    var run_l = 0.0; // this lane's half row, against m_ref
     var o0 = coop_mat16x16<f32, C>();
     var o1 = coop_mat16x16<f32, C>();
     var o2 = coop_mat16x16<f32, C>();
@@ -344,10 +315,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var o5 = coop_mat16x16<f32, C>();
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
-    rot = start;
-    raw = fetch(li, k_begin, k_end, kvh, seg, true);
+    var raw = fetch(li, k_begin, k_end, kvh, seg, true);
     for (var kb = k_begin; kb < k_end; kb += BC) {
-        workgroupBarrier(); // the previous tile's P V products are done with vs
+        workgroupBarrier(); // the previous tile's P V products are done with vs and ps
+        if (li == 0u) { wg_flag = 0u; } // (read by every thread before that barrier)
         put(li, raw, seg, rot, true);
         rot = rot_mul(rot, step);
         workgroupBarrier();
@@ -360,13 +331,49 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             coopStoreT(acc, &cs[sf], bcs);
         }
         workgroupBarrier();
+        var vals: array<f32, BC / 2u>;
+        var mx = NEG;
+        for (var n = 0u; n < BC / 2u; n++) {
+            let key = kb + lh * (BC / 2u) + n;
+            var sv = NEG;
+            if (key < lim) { sv = cs[cb + lm * BC + lh * (BC / 2u) + n] * p.scale; }
+            vals[n] = sv;
+            mx = max(mx, sv);
+        }
+        let row_mx = max(mx, subgroupShuffleXor(mx, 16u));
+        var factor = 1.0; // the row's rescale of its sum and output
+        if (row_mx > NEG && (m_ref == NEG || row_mx > m_ref + p.rescale_at)) {
+            if (m_ref > NEG) {
+                factor = exp(m_ref - row_mx);
+                wg_flag = 1u; // (every writer writes the same value)
+            }
+            m_ref = row_mx;
+        }
+        run_l *= factor;
         for (var n = 0u; n < BC / 2u; n++) {
             let kl = lh * (BC / 2u) + n;
             var pv = 0.0;
-            if (kb + kl < lim) { pv = exp(cs[cb + lm * BC + kl] * p.scale - row_m); } // unnormalised
+            if (vals[n] > NEG) { pv = exp(vals[n] - m_ref); } // unnormalised
+            run_l += pv;
             ps[pb + lm * LDP + kl] = f16(pv);
         }
-        workgroupBarrier();
+        // (a barrier: ps is complete, and every subgroup sees whether some row moved its m_ref)
+        if (workgroupUniformLoad(&wg_flag) == 1u) {
+            o0 = rescaled(o0, cb, lane, factor);
+            o1 = rescaled(o1, cb, lane, factor);
+            if (D >= 64u) {
+                o2 = rescaled(o2, cb, lane, factor);
+                o3 = rescaled(o3, cb, lane, factor);
+            }
+            if (D >= 96u) {
+                o4 = rescaled(o4, cb, lane, factor);
+                o5 = rescaled(o5, cb, lane, factor);
+            }
+            if (D >= 128u) {
+                o6 = rescaled(o6, cb, lane, factor);
+                o7 = rescaled(o7, cb, lane, factor);
+            }
+        }
         for (var kk = 0u; kk < BC; kk += 16u) {
             let pk = pb + kk;
             let a = coopLoadT<coop_mat16x16<f16, A>>(&ps[pk], ldp);
@@ -401,6 +408,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 o7 = coopMultiplyAdd(a, bv7, o7);
             }
         }
+    }
+    // The row's (m, l): both halves share m_ref.
+    let row_l = run_l + subgroupShuffleXor(run_l, 16u);
+    if (lh == 0u && my_row < n_rows) {
+        // an empty segment leaves (-3e38, 0) and o = 0
+        let qh = my_t * p.n_heads + kvh * g + my_row % g;
+        let at = (qh * p.n_part + wg.z) * (D + 2u);
+        part[at] = m_ref;
+        part[at + 1u] = row_l;
     }
 
     // Write O: each 16-column fragment through the subgroup's S scratch; lanes write 8 entries.

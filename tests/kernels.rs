@@ -272,6 +272,54 @@ fn rope_kv_and_attention_prefill_then_decode() {
   }
 }
 
+/// The cooperative-matrix prefill attention on inputs large enough that rows' maxima keep rising
+/// across key tiles by more than the kernel's rescale threshold (scaled scores spread over tens of
+/// units), so its lazily moved reference maximum and the rescale of its output fragments run;
+/// where the adapter offers cooperative matrices (the H200).
+#[test]
+fn coop_attention_rescales_on_large_scores() {
+    let ctx = ctx();
+    if !attention::prefill_coop_supports(&ctx, 64) || ctx.caps.coop_emulated {
+        eprintln!("skipped: no cooperative matrices (the emulated kernel is tested on small shapes)");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(31);
+    for (nh, nkv, d) in [(9usize, 3usize, 64usize), (8, 2, 128)] {
+        let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+        let max_ctx = 700;
+        let qkv_rows = (nh + 2 * nkv) * d;
+        let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
+        let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
+        let invb = upload(&ctx, &inv);
+        let mut hist = History::default();
+        let mut pos0 = 0;
+        for n in [333usize, 190] {
+            // keys grow along the context, so later tiles keep raising the rows' maxima
+            let mut qkv = rand_vec(&mut rng, n * qkv_rows, 3.0);
+            for (t, row) in qkv.chunks_mut(qkv_rows).enumerate() {
+                let grow = 0.5 + (pos0 + t) as f32 / 150.0;
+                row[nh * d..(nh + nkv) * d].iter_mut().for_each(|v| *v *= grow);
+            }
+            let qkvb = upload(&ctx, &qkv);
+            let qb = poisoned(&ctx, n * nh * d);
+            let part = poisoned(&ctx, attention::scratch_floats(n, nh, d));
+            let out = poisoned(&ctx, n * nh * d);
+            let mut rec = Recorder::new(&ctx);
+            let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
+            rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+            let (pr, or) = (BufRef::from(&part), BufRef::from(&out));
+            let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+            attention::attend_prefill_coop(&mut rec, &a).unwrap();
+            rec.submit().unwrap();
+            let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
+            let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();
+            // f16 queries, keys and probabilities on scores of tens of units: relative 2%
+            assert_close(&format!("cooperative-matrix attention, large scores, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-2, 2e-2);
+            pos0 += n;
+        }
+    }
+}
+
 /// The cooperative-matrix prefill attention parses, validates and translates to SPIR-V for every
 /// head size it takes, so CI (no adapter with cooperative matrices) catches errors in code only a
 /// tensor-core GPU runs; the numeric check is in `rope_kv_and_attention_prefill_then_decode`.
@@ -353,7 +401,7 @@ fn sampling_greedy_and_top_p() {
 }
 
 /// The cooperative-matrix prefill attention run through the plain-WGSL emulation
-/// (`GpuOptions::emulate_coop`), so its query staging, masking, two-pass softmax and partials are
+/// (`GpuOptions::emulate_coop`), so its query staging, masking, online softmax and partials are
 /// checked on every software adapter (CI's lavapipe); small shapes, since the emulation is slow.
 /// Tolerance 5e-3: f16 queries, keys and probabilities, as on tensor cores. Each workgroup sees
 /// one tile of keys here: lavapipe runs the emulated kernel wrong once a workgroup takes a second

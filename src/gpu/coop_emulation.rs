@@ -6,12 +6,13 @@
 //! The rewrite keeps the kernel's own index arithmetic, barriers and epilogues, which is what the
 //! emulation is for; only the matrix operations are replaced:
 //! - a 16x16 fragment becomes `array<f32, 256>` held whole by every invocation (row-major);
-//! - `coopLoad` / `coopLoadT` from workgroup array `NAME` become a generated `emu_load_NAME`
+//! - `coopLoad` / `coopLoadT` (f16 or f32) from workgroup array `NAME` become a generated `emu_load_NAME`
 //!   (column- or row-major, every invocation reads the whole fragment);
 //! - `coopMultiplyAdd` is a plain 16x16x16 product; `coopStoreT` to `NAME` is written by the first
 //!   invocation of the emulated subgroup;
 //! - `subgroup_id` / `subgroup_invocation_id` become `li / 32` / `li % 32` (the kernels assume
-//!   subgroups of 32), and `subgroupShuffleXor(x, 16u)` an exchange through workgroup memory.
+//!   subgroups of 32), and `subgroupShuffleXor(x, 16u)` and `subgroupShuffle(x, lane)` exchanges
+//!   through workgroup memory.
 //! Slow (every invocation does every product), meant for small test shapes on software adapters
 //! only (on a GPU the per-lane fragments spill: a test that takes 20 s on lavapipe ran for
 //! minutes on the H200). The emulated
@@ -39,6 +40,16 @@ fn emu_mma(a: EmuFrag, b: EmuFrag, c: EmuFrag) -> EmuFrag {
         }
     }
     return r;
+}
+
+// subgroupShuffle(x, src) within the emulated subgroup of 32 (call it in uniform control flow).
+fn emu_shfl(x: f32, src: u32) -> f32 {
+    workgroupBarrier();
+    emu_xch[emu_li] = x;
+    workgroupBarrier();
+    let y = emu_xch[(emu_li / 32u) * 32u + src];
+    workgroupBarrier();
+    return y;
 }
 
 fn emu_shfl16(x: f32) -> f32 {
@@ -84,7 +95,12 @@ pub fn emulate(src: &str) -> Result<String> {
     s = s.replace("coop_mat16x16<f32, C>()", "EmuFrag()");
     // Loads: coopLoad[T]<coop_mat16x16<f16, R>>(&NAME[INDEX], STRIDE)
     let mut loads: Vec<String> = Vec::new();
-    for (pat, row_major) in [("coopLoadT<coop_mat16x16<f16, ", true), ("coopLoad<coop_mat16x16<f16, ", false)] {
+    for (pat, row_major) in [
+        ("coopLoadT<coop_mat16x16<f16, ", true),
+        ("coopLoad<coop_mat16x16<f16, ", false),
+        ("coopLoadT<coop_mat16x16<f32, ", true),
+        ("coopLoad<coop_mat16x16<f32, ", false),
+    ] {
         while let Some(at) = s.find(pat) {
             let rest = &s[at + pat.len()..];
             let open = rest.find("(&").ok_or_else(|| Error::Gpu("coop emulation: load without (&".into()))?;
@@ -118,6 +134,7 @@ pub fn emulate(src: &str) -> Result<String> {
         return Err(Error::Gpu("coop emulation: a cooperative-matrix form it does not know is left".into()));
     }
     s = s.replace("subgroupShuffleXor(", "emu_shfl16_xor(");
+    s = s.replace("subgroupShuffle(", "emu_shfl(");
     s = s.replace(
         ",\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {",
         ") {\n    emu_li = li;\n    let sg = li / 32u;\n    let lane = li % 32u;",

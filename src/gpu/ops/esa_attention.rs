@@ -53,8 +53,13 @@ struct CoopParams {
     n_part: u32,
     splits0: u32,
     split_len: u32,
-    _pad: u32,
+    rescale_at: f32,
 }
+
+/// How far (in scaled score units) a row's maximum may pass the reference that its probabilities
+/// are taken against before `esa_attention_coop.wgsl` moves the reference and rescales the row's
+/// output: P = exp(S - m_ref) <= e^8 ~ 3 000 stays well inside f16.
+const COOP_RESCALE_AT: f32 = 8.0;
 
 /// Most partials (key splits) per (query, head) of the cooperative-matrix attention, as many as
 /// its scratch holds. `scratch_floats` and `attention::scratch_floats` hold `SCRATCH_PARTS`;
@@ -221,7 +226,7 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
         n_part: 0,
         splits0: 0,
         split_len: 0,
-        _pad: 0,
+        rescale_at: COOP_RESCALE_AT,
     };
     let rows = a.n_q * (a.n_heads / a.n_kv);
     let groups = rows.div_ceil(16 * nsg) * a.n_kv;
