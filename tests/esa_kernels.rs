@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use esa_wgpu::gpu::ops::{esa_pool, esa_score, esa_topk};
+use esa_wgpu::gpu::ops::{esa_pool, esa_query, esa_score, esa_topk};
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::reference::esa as r;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -125,6 +125,43 @@ fn score_chunk_coop() {
         let want = r::chunk_scores(&cq_h, &ck_h[m0 * d..], d).unwrap();
         assert_close(&format!("coop score n_q={n_q} n_m={n_m} d={d} m0={m0}"), &got, &want, 1e-4 * d as f32, 0.0);
         assert!(got.iter().any(|&x| x == 0.0), "some token is the best of some query");
+    }
+}
+
+/// The exact maps' compressed queries computed directly (`esa_query::exact`: each KV group's heads
+/// rotated to w and summed) equal the product with the lossless f_q with the rotation folded in
+/// (what a maps file of full width gives), on odd strides and GQA shapes; outputs outside the rows
+/// stay untouched.
+#[test]
+fn exact_queries_match_the_folded_map() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(41);
+    for (heads, kv, d, n, w) in [(9usize, 3usize, 64usize, 37usize, 4096usize), (8, 2, 128, 5, 77), (6, 6, 12, 20, 1_000_000), (4, 1, 14, 1, 0)] {
+        let shape = r::HeadShape { num_heads: heads, num_kv_heads: kv, head_dim: d };
+        let (qd, kd) = (shape.q_dim(), shape.kv_dim());
+        let inv = inv_freq(d);
+        let (x_stride, out_stride) = (qd + 2 * kd + 3, kd + 5);
+        let x = rand_vec(&mut rng, n * x_stride, 1.0);
+        let (fq, _) = r::lossless_maps(shape);
+        let folded = r::fold_query_rotation(&fq, shape, w, &inv).unwrap();
+        let xb = upload_f32(&ctx, &x);
+        let out = poisoned_f32(&ctx, n * out_stride);
+        let rot = esa_query::rotation_table(&ctx, w, &inv).unwrap();
+        let mut rec = Recorder::new(&ctx);
+        esa_query::exact(&mut rec, &esa_query::ExactQuery { x: &BufRef::from(&xb), x_stride, rot: &rot, out: &BufRef::from(&out), out_stride, n_tok: n, n_heads: heads, n_kv: kv, head_dim: d }).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32(&out, 0, n * out_stride).unwrap();
+        for t in 0..n {
+            for o in 0..out_stride {
+                let g = got[t * out_stride + o];
+                if o >= kd {
+                    assert!(g.is_nan(), "({heads},{kv},{d}) token {t}: column {o} past kv_dim was written");
+                    continue;
+                }
+                let want: f64 = (0..qd).map(|i| folded[o * qd + i] as f64 * x[t * x_stride + i] as f64).sum();
+                assert!((g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "({heads},{kv},{d}) w {w} token {t} output {o}: gpu {g} vs folded map {want}");
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::gpu::ops::linear::{self, Epilogue, LinearIo};
-use crate::gpu::ops::{esa_attention, esa_pack, esa_pool, esa_score, esa_topk};
+use crate::gpu::ops::{esa_attention, esa_pack, esa_pool, esa_query, esa_score, esa_topk};
 use crate::gpu::tensor::GpuMatrix;
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::model::config::Config;
@@ -40,6 +40,9 @@ pub struct EsaState {
     topk: esa_topk::TopkScratch,
     part: wgpu::Buffer,
     max_ctx: usize,
+    /// Exact maps (no maps file): the rotation table of `ops::esa_query`, which computes f_q
+    /// directly instead of the product with `LayerState::f_q`.
+    exact_query: Option<wgpu::Buffer>,
     /// Selection diagnosis (`set_probe`), off by default.
     probe: Option<Probe>,
 }
@@ -132,6 +135,7 @@ impl EsaState {
             // At most max_ctx tokens can be selected, whatever top_k asks for.
             selected: f("esa selected", cfg.top_k.min(max_ctx))?,
             topk: esa_topk::TopkScratch::new(ctx, max_ctx)?,
+            exact_query: if opts.maps.is_none() { Some(esa_query::rotation_table(ctx, w, inv_freq)?) } else { None },
             // Room for every key split the cooperative-matrix attention may use, within one binding.
             part: f("esa partials", {
                 let most = esa_attention::coop_scratch_floats(chunk, c.num_heads, c.head_dim, esa_attention::COOP_MAX_PARTS);
@@ -195,8 +199,13 @@ impl EsaState {
             None
         } else {
             let cq = BufRef::from(&self.cq);
-            let io = LinearIo { x: qkv.clone(), x_off: 0, x_stride: qkv_rows, x_f16: false, y: cq.clone(), y_stride: d, y_row0: 0, n_tok: n };
-            linear::linear(rec, &layer.f_q, &io, Epilogue::Store)?;
+            match &self.exact_query {
+                Some(rot) => esa_query::exact(rec, &esa_query::ExactQuery { x: qkv, x_stride: qkv_rows, rot, out: &cq, out_stride: d, n_tok: n, n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim })?,
+                None => {
+                    let io = LinearIo { x: qkv.clone(), x_off: 0, x_stride: qkv_rows, x_f16: false, y: cq.clone(), y_stride: d, y_row0: 0, n_tok: n };
+                    linear::linear(rec, &layer.f_q, &io, Epilogue::Store)?;
+                }
+            }
             let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
             let n_m = layout.middle.len();
             esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start })?;

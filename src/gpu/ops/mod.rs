@@ -14,6 +14,7 @@ pub mod esa_pool;
 pub mod esa_topk;
 pub mod esa_attention;
 pub mod esa_pack;
+pub mod esa_query;
 mod esa_common;
 
 /// A kernel source with shared declarations (`prelude`) inserted after its `enable` directives,
@@ -54,4 +55,5 @@ pub mod src {
     pub const ESA_ATTENTION_COOP: &str = include_str!("../../../shaders/esa_attention_coop.wgsl");
     pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
     pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
+    pub const ESA_QUERY_EXACT: &str = include_str!("../../../shaders/esa_query_exact.wgsl");
 }
