@@ -21,23 +21,8 @@
 // Layout (as attention_cpu.wgsl): q [n_q][n_heads][D] f32 rotated; k_cache, v_cache
 // [max_ctx][n_kv][D/2] u32 (f16 pairs, keys un-rotated); inv_freq [D/2]; out [n_q][n_heads][D] f32.
 
-struct Params {
-    n_q: u32,
-    n_heads: u32,
-    n_kv: u32,
-    head_dim: u32,
-    pos0: u32,
-    n_split: u32,
-    split_len: u32,
-    scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
-@group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// struct Params and the bindings (q, k_cache, v_cache, inv_freq, out):
+// shaders/attention_prefill_params.wgsl, prepended by the op.
 
 const NEG: f32 = -3.0e38;
 const HW: u32 = D / 4u; // words in each half of a head's K/V row

@@ -1,5 +1,6 @@
-// Parameters and bindings of the portable prefill attention kernel (attention_prefill.wgsl); the
-// op prepends this file. Mirrors `PrefillParams` in src/gpu/ops/attention.rs.
+// Parameters and bindings of the prefill attention kernels (attention_prefill.wgsl, and
+// attention_cpu_block.wgsl on CPU adapters); the op prepends this file. Mirrors `PrefillParams`
+// in src/gpu/ops/attention.rs.
 //   n_q: queries of the chunk; n_heads / n_kv: query and KV heads; pos0: position of query 0;
 //   scale: 1 / sqrt(head_dim).
 

@@ -206,12 +206,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
     let mut rng = StdRng::seed_from_u64(4);
   // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128
   for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128)] {
-    let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
-    let max_ctx = 300;
-    let qkv_rows = (nh + 2 * nkv) * d;
-    let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
-    let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
-    let invb = upload(&ctx, &inv);
+    let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 300);
     let mut hist = History::default();
     let mut pos0 = 0;
     for n in [150usize, 3, 1, 1, 70] {
@@ -272,6 +267,16 @@ fn rope_kv_and_attention_prefill_then_decode() {
   }
 }
 
+/// An empty KV cache of `max_ctx` rows for heads `(n_heads, n_kv, head_dim)`: the RoPE frequencies
+/// (and their buffer), the fused QKV row width, and the K and V cache buffers.
+fn kv_cache(ctx: &GpuContext, (nh, nkv, d): (usize, usize, usize), max_ctx: usize) -> (Vec<f32>, usize, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer) {
+    let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
+    let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
+    let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
+    let invb = upload(ctx, &inv);
+    (inv, (nh + 2 * nkv) * d, kc, vc, invb)
+}
+
 /// The cooperative-matrix prefill attention on inputs large enough that rows' maxima keep rising
 /// across key tiles by more than the kernel's rescale threshold (scaled scores spread over tens of
 /// units), so its lazily moved reference maximum and the rescale of its output fragments run;
@@ -285,12 +290,7 @@ fn coop_attention_rescales_on_large_scores() {
     }
     let mut rng = StdRng::seed_from_u64(31);
     for (nh, nkv, d) in [(9usize, 3usize, 64usize), (8, 2, 128)] {
-        let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
-        let max_ctx = 700;
-        let qkv_rows = (nh + 2 * nkv) * d;
-        let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
-        let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
-        let invb = upload(&ctx, &inv);
+        let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 700);
         let mut hist = History::default();
         let mut pos0 = 0;
         for n in [333usize, 190] {
@@ -420,12 +420,7 @@ fn coop_attention_emulated() {
     let mut rng = StdRng::seed_from_u64(9);
     // One shape (the emulation compiles slowly on lavapipe); the H200 runs every shape for real.
     for (nh, nkv, d) in [(2usize, 1usize, 32usize)] {
-        let inv: Vec<f32> = (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect();
-        let max_ctx = 128;
-        let qkv_rows = (nh + 2 * nkv) * d;
-        let kc = ctx.storage("k", (max_ctx * nkv * d * 2) as u64).unwrap();
-        let vc = ctx.storage("v", (max_ctx * nkv * d * 2) as u64).unwrap();
-        let invb = upload(&ctx, &inv);
+        let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 128);
         let mut hist = History::default();
         let mut pos0 = 0;
         // 20 queries: 40 rows for 2 heads per group, over 4 emulated subgroups of 16 rows (one

@@ -204,7 +204,7 @@ pub fn cpu_block_source(d: usize, g: usize, sg: u32) -> String {
             store += &format!("    put(qb + {}u, {w}u, o{h}_{w} * inv{h});\n", h * d);
         }
     }
-    let mut out = format!("const D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\nconst BK: u32 = {CPU_BLOCK_KEYS}u;\n");
+    let mut out = format!("{}\nconst D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\nconst BK: u32 = {CPU_BLOCK_KEYS}u;\n", super::src::ATTENTION_PREFILL_PARAMS);
     for line in super::src::ATTENTION_CPU_BLOCK.lines() {
         match line.trim() {
             "//@SETUP" => out += &setup,
@@ -232,17 +232,8 @@ fn attend_cpu_block(rec: &mut Recorder, a: &Attend, sg: u32) -> Result<()> {
     if blocks > ctx.caps.max_workgroups_per_dim {
         return Err(crate::Error::arg("n_q", format!("CPU attention grid of {blocks} query blocks exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
     }
-    let p = Params {
-        n_q: a.n_q as u32,
-        n_heads: a.n_heads as u32,
-        n_kv: a.n_kv as u32,
-        head_dim: d as u32,
-        pos0: a.pos0 as u32,
-        n_split: 1,
-        split_len: (a.pos0 + a.n_q) as u32,
-        scale: a.scale,
-    };
-    rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.out.clone()], [blocks, a.n_kv as u32, 1]);
+    // the prefill kernels' parameters and grid: SG queries x G heads = SG G rows per workgroup
+    dispatch_prefill(rec, &k, a, sg as usize * g);
     Ok(())
 }
 
@@ -287,7 +278,8 @@ pub fn attend_prefill(rec: &mut Recorder, a: &Attend) -> Result<()> {
     Ok(())
 }
 
-/// The two prefill kernels share parameters and bindings; they differ in rows per workgroup.
+/// The prefill kernels (`attention_prefill`, and `attention_cpu_block` on CPU adapters) share
+/// parameters and bindings; they differ in (token, head) rows per workgroup.
 fn dispatch_prefill(rec: &mut Recorder, k: &std::sync::Arc<crate::gpu::Kernel>, a: &Attend, rows_per_group: usize) {
     let rows = a.n_q * (a.n_heads / a.n_kv);
     let p = PrefillParams {
