@@ -78,13 +78,7 @@ var<workgroup> cs: array<f32, NSG * 16u * BC>; // per subgroup S [16][BC]
 var<workgroup> wg_keys: vec4<u32>;
 var<workgroup> wg_flag: u32; // 1 when some row of the current tile moved its reference maximum
 
-fn unpack8(w: vec4<u32>) -> array<f32, 8> {
-    let a = unpack2x16float(w.x);
-    let b = unpack2x16float(w.y);
-    let c = unpack2x16float(w.z);
-    let d = unpack2x16float(w.w);
-    return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
-}
+// fn unpack8: shaders/unpack_f16x8.wgsl (prepended by the op).
 
 // Cache row of virtual key `key` of segment `seg`.
 fn key_row(key: u32, seg: u32) -> u32 {

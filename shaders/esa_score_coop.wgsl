@@ -56,13 +56,7 @@ fn k_oct(m: u32, o: u32) -> array<f32, 8> {
     return v;
 }
 
-fn unpack8(w: vec4<u32>) -> array<f32, 8> {
-    let a = unpack2x16float(w.x);
-    let b = unpack2x16float(w.y);
-    let c = unpack2x16float(w.z);
-    let d = unpack2x16float(w.w);
-    return array<f32, 8>(a.x, a.y, b.x, b.y, c.x, c.y, d.x, d.y);
-}
+// fn unpack8: shaders/unpack_f16x8.wgsl (prepended by the op).
 
 fn stage_rs(li: u32, base: u32, queries: bool) {
     for (var i = li; i < RES * OCT; i += 256u) {

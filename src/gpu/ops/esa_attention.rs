@@ -108,10 +108,11 @@ pub fn coop_source(head_dim: usize, nsg: usize) -> String {
             )
         })
         .collect();
-    super::src::ESA_ATTENTION_COOP
+    let src = super::src::ESA_ATTENTION_COOP
         .replacen("const D: u32 = 64u;", &format!("const D: u32 = {head_dim}u;"), 1)
         .replacen("const NSG: u32 = 8u;", &format!("const NSG: u32 = {nsg}u;"), 1)
-        .replace("            //@SCORES\n", &scores)
+        .replace("            //@SCORES\n", &scores);
+    super::with_prelude(&src, super::src::UNPACK_F16X8)
 }
 
 /// Subgroups (of 16 rows each) per workgroup of the cooperative-matrix attention: 8 (128 rows

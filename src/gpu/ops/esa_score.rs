@@ -60,7 +60,7 @@ pub fn coop_source(d: usize) -> String {
     let src = super::src::ESA_SCORE_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {d}u;"), 1);
     let directives = "enable wgpu_cooperative_matrix;\n";
     let at = src.find(directives).map_or(0, |i| i + directives.len());
-    format!("{}{}{}", &src[..at], super::src::ESA_SCORE_COMMON, &src[at..])
+    format!("{}{}{}{}", &src[..at], super::src::ESA_SCORE_COMMON, super::src::UNPACK_F16X8, &src[at..])
 }
 
 /// WGSL of `esa_score.wgsl` with `esa_score_common.wgsl`.

@@ -55,5 +55,6 @@ pub mod src {
     pub const ESA_ATTENTION_COOP: &str = include_str!("../../../shaders/esa_attention_coop.wgsl");
     pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
     pub const ESA_PACK: &str = include_str!("../../../shaders/esa_pack.wgsl");
+    pub const UNPACK_F16X8: &str = include_str!("../../../shaders/unpack_f16x8.wgsl");
     pub const ESA_QUERY_EXACT: &str = include_str!("../../../shaders/esa_query_exact.wgsl");
 }
