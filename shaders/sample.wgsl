@@ -69,18 +69,6 @@ fn reduce_sum(li: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_count(li: u32, v: u32) -> u32 {
-    ri[li] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (li < s) { ri[li] += ri[li + s]; }
-        workgroupBarrier();
-    }
-    let r = ri[0];
-    workgroupBarrier();
-    return r;
-}
-
 // Logit i after the repetition penalty.
 fn lg(i: u32) -> f32 {
     if (p.penalty != 1.0) { return bitcast<f32>(scratch[i]); }
@@ -222,7 +210,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
                     if (v == v && key(v) >= mid) { c += 1u; }
                 }
             }
-            let n = reduce_count(li, c);
+            let n = u32(reduce_sum(li, f32(c))); // (counts up to the vocabulary: exact in f32)
             if (a < b) {
                 if (n >= p.top_k) { a = mid; } else { b = mid - 1u; }
             }

@@ -181,6 +181,28 @@ fn gpu_sampler_frequencies_match_the_reference() {
     }
 }
 
+/// Buffers too small for the row, the penalty's window or the scratch are refused with an error
+/// naming the buffer, before anything is recorded.
+#[test]
+fn gpu_sampler_refuses_undersized_buffers() {
+    let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+    let logits = upload(&ctx, &[0.5f32; 100]);
+    let hist = ctx.upload("hist", bytemuck::cast_slice(&[1u32, 2, 3])).unwrap();
+    let small = ctx.storage("small scratch", sampling::scratch_bytes(100) - 4).unwrap();
+    let scratch = ctx.storage("scratch", sampling::scratch_bytes(100)).unwrap();
+    let out = ctx.storage("out", 4).unwrap();
+    let pen = Sampling { repeat_penalty: 1.3, ..plain(1.0) };
+    let try_sample = |vocab: usize, recent: std::ops::Range<usize>, scr: &wgpu::Buffer| {
+        let mut rec = Recorder::new(&ctx);
+        let io = SampleIo { logits: &BufRef::from(&logits), offset: 0, vocab, hist: &BufRef::from(&hist), recent, scratch: &BufRef::from(scr), out: &BufRef::from(&out) };
+        sampling::sample(&mut rec, &io, &pen, 0.5).map_err(|e| e.to_string())
+    };
+    assert!(try_sample(100, 0..3, &scratch).is_ok());
+    assert!(try_sample(101, 0..3, &scratch).unwrap_err().contains("sample.logits"));
+    assert!(try_sample(100, 0..4, &scratch).unwrap_err().contains("sample.hist"));
+    assert!(try_sample(100, 0..3, &small).unwrap_err().contains("sample.scratch"));
+}
+
 /// `Session` with the filters: top-k 1 is greedy at any temperature, a top-k past the vocabulary
 /// changes nothing, a strong penalty over the whole context never repeats a token, pipelined
 /// `generate` gives the tokens of step-by-step `step` under every filter (the penalty's window is

@@ -23,7 +23,7 @@ struct Params {
 }
 
 /// Bytes of the scratch `sample` needs for a vocabulary of `vocab` (the penalised logits and one
-/// flag per id).
+/// flag per id); `sample` checks its buffers' sizes when it records.
 pub fn scratch_bytes(vocab: usize) -> u64 {
     (2 * vocab * 4) as u64
 }
@@ -46,12 +46,20 @@ pub struct SampleIo<'a> {
 /// Writes the id chosen under `s` (seed unused: `uniform` is the draw) to `io.out[0]`.
 pub fn sample(rec: &mut Recorder, io: &SampleIo, s: &Sampling, uniform: f32) -> Result<()> {
     s.validate()?;
+    if io.vocab == 0 || io.vocab >= 1 << 24 {
+        // (the kernel counts tokens in f32 sums, exact below 2^24)
+        return Err(Error::arg("vocab", format!("{}: the sampler takes 1 to 2^24 - 1 logits", io.vocab)));
+    }
     if io.recent.end < io.recent.start {
         return Err(Error::arg("recent", format!("window {:?} runs backwards", io.recent)));
     }
     let penalty = if s.penalises() && !io.recent.is_empty() { s.repeat_penalty } else { 1.0 };
-    if penalty != 1.0 && io.scratch.size.is_some_and(|n| n < scratch_bytes(io.vocab)) {
-        return Err(Error::arg("scratch", format!("{} bytes, the penalty needs {}", io.scratch.size.unwrap_or(0), scratch_bytes(io.vocab))));
+    use super::esa_common::check_words;
+    check_words("sample", "logits", io.logits, io.offset + io.vocab)?;
+    check_words("sample", "out", io.out, 1)?;
+    if penalty != 1.0 {
+        check_words("sample", "hist", io.hist, io.recent.end)?;
+        check_words("sample", "scratch", io.scratch, 2 * io.vocab)?;
     }
     let k = rec.ctx().kernel("sample", super::src::SAMPLE, "main", &[])?;
     let p = Params {
