@@ -45,6 +45,11 @@ struct Args {
     /// Attention policy: dense, or esa (default budget; its chunk replaces --prefill-chunk).
     #[arg(long, default_value = "dense")]
     attention: String,
+    /// ESA: compressed width d' of maps of that width (random values: the timing of calibrated
+    /// maps of that width, which `--esa-maps auto` in the chat picks per model; SmolLM2: 64).
+    /// Default: exact maps (n_kv * head_dim).
+    #[arg(long)]
+    esa_d: Option<usize>,
     /// Repeat the measurement this many times and report the best.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -282,6 +287,18 @@ fn prefill_flops(c: &esa_wgpu::model::config::Config, n: usize, chunk: usize, es
     per_token * n as f64 + lm_head + attn
 }
 
+/// Random maps of width `d` for `gpu`, written to the temporary directory (their values do not
+/// change the kernels' time, only d' does).
+fn random_maps_file(gpu: &GpuModel, d: usize, w: usize) -> esa_wgpu::Result<std::path::PathBuf> {
+    use esa_wgpu::calibrate;
+    let shape = esa_wgpu::reference::esa::HeadShape::from(&gpu.cfg);
+    let maps = (0..gpu.cfg.num_layers).map(|l| calibrate::random_maps(shape, d, l as u64)).collect::<esa_wgpu::Result<Vec<_>>>()?;
+    let path = std::env::temp_dir().join(format!("esa-bench-maps-d{d}-{}.safetensors", std::process::id()));
+    let info = calibrate::MapsInfo { model: gpu.identity.clone(), model_name: "bench".into(), d_compressed: d, w, tokens: 0, method: "random".into(), text: String::new() };
+    calibrate::save_maps(&path, &maps, &info)?;
+    Ok(path)
+}
+
 fn main() -> esa_wgpu::Result<()> {
     let args = Args::parse();
     let engine = Engine::new(&GpuOptions::default())?;
@@ -319,6 +336,15 @@ fn main() -> esa_wgpu::Result<()> {
         "dense" => Attention::Dense,
         "esa" => Attention::esa(),
         a => return Err(esa_wgpu::Error::arg("attention", format!("unknown `{a}` (dense, esa)"))),
+    };
+    let attention = match (attention, args.esa_d) {
+        (Attention::Esa(mut e), Some(d)) => {
+            e.maps = Some(random_maps_file(&gpu, d, e.config.long_distance_query_pos())?);
+            eprintln!("ESA maps: random, d' = {d}");
+            Attention::Esa(e)
+        }
+        (_, Some(_)) => return Err(esa_wgpu::Error::arg("esa-d", "needs --attention esa")),
+        (a, None) => a,
     };
     let esa_budget = match &attention {
         Attention::Esa(e) => Some(e.config.n_init + e.config.n_local + e.config.top_k),

@@ -3,19 +3,30 @@ enable wgpu_cooperative_matrix;
 // esa_score_coop: the two passes of esa_score.wgsl (same scores, same bindings in the same order)
 // on cooperative matrices: 16x16x16 products of f16 compressed queries and keys, f32 accumulators.
 // Chosen by `esa_score::score` for chunks when the cooperative-matrix matmul runs and d' is a
-// multiple of 16 of at most MAX_D (the resident tile must fit 48 KiB of workgroup memory).
+// multiple of 16 of at most COOP_MAX_D (the staged tile and the scratch must fit 48 KiB of
+// workgroup memory, the resident fragments the registers).
 //
-// Each workgroup keeps RES = 64 "resident" rows of width D in workgroup memory for its whole run
-// and streams STR = 32 rows per step past them; its 8 subgroups each own one 16 x 16 fragment of
-// the RES x STR score tile (resident fragment sg % 4, streamed fragment sg / 4), accumulated over
-// D / 16 products, then written through a per-subgroup f32 scratch (cs[sg * 256 + r * 16 + s])
-// where its lanes reduce it: lane l takes resident row l % 16, streamed rows 8 (l / 16) .. + 7.
+// Each workgroup has RES = 64 "resident" rows (queries in pass 1, keys in pass 2) and streams
+// STR = 64 rows of the other kind per step past them. Its 8 subgroups are SR = 2 along the
+// resident rows x SS = 4 along the streamed ones: subgroup (sr, sn) owns resident rows
+// 32 sr .. + 31 (RF = 2 fragments of 16) against streamed rows 16 sn .. + 15.
+// - The resident rows are loaded once, as RF x D/16 A fragments that stay in registers (the
+//   `//@ALOAD` lines the op expands), so a step loads only the streamed B fragments from workgroup
+//   memory, each feeding RF products (`//@MMA`). Staging goes through the one buffer `buf`: first
+//   the resident tile, then each step's streamed rows (fetched into registers a step ahead).
+//   (Loading the fragments straight from the storage buffers instead, without staging, ran
+//   1.4-2.2x slower on the H200: docs/perf.md, session 7.)
+// - A score fragment has all of d' summed after one step (D/16 products). It is stored to the
+//   subgroup's f32 scratch (cs[sg * 256 RF + 256 i + r * 16 + s], resident row r, streamed row s),
+//   and lane l reads entries l + 32 n, n < 8 (conflict-free: row 2n + l / 16, column l % 16) into
+//   a running maximum per entry. The maxima are reduced across lanes and subgroups once, at the
+//   end (subgroup shuffles, then workgroup memory), not every step.
 //   clear        : rowmax[c] = 0 (the sortable key below every float). Dispatch (ceil(n_q/256), 1).
-//   rowmax_coop  : pass 1. Resident: queries [64 wg.x, +64); streamed: key tiles of 32,
+//   rowmax_coop  : pass 1. Resident: queries [64 wg.x, +64); streamed: key tiles of 64,
 //                  [wg.y * split_tiles, +split_tiles). Per query, atomicMax of the best score.
 //                  Dispatch (ceil(n_q/64), n_split).
 //   chunk_coop   : pass 2. Resident: keys [64 tile, +64), tile = wg.x + wg.y * grid_x; streamed:
-//                  every query, 32 at a time, with its rowmax. out[m] = max_c s(m,c) - rowmax[c].
+//                  every query, 64 at a time, with its rowmax. out[m] = max_c s(m,c) - rowmax[c].
 //                  Dispatch flat over ceil(n_m/64).
 // D (= d') is substituted by the op. Layout as esa_score.wgsl: cq [n_q][D] f32 (read as vec4);
 // ck [rows][D/2] u32 f16 pairs (read as vec4<u32>: D is a multiple of 16), middle token m at row
@@ -29,13 +40,15 @@ enable wgpu_cooperative_matrix;
 const D: u32 = 64u;
 const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, rows on different banks
 const OCT: u32 = D / 8u; // octets (8 halves, one vec4<u32> of keys) per row
-const RES: u32 = 64u;
-const STR: u32 = 32u;
+const RF: u32 = 2u; // resident fragments per subgroup
+const SR: u32 = 2u; // subgroups along the resident rows
+const SS: u32 = 4u; // subgroups along the streamed rows
+const RES: u32 = 16u * RF * SR;
+const STR: u32 = 16u * SS;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> rs: array<f16, RES * LD>; // resident rows
-var<workgroup> ss: array<f16, STR * LD>; // streamed rows of this step
-var<workgroup> cs: array<f32, 2048>; // 8 subgroups x [16][16] fragment scratch
+var<workgroup> buf: array<f16, RES * LD>; // the resident tile, then each step's streamed rows (RES = STR)
+var<workgroup> cs: array<f32, 256u * RF * SR * SS>; // per subgroup RF x [16][16] fragment scratch
 var<workgroup> srm: array<f32, STR>; // pass 2: rowmax of the streamed queries
 
 // Octet o of query c as eight floats (zero past n_q).
@@ -58,13 +71,13 @@ fn k_oct(m: u32, o: u32) -> array<f32, 8> {
 
 // fn unpack8: shaders/unpack_f16x8.wgsl (prepended by the op).
 
-fn stage_rs(li: u32, base: u32, queries: bool) {
+fn stage_resident(li: u32, base: u32, queries: bool) {
     for (var i = li; i < RES * OCT; i += 256u) {
         let r = i / OCT;
         let o = i % OCT;
         var v: array<f32, 8>;
         if (queries) { v = q_oct(base + r, o); } else { v = k_oct(base + r, o); }
-        for (var j = 0u; j < 8u; j++) { rs[r * LD + 8u * o + j] = f16(v[j]); }
+        for (var j = 0u; j < 8u; j++) { buf[r * LD + 8u * o + j] = f16(v[j]); }
     }
 }
 
@@ -89,7 +102,7 @@ fn put_k(li: u32, raw: array<vec4<u32>, SPT>) {
         let i = li + 256u * j;
         if (i < STR * OCT) {
             var v = unpack8(w[j]);
-            for (var e = 0u; e < 8u; e++) { ss[(i / OCT) * LD + 8u * (i % OCT) + e] = f16(v[e]); }
+            for (var e = 0u; e < 8u; e++) { buf[(i / OCT) * LD + 8u * (i % OCT) + e] = f16(v[e]); }
         }
     }
 }
@@ -115,41 +128,38 @@ fn put_q(li: u32, raw: array<vec4<f32>, 2u * SPT>) {
             let at = (i / OCT) * LD + 8u * (i % OCT);
             let a = w[2u * j];
             let b = w[2u * j + 1u];
-            ss[at] = f16(a.x);
-            ss[at + 1u] = f16(a.y);
-            ss[at + 2u] = f16(a.z);
-            ss[at + 3u] = f16(a.w);
-            ss[at + 4u] = f16(b.x);
-            ss[at + 5u] = f16(b.y);
-            ss[at + 6u] = f16(b.z);
-            ss[at + 7u] = f16(b.w);
+            buf[at] = f16(a.x);
+            buf[at + 1u] = f16(a.y);
+            buf[at + 2u] = f16(a.z);
+            buf[at + 3u] = f16(a.w);
+            buf[at + 4u] = f16(b.x);
+            buf[at + 5u] = f16(b.y);
+            buf[at + 6u] = f16(b.z);
+            buf[at + 7u] = f16(b.w);
         }
     }
 }
 
-// The subgroup's fragment of resident rows rf * 16 .. x streamed rows sf * 16 .., into its
-// scratch (cs[cbase + r * 16 + s]); ends with a barrier, so every lane may read any of it.
-fn tile_scores(rf: u32, sf: u32, cbase: u32) {
-    let ld = LD;
-    let s16 = 16u;
-    var acc = coop_mat16x16<f32, C>();
-    for (var dd = 0u; dd < D; dd += 16u) {
-        let ia = rf * 16u * LD + dd;
-        let ib = sf * 16u * LD + dd;
-        let a = coopLoadT<coop_mat16x16<f16, A>>(&rs[ia], ld);
-        let b = coopLoad<coop_mat16x16<f16, B>>(&ss[ib], ld);
-        acc = coopMultiplyAdd(a, b, acc);
+// The running maxima of lane `lane` (entry n of fragment i: resident row 16 (RF sr + i) + 2n +
+// lane / 16) reduced over the 16 lanes that share a row pair and over the SS subgroups along the
+// streamed rows: after the final barrier, cs[r] holds resident row r's best, r < RES.
+fn reduce_rows(best_in: array<f32, 8u * RF>, lane: u32, sg: u32, sr: u32, sn: u32) {
+    var best = best_in;
+    for (var e = 0u; e < 8u * RF; e++) {
+        var v = best[e];
+        v = max(v, subgroupShuffleXor(v, 1u));
+        v = max(v, subgroupShuffleXor(v, 2u));
+        v = max(v, subgroupShuffleXor(v, 4u));
+        v = max(v, subgroupShuffleXor(v, 8u));
+        best[e] = v;
     }
-    coopStoreT(acc, &cs[cbase], s16);
-    workgroupBarrier();
-}
-
-// Each lane's best over its 8 streamed entries, combined over the lane halves and the two
-// streamed fragments: the resident row's best lands in cs[li] for li < RES (after a barrier).
-fn combine(best_in: f32, lh: u32, lm: u32, rf: u32, sf: u32) {
-    let best = max(best_in, subgroupShuffleXor(best_in, 16u));
-    workgroupBarrier();
-    if (lh == 0u) { cs[sf * 64u + rf * 16u + lm] = best; }
+    workgroupBarrier(); // every lane is done with the fragment scratch
+    if (lane % 16u == 0u) {
+        for (var e = 0u; e < 8u * RF; e++) {
+            let r = 16u * (RF * sr + e / 8u) + 2u * (e % 8u) + lane / 16u;
+            cs[sn * RES + r] = best[e];
+        }
+    }
     workgroupBarrier();
 }
 
@@ -161,28 +171,36 @@ fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     let n_tiles = (p.n_m + STR - 1u) / STR;
     let t0 = wg.y * p.split_tiles;
     let t1 = min(t0 + p.split_tiles, n_tiles);
-    let rf = sg % 4u;
-    let sf = sg / 4u;
-    let lm = lane % 16u;
-    let lh = lane / 16u;
-    let cbase = sg * 256u;
-    stage_rs(li, q_base, true);
-    var best = NEG;
+    let sr = sg / SS;
+    let sn = sg % SS;
+    let cbase = sg * 256u * RF;
+    stage_resident(li, q_base, true);
+    workgroupBarrier();
+    //@ALOAD
+    workgroupBarrier(); // the fragments are in registers: buf may take streamed rows
+    var best: array<f32, 8u * RF>;
+    for (var e = 0u; e < 8u * RF; e++) { best[e] = NEG; }
+    let ib = sn * 16u * LD;
     var raw = fetch_k(li, t0 * STR);
     for (var t = t0; t < t1; t++) {
-        workgroupBarrier();
         put_k(li, raw);
         workgroupBarrier();
         if (t + 1u < t1) { raw = fetch_k(li, (t + 1u) * STR); }
-        tile_scores(rf, sf, cbase);
-        for (var n = 0u; n < 8u; n++) {
-            let key = t * STR + sf * 16u + lh * 8u + n;
-            if (key < p.n_m) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n]); }
+        //@MMA
+        workgroupBarrier();
+        // this lane's streamed row (key) is the same in every entry it reads
+        let valid = t * STR + sn * 16u + lane % 16u < p.n_m;
+        for (var e = 0u; e < 8u * RF; e++) {
+            let v = cs[cbase + 256u * (e / 8u) + lane + 32u * (e % 8u)];
+            best[e] = select(best[e], max(best[e], v), valid);
         }
+        // (no barrier here: the next step writes buf after every subgroup's loads, which the
+        // barrier above orders, and its scratch only after its put barrier)
     }
-    combine(best, lh, lm, rf, sf);
+    reduce_rows(best, lane, sg, sr, sn);
     if (li < RES) {
-        let m = max(cs[li], cs[64u + li]);
+        var m = cs[li];
+        for (var s = 1u; s < SS; s++) { m = max(m, cs[s * RES + li]); }
         let c = q_base + li;
         if (c < p.n_q && t0 < t1) { atomicMax(&rowmax[c], key_of(m)); }
     }
@@ -197,18 +215,20 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     // Uniform per workgroup: the whole workgroup leaves together, before any barrier.
     if (tile >= n_tiles) { return; }
     let m_base = tile * RES;
-    let rf = sg % 4u;
-    let sf = sg / 4u;
-    let lm = lane % 16u;
-    let lh = lane / 16u;
-    let cbase = sg * 256u;
-    stage_rs(li, m_base, false);
-    var best = NEG;
+    let sr = sg / SS;
+    let sn = sg % SS;
+    let cbase = sg * 256u * RF;
+    stage_resident(li, m_base, false);
+    workgroupBarrier();
+    //@ALOAD
+    workgroupBarrier();
+    var best: array<f32, 8u * RF>;
+    for (var e = 0u; e < 8u * RF; e++) { best[e] = NEG; }
+    let ib = sn * 16u * LD;
     var raw = fetch_q(li, 0u);
     var rm_next = 0.0;
     if (li < STR && li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[li])); }
     for (var q_base = 0u; q_base < p.n_q; q_base += STR) {
-        workgroupBarrier();
         put_q(li, raw);
         if (li < STR) { srm[li] = rm_next; }
         workgroupBarrier();
@@ -217,15 +237,22 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             raw = fetch_q(li, nb);
             if (li < STR && nb + li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[nb + li])); }
         }
-        tile_scores(rf, sf, cbase);
-        for (var n = 0u; n < 8u; n++) {
-            let s = sf * 16u + lh * 8u + n;
-            if (q_base + s < p.n_q) { best = max(best, cs[cbase + lm * 16u + lh * 8u + n] - srm[s]); }
+        // this lane's streamed row (query) is the same in every entry it reads; its rowmax is
+        // read before the barrier below, after which the next step may overwrite srm
+        let s = sn * 16u + lane % 16u;
+        let valid = q_base + s < p.n_q;
+        let sub = srm[s];
+        //@MMA
+        workgroupBarrier();
+        for (var e = 0u; e < 8u * RF; e++) {
+            let v = cs[cbase + 256u * (e / 8u) + lane + 32u * (e % 8u)] - sub;
+            best[e] = select(best[e], max(best[e], v), valid);
         }
     }
-    combine(best, lh, lm, rf, sf);
+    reduce_rows(best, lane, sg, sr, sn);
     if (li < RES) {
-        let m = m_base + li;
-        if (m < p.n_m) { out[m] = max(cs[li], cs[64u + li]); }
+        var m = cs[li];
+        for (var s = 1u; s < SS; s++) { m = max(m, cs[s * RES + li]); }
+        if (m_base + li < p.n_m) { out[m_base + li] = m; }
     }
 }

@@ -87,10 +87,10 @@ fn coop_score_validates() {
 /// The cooperative-matrix scoring passes against the reference on odd sizes (tiles part-filled,
 /// several pass-1 splits, a last streamed tile of one query, a middle that starts past row 0): on an
 /// adapter with cooperative matrices the real kernel, on CPU adapters through the plain-WGSL
-/// emulation, with fewer cases there: the emulated kernel must fit lavapipe's 32 KiB of workgroup
-/// memory (d' <= 96), it is slow, and lavapipe runs some shapes of it wrong (one key in 333 for a
-/// last streamed tile of one query after four full ones at d' = 48; d' = 96 with 97 queries),
-/// all of which the real kernel passes on the H200 (docs/perf.md, session 5). The kernel multiplies f16 queries, so the reference
+/// emulation, with one case there at d' = 16: the kernel keeps its resident rows as d'/16 x 2
+/// fragments, which the emulation holds as 256-float arrays per invocation, and lavapipe's compile
+/// time grows with their square (68 s at d' = 16, 336 s at 48); every d' runs on the H200
+/// (docs/perf.md). The kernel multiplies f16 queries, so the reference
 /// scores f16-rounded queries; tolerance 1e-4 d' as the FMA kernel's.
 #[test]
 fn score_chunk_coop() {
@@ -102,7 +102,7 @@ fn score_chunk_coop() {
         (&real, [16usize, 48, 64, 128, 192].iter().flat_map(|&d| shapes.iter().map(move |&(q, m, m0)| (d, q, m, m0))).collect())
     } else if real.info.device_type == wgpu::DeviceType::Cpu {
         emulated = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
-        (&emulated, vec![(48, 70, 333, 5)])
+        (&emulated, vec![(16, 70, 333, 5)])
     } else {
         eprintln!("skipped: no cooperative matrices, and the emulation is for CPU adapters");
         return;

@@ -143,7 +143,7 @@ pub fn emulate(src: &str) -> Result<String> {
         return Err(Error::Gpu("coop emulation: entry point signature not in the expected form".into()));
     }
     let mut helpers = String::from(PRELUDE);
-    helpers.push_str("fn emu_shfl16_xor(x: f32, m: u32) -> f32 { return emu_shfl16(x); }\n");
+    helpers.push_str("fn emu_shfl16_xor(x: f32, m: u32) -> f32 { return emu_shfl(x, (emu_li % 32u) ^ m); }\n");
     for name in &loads {
         helpers.push_str(&format!(
             "fn emu_load_{name}(at: u32, stride: u32, row_major: bool) -> EmuFrag {{\n    var f: EmuFrag;\n    for (var r = 0u; r < 16u; r++) {{\n        for (var c = 0u; c < 16u; c++) {{\n            let i = select(at + c * stride + r, at + r * stride + c, row_major);\n            f[r * 16u + c] = f32({name}[i]);\n        }}\n    }}\n    return f;\n}}\n"

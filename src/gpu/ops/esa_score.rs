@@ -22,8 +22,10 @@ struct Params {
 
 /// Keys and queries per tile in the kernel.
 const TILE: usize = 64;
-/// Target number of workgroups for pass 1 (per-query max), which splits M across workgroups.
-const TARGET_GROUPS: usize = 1024;
+/// Target number of workgroups for pass 1 (per-query max), which splits M across workgroups: a
+/// few per compute unit of a large GPU, each with enough key tiles to amortise its start (H200,
+/// d' = 64: 528 ran 6% faster than 1 024, docs/perf.md).
+const TARGET_GROUPS: usize = 528;
 
 pub struct Score<'a> {
     /// Compressed queries `[n_q][d]` f32.
@@ -43,8 +45,9 @@ pub struct Score<'a> {
     pub m0: usize,
 }
 
-/// Widest d' of the cooperative-matrix variant: its 64 resident rows, 32 streamed rows and the
-/// fragment scratch fill 46 KiB of workgroup memory at 192 (the H200's Vulkan limit is 48 KiB).
+/// Widest d' of the cooperative-matrix variant: its staging buffer of 64 rows and the fragment
+/// scratch fill 42 KiB of workgroup memory at 192 (the H200's Vulkan limit is 48 KiB), and the
+/// resident A fragments 96 registers a lane.
 pub const COOP_MAX_D: usize = 192;
 
 /// Whether chunks are scored on cooperative matrices (`shaders/esa_score_coop.wgsl`): where the
@@ -54,14 +57,49 @@ pub fn coop_supports(ctx: &crate::gpu::GpuContext, d: usize) -> bool {
 }
 
 /// WGSL of `esa_score_coop.wgsl` for one d' (a constant: it sizes workgroup arrays), with
-/// `esa_score_common.wgsl` after its `enable` directives. Public so tests can validate it where no
-/// adapter runs it.
+/// `esa_score_common.wgsl` after its `enable` directives and the `//@` lines expanded (WGSL has no
+/// arrays of cooperative matrices): `//@ALOAD` loads the subgroup's resident rows as `COOP_RF` x
+/// d'/16 A fragments `a{i}_{k}`, `//@MMA` multiplies one step's streamed fragment by them into
+/// `COOP_RF` fresh accumulators and stores those to the subgroup's scratch. Public so tests can
+/// validate it where no adapter runs it.
 pub fn coop_source(d: usize) -> String {
-    let src = super::src::ESA_SCORE_COOP.replacen("const D: u32 = 64u;", &format!("const D: u32 = {d}u;"), 1);
+    let ks = d / 16;
+    let mut aload = String::new();
+    let mut mma = String::new();
+    for i in 0..COOP_RF {
+        mma += &format!("var c{i} = coop_mat16x16<f32, C>();\n");
+        for k in 0..ks {
+            aload += &format!("let a{i}_{k} = coopLoadT<coop_mat16x16<f16, A>>(&buf[(sr * RF + {i}u) * 16u * LD + {}u], LD);\n", 16 * k);
+        }
+    }
+    for k in 0..ks {
+        mma += &format!("let b{k} = coopLoad<coop_mat16x16<f16, B>>(&buf[ib + {}u], LD);\n", 16 * k);
+        for i in 0..COOP_RF {
+            mma += &format!("c{i} = coopMultiplyAdd(a{i}_{k}, b{k}, c{i});\n");
+        }
+    }
+    for i in 0..COOP_RF {
+        mma += &format!("coopStoreT(c{i}, &cs[cbase + {}u], 16u);\n", 256 * i);
+    }
+    let mut src = String::new();
+    for line in super::src::ESA_SCORE_COOP.lines() {
+        match line.trim() {
+            "//@ALOAD" => src += &aload,
+            "//@MMA" => src += &mma,
+            "const D: u32 = 64u;" => src += &format!("const D: u32 = {d}u;\n"),
+            _ => {
+                src += line;
+                src.push('\n');
+            }
+        }
+    }
     let directives = "enable wgpu_cooperative_matrix;\n";
     let at = src.find(directives).map_or(0, |i| i + directives.len());
     format!("{}{}{}{}", &src[..at], super::src::ESA_SCORE_COMMON, super::src::UNPACK_F16X8, &src[at..])
 }
+
+/// Resident fragments per subgroup in `esa_score_coop.wgsl` (its `RF`).
+const COOP_RF: usize = 2;
 
 /// WGSL of `esa_score.wgsl` with `esa_score_common.wgsl`.
 fn fma_source() -> String {
@@ -70,7 +108,7 @@ fn fma_source() -> String {
 
 /// Resident rows per workgroup and streamed rows per step of the cooperative-matrix variant.
 const COOP_RES: usize = 64;
-const COOP_STR: usize = 32;
+const COOP_STR: usize = 64;
 
 /// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
 /// `n_m = 0` records nothing.
