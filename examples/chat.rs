@@ -3,7 +3,8 @@
 //!   cargo run --release --example chat                     # default model (SmolLM2-135M-Instruct)
 //!   cargo run --release --example chat -- --model DIR_OR_GGUF --temperature 0.2
 //!   cargo run --release --example chat -- --prompt "Why is the sky blue?"
-//!   cargo run --release --example chat -- --attention esa --esa-maps auto   # calibrated maps, d' 128
+//!   cargo run --release --example chat -- --attention esa   # maps calibrated on first use (--esa-maps auto)
+//!   cargo run --release --example chat -- --attention esa --esa-maps exact   # exact maps, no calibration
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -82,11 +83,11 @@ struct Args {
     /// max_position_embeddings).
     #[arg(long)]
     rope_original_context: Option<usize>,
-    /// ESA: calibrated compression maps (safetensors), or `auto`: calibrate this model once on
-    /// the default text (or --esa-calibration-text) and cache the maps beside the models.
-    /// Default: exact maps (width n_kv * head_dim).
-    #[arg(long)]
-    esa_maps: Option<PathBuf>,
+    /// ESA: calibrated compression maps (safetensors); `auto`: calibrate this model once on the
+    /// default text (or --esa-calibration-text), choosing the width by recall, and cache the maps
+    /// beside the models; `exact`: exact maps of width n_kv * head_dim (no calibration).
+    #[arg(long, default_value = "auto")]
+    esa_maps: PathBuf,
     /// Print only the reply: no progress bars, no adapter, model or speed lines (errors still go
     /// to stderr). Bars are also left out when stderr is not a terminal.
     #[arg(long, short)]
@@ -186,9 +187,16 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
         "dense" => Attention::Dense,
         "esa" => {
             let config = EsaConfig { d_compressed: args.esa_d.unwrap_or(EsaConfig::default().d_compressed), ..args.esa.config() };
-            let maps = match &args.esa_maps {
-                Some(p) if p.as_os_str() == "auto" => auto_maps(&model, &config, args.esa_d, &args.esa_calibration_text, args.esa_calibration_tokens)?,
-                other => other.clone(),
+            let maps = match args.esa_maps.to_str() {
+                Some("exact") => None,
+                // The default: where there is no calibration text (not a Debian-family system and
+                // no --esa-calibration-text), exact maps, with a note rather than an error.
+                Some("auto") if args.esa_calibration_text.is_empty() && calibrate::default_text().is_err() => {
+                    info(format!("note: no calibration text in {} for `--esa-maps auto`: exact maps (pass --esa-calibration-text FILE to calibrate)", calibrate::DEFAULT_TEXT_DIR));
+                    None
+                }
+                Some("auto") => auto_maps(&model, &config, args.esa_d, &args.esa_calibration_text, args.esa_calibration_tokens)?,
+                _ => Some(args.esa_maps.clone()),
             };
             Attention::Esa(EsaOptions { config, maps })
         }

@@ -6,10 +6,12 @@ enable wgpu_cooperative_matrix;
 // multiple of 16 of at most COOP_MAX_D (the staged tile and the scratch must fit 48 KiB of
 // workgroup memory, the resident fragments the registers).
 //
-// Each workgroup has RES = 64 "resident" rows (queries in pass 1, keys in pass 2) and streams
-// STR = 64 rows of the other kind per step past them. Its 8 subgroups are SR = 2 along the
-// resident rows x SS = 4 along the streamed ones: subgroup (sr, sn) owns resident rows
-// 32 sr .. + 31 (RF = 2 fragments of 16) against streamed rows 16 sn .. + 15.
+// Each workgroup has RES = 16 RF SR "resident" rows (queries in pass 1, keys in pass 2) and
+// streams STR = 16 SS rows of the other kind per step past them. Its 8 subgroups are SR along the
+// resident rows x SS along the streamed ones: subgroup (sr, sn) owns resident rows
+// 16 RF sr .. (RF = 2 fragments of 16) against streamed rows 16 sn .. + 15. The op picks the
+// shape by d' (`//@SHAPE`): 64 x 64 (SR = 2, SS = 4), or 128 x 32 (SR = 4, SS = 2) where the
+// resident tile fits (d' <= 96), which stages half the rows per step for the same products.
 // - The resident rows are loaded once, as RF x D/16 A fragments that stay in registers (the
 //   `//@ALOAD` lines the op expands), so a step loads only the streamed B fragments from workgroup
 //   memory, each feeding RF products (`//@MMA`). Staging goes through the one buffer `buf`: first
@@ -22,12 +24,12 @@ enable wgpu_cooperative_matrix;
 //   a running maximum per entry. The maxima are reduced across lanes and subgroups once, at the
 //   end (subgroup shuffles, then workgroup memory), not every step.
 //   clear        : rowmax[c] = 0 (the sortable key below every float). Dispatch (ceil(n_q/256), 1).
-//   rowmax_coop  : pass 1. Resident: queries [64 wg.x, +64); streamed: key tiles of 64,
+//   rowmax_coop  : pass 1. Resident: queries [RES wg.x, +RES); streamed: key tiles of STR,
 //                  [wg.y * split_tiles, +split_tiles). Per query, atomicMax of the best score.
-//                  Dispatch (ceil(n_q/64), n_split).
-//   chunk_coop   : pass 2. Resident: keys [64 tile, +64), tile = wg.x + wg.y * grid_x; streamed:
-//                  every query, 64 at a time, with its rowmax. out[m] = max_c s(m,c) - rowmax[c].
-//                  Dispatch flat over ceil(n_m/64).
+//                  Dispatch (ceil(n_q/RES), n_split).
+//   chunk_coop   : pass 2. Resident: keys [RES tile, +RES), tile = wg.x + wg.y * grid_x; streamed:
+//                  every query, STR at a time, with its rowmax. out[m] = max_c s(m,c) - rowmax[c].
+//                  Dispatch flat over ceil(n_m/RES).
 // D (= d') is substituted by the op. Layout as esa_score.wgsl: cq [n_q][D] f32 (read as vec4);
 // ck [rows][D/2] u32 f16 pairs (read as vec4<u32>: D is a multiple of 16), middle token m at row
 // m0 + m; rowmax [n_q] sortable u32 keys; out [n_m] f32.
@@ -40,14 +42,17 @@ enable wgpu_cooperative_matrix;
 const D: u32 = 64u;
 const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, rows on different banks
 const OCT: u32 = D / 8u; // octets (8 halves, one vec4<u32> of keys) per row
+//@SHAPE
 const RF: u32 = 2u; // resident fragments per subgroup
 const SR: u32 = 2u; // subgroups along the resident rows
 const SS: u32 = 4u; // subgroups along the streamed rows
+const ROWS: u32 = 64u; // max(RES, STR)
+//@END
 const RES: u32 = 16u * RF * SR;
 const STR: u32 = 16u * SS;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> buf: array<f16, RES * LD>; // the resident tile, then each step's streamed rows (RES = STR)
+var<workgroup> buf: array<f16, ROWS * LD>; // the resident tile, then each step's streamed rows
 var<workgroup> cs: array<f32, 256u * RF * SR * SS>; // per subgroup RF x [16][16] fragment scratch
 var<workgroup> srm: array<f32, STR>; // pass 2: rowmax of the streamed queries
 

@@ -99,7 +99,7 @@ fn score_chunk_coop() {
     // (d', n_q, n_m, m0)
     let (ctx, cases): (&GpuContext, Vec<(usize, usize, usize, usize)>) = if esa_score::coop_supports(&real, 64) {
         let shapes = [(70, 333, 5), (129, 1100, 3), (33, 64, 0), (2, 97, 11), (129, 333, 3), (97, 200, 0)];
-        (&real, [16usize, 48, 64, 128, 192].iter().flat_map(|&d| shapes.iter().map(move |&(q, m, m0)| (d, q, m, m0))).collect())
+        (&real, [16usize, 48, 64, 96, 128, 192].iter().flat_map(|&d| shapes.iter().map(move |&(q, m, m0)| (d, q, m, m0))).collect())
     } else if real.info.device_type == wgpu::DeviceType::Cpu {
         emulated = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
         (&emulated, vec![(16, 70, 333, 5)])

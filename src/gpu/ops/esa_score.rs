@@ -81,9 +81,18 @@ pub fn coop_source(d: usize) -> String {
     for i in 0..COOP_RF {
         mma += &format!("coopStoreT(c{i}, &cs[cbase + {}u], 16u);\n", 256 * i);
     }
+    let (sr, ss) = coop_shape(d);
+    let shape = format!("const RF: u32 = {COOP_RF}u;\nconst SR: u32 = {sr}u;\nconst SS: u32 = {ss}u;\nconst ROWS: u32 = {}u;\n", (16 * COOP_RF * sr).max(16 * ss));
     let mut src = String::new();
+    let mut skip = false;
     for line in super::src::ESA_SCORE_COOP.lines() {
         match line.trim() {
+            "//@SHAPE" => {
+                src += &shape;
+                skip = true;
+            }
+            "//@END" => skip = false,
+            _ if skip => {}
             "//@ALOAD" => src += &aload,
             "//@MMA" => src += &mma,
             "const D: u32 = 64u;" => src += &format!("const D: u32 = {d}u;\n"),
@@ -101,14 +110,25 @@ pub fn coop_source(d: usize) -> String {
 /// Resident fragments per subgroup in `esa_score_coop.wgsl` (its `RF`).
 const COOP_RF: usize = 2;
 
+/// Subgroups along the resident and the streamed rows (`SR`, `SS`) for d': 128 resident rows x 32
+/// streamed where the 128-row staging buffer fits 48 KiB with the scratch (d' <= 96: 42 KiB),
+/// which halves the rows staged per step (H200, d' = 64: scoring at 131k 1.21 -> 0.91 s); else
+/// 64 x 64.
+fn coop_shape(d: usize) -> (usize, usize) {
+    if d <= 96 { (4, 2) } else { (2, 4) }
+}
+
+/// (resident rows per workgroup, streamed rows per step) of the cooperative-matrix variant.
+fn coop_tile(d: usize) -> (usize, usize) {
+    let (sr, ss) = coop_shape(d);
+    (16 * COOP_RF * sr, 16 * ss)
+}
+
 /// WGSL of `esa_score.wgsl` with `esa_score_common.wgsl`.
 fn fma_source() -> String {
     format!("{}{}", super::src::ESA_SCORE_COMMON, super::src::ESA_SCORE)
 }
 
-/// Resident rows per workgroup and streamed rows per step of the cooperative-matrix variant.
-const COOP_RES: usize = 64;
-const COOP_STR: usize = 64;
 
 /// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
 /// `n_m = 0` records nothing.
@@ -144,7 +164,7 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     // (pass 1 and 2 entry points, queries per pass-1 workgroup, keys per pass-1 step, keys per
     // pass-2 workgroup)
     let ((rowmax, chunk), q_tile, k_tile, m_tile) =
-        if coop { (("rowmax_coop", "chunk_coop"), COOP_RES, COOP_STR, COOP_RES) } else { (("rowmax_tiled", "chunk_tiled"), TILE, TILE, TILE) };
+        if coop { (("rowmax_coop", "chunk_coop"), coop_tile(a.d).0, coop_tile(a.d).1, coop_tile(a.d).0) } else { (("rowmax_tiled", "chunk_tiled"), TILE, TILE, TILE) };
     let q_tiles = a.n_q.div_ceil(q_tile);
     let k_tiles = a.n_m.div_ceil(k_tile);
     let n_split = (TARGET_GROUPS / q_tiles).clamp(1, k_tiles);
