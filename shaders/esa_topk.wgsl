@@ -3,19 +3,26 @@
 // ties at the threshold go to the lower index; k >= (non-NaN count) selects every non-NaN score.
 //
 // Radix select, 8 bits per pass from the top (4 passes), then a stable compaction:
-//   init         : state <- (prefix 0, k_rem k, pass 0), hist <- 0.            Dispatch (1).
-//   hist         : histogram of digit `pass` of the keys whose higher digits equal the prefix.
+//   init         : slot 0 <- (prefix 0, k_rem k, pass 0, ...), final slot likewise (n = 0), the
+//                  four histograms <- 0.                                           Dispatch (1).
+//   hist_pass    : pass j = p.pass_: first every workgroup applies histogram j - 1 to slot j - 1
+//                  (the digit that holds the k_rem-th largest: a suffix scan over the 256 bins),
+//                  giving slot j, which workgroup 0 also stores; then the histogram of digit j of
+//                  the keys whose higher digits equal slot j's prefix.
 //                  Dispatch (n_hist_groups) x 256 threads, grid-stride over n.
-//   select       : pick the digit holding the k_rem-th largest, update prefix / k_rem, clear hist.
-//                  Dispatch (1). After 4 passes: threshold key T = prefix, take_eq = k_rem elements
-//                  equal to T (lowest indices), count = min(k, valid) written to state.
-//   block_count  : per block of 4096 scores, count (key > T) and (key == T).  Dispatch (n_blocks).
+//   block_count  : apply histogram 3 to slot 3 (workgroup 0 stores the result as the final
+//                  state): threshold key T = prefix, take_eq = k_rem elements equal to T (lowest
+//                  indices), count = min(k, valid); then per block of 4096 scores, count
+//                  (key > T) and (key == T).                                       Dispatch (n_blocks).
 //   block_scan   : exclusive prefix over blocks of both counts, in place.      Dispatch (1).
 //   compact      : out[#selected before i] = i + offset for each selected i.   Dispatch (n_blocks).
+// (Before session 7 a one-workgroup `select_digit` dispatch followed each histogram: the selection
+// is now redone by the workgroups that need it, 8 dispatches instead of 11.)
 // Selected i: key > T, or key == T and fewer than take_eq keys equal to T precede it. Position =
 // gt_before(i) + min(eq_before(i), take_eq), so the output is already sorted by index.
-// Layout: scores [n] f32; state [8] u32 = (prefix/T, k_rem/take_eq, pass, done, count, valid, k, _);
-//         hist [256] u32; blocks [2 * n_blocks] u32 (gt, eq); out [>= min(k, n)] u32.
+// Layout: scores [n] f32; state [8 + 8 * 4] u32: the final state, then slots 0-3 (the state after
+//         j passes), each (prefix/T, k_rem/take_eq, pass, done, count, valid, k, _);
+//         hist [4][256] u32; blocks [2 * n_blocks] u32 (gt, eq); out [>= min(k, n)] u32.
 // Every entry point uses all five bindings (so they share one binding order).
 
 struct Params {
@@ -24,7 +31,7 @@ struct Params {
     offset: u32,
     n_blocks: u32,
     n_threads: u32, // hist: total threads of the grid-stride loop
-    _pad0: u32,
+    pass_: u32, // hist_pass: the digit (0 = top byte)
     _pad1: u32,
     _pad2: u32,
 }
@@ -40,6 +47,7 @@ const ITEMS: u32 = 16u;          // scores per thread in a block
 const BLOCK: u32 = 4096u;        // 256 * ITEMS
 
 var<workgroup> lh: array<atomic<u32>, 256>;
+var<workgroup> ws: array<u32, 8>; // the state this workgroup works with
 var<workgroup> cnt: array<u32, 256>;
 var<workgroup> scan: array<vec2<u32>, 256>;
 
@@ -62,36 +70,81 @@ fn is_valid(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) <= 0x7f800000u; // not NaN
 }
 
+// Word `w` of state slot `j` (0-3: after j passes; 4: the final state at the front).
+fn slot_at(j: u32, w: u32) -> u32 {
+    return select(8u + 8u * j + w, w, j == 4u);
+}
+
 @compute @workgroup_size(256)
 fn init(@builtin(local_invocation_index) li: u32) {
     touch();
-    atomicStore(&hist[li], 0u);
-    if (li == 0u) {
-        state[0] = 0u;
-        state[1] = p.k;
-        state[2] = 0u;
-        state[3] = 0u;
-        state[4] = 0u;
-        state[5] = 0u;
-        state[6] = p.k;
-        state[7] = 0u;
+    for (var j = 0u; j < 4u; j++) { atomicStore(&hist[256u * j + li], 0u); }
+    if (li < 8u) {
+        // (prefix, k_rem, pass, done, count, valid, k, _); k = 0: nothing selected, no key
+        // exceeds the largest and take_eq = 0.
+        var v = array<u32, 8>(0u, p.k, 0u, 0u, 0u, 0u, p.k, 0u);
         if (p.k == 0u) {
-            // Nothing selected: no key exceeds the largest, and take_eq = 0.
-            state[0] = 0xffffffffu;
-            state[3] = 1u;
+            v[0] = 0xffffffffu;
+            v[3] = 1u;
         }
+        state[slot_at(0u, li)] = v[li];
+        state[slot_at(4u, li)] = v[li];
     }
+}
+
+// ws <- slot j - 1 with histogram j - 1 applied (slot j); j = 0: slot 0 as init wrote it. Every
+// thread of the workgroup calls it (it scans the 256 bins). For j > 0 workgroup 0 stores the
+// result in slot `dst` (the other workgroups read only earlier slots, from earlier dispatches).
+fn advance(j: u32, dst: u32, li: u32, wg0: bool) {
+    let src = select(j - 1u, 0u, j == 0u);
+    if (li < 8u) { ws[li] = state[slot_at(src, li)]; }
+    workgroupBarrier();
+    if (j > 0u) {
+        let running = ws[3] == 0u;
+        let k_rem = ws[1];
+        let pass_ = j - 1u;
+        // Thread li takes bin b = 255 - li: its inclusive sum is the count of bins >= b.
+        let b = 255u - li;
+        let c = atomicLoad(&hist[256u * pass_ + b]);
+        let incl = scan_inclusive(li, vec2<u32>(c, 0u)).x;
+        let total = scan[255].x;
+        workgroupBarrier(); // every thread has read ws
+        if (running) {
+            let all = pass_ == 0u && total <= k_rem;
+            if (li == 0u) {
+                if (pass_ == 0u) { ws[5] = total; }
+                if (all) {
+                    // Every valid score is selected: threshold 0 is below every valid key.
+                    ws[0] = 0u;
+                    ws[1] = 0u;
+                    ws[3] = 1u;
+                    ws[4] = total;
+                } else {
+                    if (pass_ == 0u) { ws[4] = k_rem; }
+                    ws[2] = pass_ + 1u;
+                    if (pass_ == 3u) { ws[3] = 1u; }
+                }
+            }
+            // The digit: the one bin with (count of higher bins) < k_rem <= (that + its own).
+            if (!all && incl - c < k_rem && incl >= k_rem) {
+                ws[0] = ws[0] | (b << (24u - 8u * pass_));
+                ws[1] = k_rem - (incl - c);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (wg0 && j > 0u && li < 8u) { state[slot_at(dst, li)] = ws[li]; }
 }
 
 @compute @workgroup_size(256)
 fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
+    let pass_ = p.pass_;
     atomicStore(&lh[li], 0u);
-    workgroupBarrier();
-    let pass_ = state[2];
-    let running = state[3] == 0u;
-    let prefix = state[0];
-    let shift = 24u - 8u * min(pass_, 3u);
+    advance(pass_, pass_, li, wg.x == 0u);
+    let running = ws[3] == 0u;
+    let prefix = ws[0];
+    let shift = 24u - 8u * pass_;
     // Bits above the current digit must match the prefix (none in pass 0).
     let high = select(0xffffffffu << (shift + 8u), 0u, pass_ == 0u);
     if (running) {
@@ -105,44 +158,7 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     workgroupBarrier();
     let c = atomicLoad(&lh[li]);
-    if (c != 0u) { atomicAdd(&hist[li], c); }
-}
-
-@compute @workgroup_size(256)
-fn select_digit(@builtin(local_invocation_index) li: u32) {
-    touch();
-    cnt[li] = atomicLoad(&hist[li]);
-    workgroupBarrier();
-    atomicStore(&hist[li], 0u); // ready for the next pass
-    if (li != 0u || state[3] != 0u) { return; }
-    let pass_ = state[2];
-    var k_rem = state[1];
-    if (pass_ == 0u) {
-        var total = 0u;
-        for (var b = 0u; b < 256u; b++) { total += cnt[b]; }
-        state[5] = total;
-        if (total <= k_rem) {
-            // Every valid score is selected: threshold 0 is below every valid key.
-            state[0] = 0u;
-            state[1] = 0u;
-            state[3] = 1u;
-            state[4] = total;
-            return;
-        }
-        state[4] = k_rem;
-    }
-    let shift = 24u - 8u * pass_;
-    var above = 0u;
-    var digit = 0u;
-    for (var b = 255i; b >= 0i; b--) {
-        let c = cnt[u32(b)];
-        if (above + c >= k_rem) { digit = u32(b); break; }
-        above += c;
-    }
-    state[0] = state[0] | (digit << shift);
-    state[1] = k_rem - above;
-    state[2] = pass_ + 1u;
-    if (pass_ == 3u) { state[3] = 1u; }
+    if (c != 0u) { atomicAdd(&hist[256u * pass_ + li], c); }
 }
 
 // Counts (key > T, key == T) among the ITEMS scores of thread li in block b.
@@ -179,7 +195,8 @@ fn scan_inclusive(li: u32, v: vec2<u32>) -> vec2<u32> {
 @compute @workgroup_size(256)
 fn block_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
-    let c = thread_counts(wg.x, li, state[0]);
+    advance(4u, 4u, li, wg.x == 0u);
+    let c = thread_counts(wg.x, li, ws[0]);
     let total = scan_inclusive(li, c);
     if (li == 255u) {
         blocks[2u * wg.x] = total.x;

@@ -5,7 +5,9 @@
 //! (-0.0 below +0.0), ties to the lower index, NaN never selected, k >= (non-NaN count) selects
 //! every non-NaN score. Each written index is `i + offset` (e.g. the cache row of middle token i).
 //!
-//! Cost: 4 histogram passes + 2 compaction passes over the scores, 11 dispatches in all.
+//! Cost: 4 histogram passes + 2 compaction passes over the scores, 8 dispatches in all (each
+//! histogram pass first redoes the previous pass's digit selection, a 256-bin scan per workgroup,
+//! instead of a dispatch of its own).
 
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::{Error, Result};
@@ -18,7 +20,8 @@ struct Params {
     offset: u32,
     n_blocks: u32,
     n_threads: u32,
-    _pad: [u32; 3],
+    pass_: u32,
+    _pad: [u32; 2],
 }
 
 /// Scores per compaction block (256 threads x 16).
@@ -26,12 +29,12 @@ const BLOCK: usize = 4096;
 /// Most workgroups the histogram passes use (they stride over the scores).
 const MAX_HIST_GROUPS: usize = 256;
 
-/// u32 words of the `state` buffer. After the op: `state[STATE_COUNT]` is the number of indices
-/// written (min(k, non-NaN count)).
-pub const STATE_WORDS: usize = 8;
+/// u32 words of the `state` buffer: the final state, then the state after each of the 4 passes.
+/// After the op: `state[STATE_COUNT]` is the number of indices written (min(k, non-NaN count)).
+pub const STATE_WORDS: usize = 8 + 8 * 4;
 pub const STATE_COUNT: usize = 4;
-/// u32 words of the histogram scratch.
-pub const HIST_WORDS: usize = 256;
+/// u32 words of the histogram scratch: one histogram of 256 bins per pass.
+pub const HIST_WORDS: usize = 256 * 4;
 
 /// u32 words of the `blocks` scratch for `n` scores.
 pub fn block_words(n: usize) -> usize {
@@ -89,7 +92,8 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
         offset: a.offset,
         n_blocks: n_blocks as u32,
         n_threads: (hist_groups * 256) as u32,
-        _pad: [0; 3],
+        pass_: 0,
+        _pad: [0; 2],
     };
     let s = a.scratch;
     let bufs = [a.scores.clone(), BufRef::from(&s.state), BufRef::from(&s.hist), BufRef::from(&s.blocks), a.out.clone()];
@@ -97,10 +101,9 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
     if n_blocks == 0 {
         return Ok(());
     }
-    let (hist, select) = (kernel("hist_pass")?, kernel("select_digit")?);
-    for _ in 0..4 {
-        rec.dispatch(&hist, &p, &bufs, [hist_groups as u32, 1, 1]);
-        rec.dispatch(&select, &p, &bufs, [1, 1, 1]);
+    let hist = kernel("hist_pass")?;
+    for pass in 0..4 {
+        rec.dispatch(&hist, &Params { pass_: pass, ..p }, &bufs, [hist_groups as u32, 1, 1]);
     }
     rec.dispatch(&kernel("block_count")?, &p, &bufs, [n_blocks as u32, 1, 1]);
     rec.dispatch(&kernel("block_scan")?, &p, &bufs, [1, 1, 1]);
