@@ -47,7 +47,15 @@ pub struct EsaState {
     probe: Option<Probe>,
 }
 
+/// A map as a GPU matrix: f16 where the prompt's products run on cooperative matrices (which
+/// take f16 weights: the f32 maps there went through FMA tiles, 0.5 s of a 131k prefill at
+/// d' = 64; the compressed queries and keys are rounded to f16 for scoring anyway), else f32.
 fn matrix(ctx: &GpuContext, name: &str, rows: usize, cols: usize, v: &[f32]) -> Result<GpuMatrix> {
+    if linear::matmul_variant(ctx) == linear::MatmulVariant::Coop {
+        let data: Vec<u8> = v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let t = HostTensor { name: name.into(), shape: vec![rows, cols], format: TensorFormat::F16, data: data.into() };
+        return GpuMatrix::upload(ctx, &t, false);
+    }
     let t = HostTensor { name: name.into(), shape: vec![rows, cols], format: TensorFormat::F32, data: bytemuck::cast_slice(v).to_vec().into() };
     GpuMatrix::upload_f32(ctx, &t)
 }
