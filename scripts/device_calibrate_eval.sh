@@ -6,13 +6,7 @@
 # esa_e2e}.xz, .gl/ and .cache/model.gguf.part-ac (+ -aa, -ab from the earlier calls), and
 # .cache/common-licenses.tar when the device lacks /usr/share/common-licenses.
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-B=/tmp/devbin; mkdir -p $B
-for f in .devbin/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done
-chmod +x $B/*
-cat .cache/model.gguf.part-aa .cache/model.gguf.part-ab .cache/model.gguf.part-ac > $B/model.gguf || exit 1
+source scripts/device_setup.sh
 TEXT=()
 if [ ! -d /usr/share/common-licenses ] && [ -e .cache/common-licenses.tar ]; then
     mkdir -p /tmp/licenses && tar -xf .cache/common-licenses.tar -C /tmp/licenses

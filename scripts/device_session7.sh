@@ -6,13 +6,7 @@
 # SmolLM2, calibrated on lavapipe). Expects .devbin/{bench,eval,tests...}.xz, .gl/ and
 # .cache/model.gguf.part-ac (+ -aa, -ab from the earlier calls).
 set -uo pipefail
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 && [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-B=/tmp/devbin; mkdir -p $B
-for f in .devbin/*.xz; do xz -dc "$f" > "$B/$(basename "$f" .xz)"; done
-chmod +x $B/*
-cat .cache/model.gguf.part-aa .cache/model.gguf.part-ab .cache/model.gguf.part-ac > $B/model.gguf || exit 1
+source scripts/device_setup.sh
 for t in $(ls $B | sort); do
     case "$t" in bench|eval|model.gguf) continue;; esac
     timeout 300 $B/$t --test-threads=1 > "$OUT/test_$t.log" 2>&1
