@@ -129,7 +129,6 @@ fn fma_source() -> String {
     format!("{}{}", super::src::ESA_SCORE_COMMON, super::src::ESA_SCORE)
 }
 
-
 /// Records the scoring of `n_m` middle tokens against `n_q` compressed queries into `out`.
 /// `n_m = 0` records nothing.
 pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
