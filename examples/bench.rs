@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value = "dense")]
     attention: String,
     /// ESA: compressed width d' of maps of that width (random values: the timing of calibrated
-    /// maps of that width, which `--esa-maps auto` in the chat picks per model; SmolLM2: 64).
+    /// maps of that width, which `--esa-maps auto` in the chat picks per model; SmolLM2: 32).
     /// Default: exact maps (n_kv * head_dim).
     #[arg(long)]
     esa_d: Option<usize>,

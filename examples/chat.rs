@@ -191,7 +191,7 @@ fn run(args: Args) -> esa_wgpu::Result<()> {
                 Some("exact") => None,
                 // The default: where there is no calibration text (not a Debian-family system and
                 // no --esa-calibration-text), exact maps, with a note rather than an error.
-                Some("auto") if args.esa_calibration_text.is_empty() && calibrate::default_text().is_err() => {
+                Some("auto") if args.esa_calibration_text.is_empty() && !std::path::Path::new(calibrate::DEFAULT_TEXT_DIR).is_dir() => {
                     info(format!("note: no calibration text in {} for `--esa-maps auto`: exact maps (pass --esa-calibration-text FILE to calibrate)", calibrate::DEFAULT_TEXT_DIR));
                     None
                 }

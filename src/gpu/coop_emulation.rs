@@ -11,7 +11,7 @@
 //! - `coopMultiplyAdd` is a plain 16x16x16 product; `coopStoreT` to `NAME` is written by the first
 //!   invocation of the emulated subgroup;
 //! - `subgroup_id` / `subgroup_invocation_id` become `li / 32` / `li % 32` (the kernels assume
-//!   subgroups of 32), and `subgroupShuffleXor(x, 16u)` and `subgroupShuffle(x, lane)` exchanges
+//!   subgroups of 32), and `subgroupShuffleXor(x, mask)` and `subgroupShuffle(x, lane)` exchanges
 //!   through workgroup memory.
 //! Slow (every invocation does every product), meant for small test shapes on software adapters
 //! only (on a GPU the per-lane fragments spill: a test that takes 20 s on lavapipe ran for
@@ -52,13 +52,9 @@ fn emu_shfl(x: f32, src: u32) -> f32 {
     return y;
 }
 
-fn emu_shfl16(x: f32) -> f32 {
-    workgroupBarrier();
-    emu_xch[emu_li] = x;
-    workgroupBarrier();
-    let y = emu_xch[emu_li ^ 16u];
-    workgroupBarrier();
-    return y;
+// subgroupShuffleXor(x, m): the same exchange, from lane (this lane ^ m).
+fn emu_shfl_xor(x: f32, m: u32) -> f32 {
+    return emu_shfl(x, (emu_li % 32u) ^ m);
 }
 "#;
 
@@ -133,7 +129,7 @@ pub fn emulate(src: &str) -> Result<String> {
     if s.contains("coopStore(") || s.contains("coop_mat") || s.contains("coopLoad") {
         return Err(Error::Gpu("coop emulation: a cooperative-matrix form it does not know is left".into()));
     }
-    s = s.replace("subgroupShuffleXor(", "emu_shfl16_xor(");
+    s = s.replace("subgroupShuffleXor(", "emu_shfl_xor(");
     s = s.replace("subgroupShuffle(", "emu_shfl(");
     s = s.replace(
         ",\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {",
@@ -143,7 +139,6 @@ pub fn emulate(src: &str) -> Result<String> {
         return Err(Error::Gpu("coop emulation: entry point signature not in the expected form".into()));
     }
     let mut helpers = String::from(PRELUDE);
-    helpers.push_str("fn emu_shfl16_xor(x: f32, m: u32) -> f32 { return emu_shfl(x, (emu_li % 32u) ^ m); }\n");
     for name in &loads {
         helpers.push_str(&format!(
             "fn emu_load_{name}(at: u32, stride: u32, row_major: bool) -> EmuFrag {{\n    var f: EmuFrag;\n    for (var r = 0u; r < 16u; r++) {{\n        for (var c = 0u; c < 16u; c++) {{\n            let i = select(at + c * stride + r, at + r * stride + c, row_major);\n            f[r * 16u + c] = f32({name}[i]);\n        }}\n    }}\n    return f;\n}}\n"

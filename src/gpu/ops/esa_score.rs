@@ -162,8 +162,8 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     }
     // (pass 1 and 2 entry points, queries per pass-1 workgroup, keys per pass-1 step, keys per
     // pass-2 workgroup)
-    let ((rowmax, chunk), q_tile, k_tile, m_tile) =
-        if coop { (("rowmax_coop", "chunk_coop"), coop_tile(a.d).0, coop_tile(a.d).1, coop_tile(a.d).0) } else { (("rowmax_tiled", "chunk_tiled"), TILE, TILE, TILE) };
+    let ((rowmax, chunk), (resident, streamed)) = if coop { (("rowmax_coop", "chunk_coop"), coop_tile(a.d)) } else { (("rowmax_tiled", "chunk_tiled"), (TILE, TILE)) };
+    let (q_tile, k_tile, m_tile) = (resident, streamed, resident);
     let q_tiles = a.n_q.div_ceil(q_tile);
     let k_tiles = a.n_m.div_ceil(k_tile);
     let n_split = (TARGET_GROUPS / q_tiles).clamp(1, k_tiles);
