@@ -86,6 +86,11 @@ struct Args {
     /// group, rows per group, octets per iteration), e.g. 128x4x2,256x2x4.
     #[arg(long)]
     wide_shapes: Option<String>,
+    /// With --matvec: also time these matvec_blocks shapes (Q4_0, Q4_1, Q8_0), comma-separated
+    /// TPRxNRxU[xWORKGROUPS] (threads per row group, rows per thread, blocks per iteration, most
+    /// workgroups dispatched), e.g. 64x4x2x128.
+    #[arg(long)]
+    blocks_shapes: Option<String>,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -200,8 +205,13 @@ fn time_batches(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnM
         for _ in 0..n {
             record(&mut rec)?;
         }
+        let t_rec = t.elapsed().as_secs_f64();
         rec.submit()?;
+        let t_sub = t.elapsed().as_secs_f64();
         ctx.sync()?;
+        if std::env::var_os("BENCH_HOST_TIMES").is_some() {
+            eprintln!("host: record {:.1} us, submit {:.1} us per call; total {:.1} us", t_rec * 1e6 / n as f64, (t_sub - t_rec) * 1e6 / n as f64, t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
         Ok(t.elapsed().as_secs_f64() / n as f64)
     };
     batch(1)?;
@@ -212,6 +222,28 @@ fn time_batches(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnM
     Ok(best)
 }
 
+/// GPU time of one call of `record` from timestamp queries (each dispatch in its own pass; the sum
+/// over its dispatches), the best of `repeats` batches of 10; None without timestamps.
+fn gpu_time(ctx: &GpuContext, repeats: usize, record: &mut dyn FnMut(&mut Recorder) -> esa_wgpu::Result<()>) -> esa_wgpu::Result<Option<f64>> {
+    if !ctx.caps.timestamps {
+        return Ok(None);
+    }
+    let mut best = f64::MAX;
+    for _ in 0..repeats.max(1) + 1 {
+        ctx.set_profiling(true);
+        let mut rec = Recorder::new(ctx);
+        for _ in 0..10 {
+            record(&mut rec)?;
+        }
+        rec.submit()?;
+        ctx.sync()?;
+        let total: f64 = ctx.profile_report().0.iter().map(|k| k.total_ms).sum();
+        best = best.min(total * 1e-3 / 10.0);
+    }
+    ctx.set_profiling(false);
+    Ok(Some(best))
+}
+
 /// GB/s of a streaming read of the largest buffer the adapter binds (at most 1 GiB): the floor
 /// that every decode kernel is compared with.
 fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
@@ -220,6 +252,7 @@ fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
     let out = ctx.storage("read out", read_bandwidth::groups_for(bytes) as u64 * 4)?;
     let (s, o) = (BufRef::from(&src), BufRef::from(&out));
     let secs = time_batches(ctx, 20, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?;
+    let secs = gpu_time(ctx, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?.unwrap_or(secs);
     let gbs = bytes as f64 / secs / 1e9;
     println!("| streaming read | {:.0} MiB | {:.3} ms | {gbs:.1} GB/s |", bytes as f64 / (1 << 20) as f64, secs * 1e3);
     Ok(gbs)
@@ -227,7 +260,7 @@ fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
 
 /// One-token matvec at ROWSxCOLS for each format and variant: ms, GB/s of weights (bytes as
 /// stored on the GPU) and the share of the streaming-read bandwidth.
-fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
+fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: Option<&str>, blocks_shapes: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
     let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS")))).collect::<Result<_, _>>()?;
     let [rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS"))) };
     println!("| what | size | ms | GB/s |");
@@ -245,7 +278,10 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
     let gamma = ctx.upload("gamma", bytemuck::cast_slice(&vec![1.0f32; cols]))?;
     let yb = ctx.storage("y", (rows * 4) as u64)?;
     println!();
-    println!("| matvec {rows} x {cols}, 1 token, fused norm | variant | ms | weight GB/s | of read |");
+    // Kernel time from timestamps where the adapter has them (a batch's wall time also counts
+    // recording, submission and the gaps between dependent dispatches).
+    let clock = if ctx.caps.timestamps { "GPU ms" } else { "ms" };
+    println!("| matvec {rows} x {cols}, 1 token, fused norm | variant | {clock} | weight GB/s | of read |");
     println!("|---|---|---|---|---|");
     for f in formats.split(',') {
         let fmt = parse_format(f.trim())?;
@@ -255,13 +291,34 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
         let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: 1 };
         for v in linear::matvec_variants(ctx) {
             let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
+            let gpu = gpu_time(ctx, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
+            let secs = gpu.unwrap_or(secs);
             let gbs = bytes / secs / 1e9;
-            let shape = if v == linear::MatvecVariant::Wide { format!(" {}", linear::wide_shape(linear::fixed_subgroup(ctx).unwrap_or(32), rows, cols, false, fmt)) } else { String::new() };
+            let sg = linear::fixed_subgroup(ctx).unwrap_or(32);
+            let shape = match v {
+                linear::MatvecVariant::Wide => format!(" {}", linear::wide_shape(sg, rows, cols, false, fmt)),
+                linear::MatvecVariant::Blocks if linear::blocks_supported(ctx, fmt, cols, 1, 0) => {
+                    format!(" {}", linear::blocks_shape(sg, rows, cols, false, fmt))
+                }
+                linear::MatvecVariant::Blocks => " (falls back to Wide)".to_string(),
+                _ => String::new(),
+            };
             println!("| {f} | {v:?}{shape} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
+        }
+        for sh in blocks_shapes.into_iter().flat_map(|s| s.split(',')) {
+            let shape = linear::BlocksShape::parse(sh)?;
+            if !linear::blocks_supported(ctx, fmt, cols, 1, 0) {
+                continue;
+            }
+            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;
+            let secs = gpu_time(ctx, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?.unwrap_or(secs);
+            let gbs = bytes / secs / 1e9;
+            println!("| {f} | Blocks {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
         for sh in wide_shapes.into_iter().flat_map(|s| s.split(',')) {
             let sh = linear::WideShape::parse(sh)?;
             let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
+            let secs = gpu_time(ctx, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?.unwrap_or(secs);
             let gbs = bytes / secs / 1e9;
             println!("| {f} | Wide {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
@@ -307,7 +364,7 @@ fn main() -> esa_wgpu::Result<()> {
         return bench_matmul(engine.context(), spec, &args.formats, args.coop_tiles.as_deref(), args.cpu_shapes.as_deref(), args.repeats);
     }
     if let Some(spec) = &args.matvec {
-        return bench_matvec(engine.context(), spec, &args.formats, args.wide_shapes.as_deref(), args.repeats);
+        return bench_matvec(engine.context(), spec, &args.formats, args.wide_shapes.as_deref(), args.blocks_shapes.as_deref(), args.repeats);
     }
     if args.bandwidth {
         println!("| what | size | ms | GB/s |");

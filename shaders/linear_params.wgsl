@@ -27,6 +27,21 @@ struct Oct {
     hi: vec4<f32>,
 }
 
+// The four bytes of q, each masked with `mask`, as floats minus `off - 8388608`, without an
+// int-to-float conversion: 0x4b000000 | b is the float 2^23 + b exactly (b < 2^23), so an AND/OR
+// and a subtraction replace a conversion, which NVIDIA GPUs issue at an eighth of the FMA rate
+// (on the H200 the quantised matvecs were bound by latency, not by it: docs/perf.md, session 8).
+// E.g. Q4_0's nibbles less 8: bytes4f(q, 0xfu, 8388616.0).
+fn bytes4f(q: u32, mask: u32, off: f32) -> vec4<f32> {
+    let b = (vec4<u32>(q, q >> 8u, q >> 16u, q >> 24u) & vec4<u32>(mask)) | vec4<u32>(0x4b000000u);
+    return bitcast<vec4<f32>>(b) - vec4<f32>(off);
+}
+
+// A small unsigned integer (< 2^23) as a float, the same way.
+fn u2f(v: u32) -> f32 {
+    return bitcast<f32>(v | 0x4b000000u) - 8388608.0;
+}
+
 // The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).
 fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
     var s = a[0] * b[0];

@@ -29,7 +29,12 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
 
 // Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
 fn nib4(q: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+    return bytes4f(q, 0xfu, 8388608.0);
+}
+
+// The same less 8 (Q4_0's zero point), in the one subtraction.
+fn nib4m8(q: u32) -> vec4<f32> {
+    return bytes4f(q, 0xfu, 8388616.0);
 }
 
 // Values col .. col + 7 (col a multiple of 8): bytes j .. j + 7 of the nibbles (j = col % 16), low
@@ -40,7 +45,7 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let j = col % 32u;
     let wi = base + 1u + (j % 16u) / 4u;
     let sh = 4u * (j / 16u);
-    return Oct(d * (nib4(w[wi] >> sh) - 8.0), d * (nib4(w[wi + 1u] >> sh) - 8.0));
+    return Oct(d * nib4m8(w[wi] >> sh), d * nib4m8(w[wi + 1u] >> sh));
 }
 
 // Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: the scale and the four
@@ -51,8 +56,8 @@ fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
     var o: array<vec4<f32>, 8>;
     for (var i = 0u; i < 4u; i++) {
         let q = w[base + 1u + i];
-        o[i] = d * (nib4(q) - 8.0);
-        o[i + 4u] = d * (nib4(q >> 4u) - 8.0);
+        o[i] = d * nib4m8(q);
+        o[i + 4u] = d * nib4m8(q >> 4u);
     }
     return o;
 }
@@ -69,4 +74,25 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
         qx = fma(nib4(q >> 4u), xs[i + 4u], qx);
     }
     return d * (((qx.x + qx.y) + (qx.z + qx.w)) - 8.0 * xsum);
+}
+
+// matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
+// with 32 inputs xs (element i = values 4i .. 4i + 3; xsum = their sum): d * (sum(q x) - 8 sum(x)).
+const FMT_BW: u32 = 5u;
+
+fn fmt_bload(row: u32, blk: u32) -> array<u32, 5> {
+    let base = row * p.w_stride + blk * 5u;
+    return array<u32, 5>(w[base], w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
+}
+
+fn fmt_bdot(b: array<u32, 5>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    var qx = nib4(b[1]) * xs[0];
+    qx = fma(nib4(b[1] >> 4u), xs[4], qx);
+    qx = fma(nib4(b[2]), xs[1], qx);
+    qx = fma(nib4(b[2] >> 4u), xs[5], qx);
+    qx = fma(nib4(b[3]), xs[2], qx);
+    qx = fma(nib4(b[3] >> 4u), xs[6], qx);
+    qx = fma(nib4(b[4]), xs[3], qx);
+    qx = fma(nib4(b[4] >> 4u), xs[7], qx);
+    return unpack2x16float(b[0]).x * (((qx.x + qx.y) + (qx.z + qx.w)) - 8.0 * xsum);
 }

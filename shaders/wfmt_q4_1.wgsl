@@ -29,7 +29,7 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
 
 // Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
 fn nib4(q: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+    return bytes4f(q, 0xfu, 8388608.0);
 }
 
 // Values col .. col + 7 (col a multiple of 8), laid out as in Q4_0.
@@ -67,5 +67,27 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
         qx = fma(nib4(q), xs[i], qx);
         qx = fma(nib4(q >> 4u), xs[i + 4u], qx);
     }
+    return dm.x * ((qx.x + qx.y) + (qx.z + qx.w)) + dm.y * xsum;
+}
+
+// matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
+// with 32 inputs xs (element i = values 4i .. 4i + 3; xsum = their sum): d * sum(q x) + m * sum(x).
+const FMT_BW: u32 = 5u;
+
+fn fmt_bload(row: u32, blk: u32) -> array<u32, 5> {
+    let base = row * p.w_stride + blk * 5u;
+    return array<u32, 5>(w[base], w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
+}
+
+fn fmt_bdot(b: array<u32, 5>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    var qx = nib4(b[1]) * xs[0];
+    qx = fma(nib4(b[1] >> 4u), xs[4], qx);
+    qx = fma(nib4(b[2]), xs[1], qx);
+    qx = fma(nib4(b[2] >> 4u), xs[5], qx);
+    qx = fma(nib4(b[3]), xs[2], qx);
+    qx = fma(nib4(b[3] >> 4u), xs[6], qx);
+    qx = fma(nib4(b[4]), xs[3], qx);
+    qx = fma(nib4(b[4] >> 4u), xs[7], qx);
+    let dm = unpack2x16float(b[0]);
     return dm.x * ((qx.x + qx.y) + (qx.z + qx.w)) + dm.y * xsum;
 }

@@ -19,12 +19,12 @@ fn k_scale_byte(base: u32, i: u32) -> u32 {
 // its low 4 bits in byte j + 4 and its top 2 bits in the top bits of bytes j - 4 and j.
 fn k_scale_min(base: u32, j: u32) -> vec2<f32> {
     if (j < 4u) {
-        return vec2<f32>(f32(k_scale_byte(base, j) & 63u), f32(k_scale_byte(base, j + 4u) & 63u));
+        return vec2<f32>(u2f(k_scale_byte(base, j) & 63u), u2f(k_scale_byte(base, j + 4u) & 63u));
     }
     let b = k_scale_byte(base, j + 4u);
     let sc = (b & 15u) | ((k_scale_byte(base, j - 4u) >> 6u) << 4u);
     let mn = (b >> 4u) | ((k_scale_byte(base, j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(mn));
+    return vec2<f32>(u2f(sc), u2f(mn));
 }
 
 fn fmt_block_dot(row: u32, blk: u32) -> f32 {
@@ -50,7 +50,7 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
 
 // Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
 fn nib4(q: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+    return bytes4f(q, 0xfu, 8388608.0);
 }
 
 // Values col .. col + 7 (col a multiple of 8): one sub-block, so one (scale, min); two words of

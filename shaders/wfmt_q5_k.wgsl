@@ -15,12 +15,12 @@ fn k_scale_byte(base: u32, i: u32) -> u32 {
 
 fn k_scale_min(base: u32, j: u32) -> vec2<f32> {
     if (j < 4u) {
-        return vec2<f32>(f32(k_scale_byte(base, j) & 63u), f32(k_scale_byte(base, j + 4u) & 63u));
+        return vec2<f32>(u2f(k_scale_byte(base, j) & 63u), u2f(k_scale_byte(base, j + 4u) & 63u));
     }
     let b = k_scale_byte(base, j + 4u);
     let sc = (b & 15u) | ((k_scale_byte(base, j - 4u) >> 6u) << 4u);
     let mn = (b >> 4u) | ((k_scale_byte(base, j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(mn));
+    return vec2<f32>(u2f(sc), u2f(mn));
 }
 
 fn fmt_block_dot(row: u32, blk: u32) -> f32 {
@@ -49,7 +49,7 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
 
 // Four nibbles of a word (already shifted to the low nibbles of its bytes) as floats.
 fn nib4(q: u32) -> vec4<f32> {
-    return vec4<f32>(unpack4xU8(q & 0x0f0f0f0fu));
+    return bytes4f(q, 0xfu, 8388608.0);
 }
 
 // Values col .. col + 7 (col a multiple of 8): nibbles as in Q4_K plus bit j of qh bytes l .. l + 7.
@@ -64,8 +64,9 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let wi = base + 12u + ((j / 2u) * 32u + l) / 4u;
     let sh = 4u * (j & 1u);
     let hi = base + 4u + l / 4u;
-    let q0 = nib4(w[wi] >> sh) + 16.0 * vec4<f32>(unpack4xU8((w[hi] >> j) & 0x01010101u));
-    let q1 = nib4(w[wi + 1u] >> sh) + 16.0 * vec4<f32>(unpack4xU8((w[hi + 1u] >> j) & 0x01010101u));
+    // the five bits of each value put together in its byte, then made floats without a conversion
+    let q0 = bytes4f(((w[wi] >> sh) & 0x0f0f0f0fu) | (((w[hi] >> j) & 0x01010101u) << 4u), 0x1fu, 8388608.0);
+    let q1 = bytes4f(((w[wi + 1u] >> sh) & 0x0f0f0f0fu) | (((w[hi + 1u] >> j) & 0x01010101u) << 4u), 0x1fu, 8388608.0);
     return Oct(a * q0 - b, a * q1 - b);
 }
 

@@ -11,8 +11,9 @@
 const FMT_BLOCK: u32 = 32u;
 
 fn q6_scale(base: u32, i: u32) -> f32 {
-    let b = (w[base + 48u + i / 4u] >> (8u * (i % 4u))) & 0xffu;
-    return f32(bitcast<i32>(b << 24u) >> 24u);
+    // the signed byte offset by 128 to unsigned, made a float without a conversion
+    let b = ((w[base + 48u + i / 4u] >> (8u * (i % 4u))) & 0xffu) ^ 0x80u;
+    return u2f(b) - 128.0;
 }
 
 fn fmt_block_dot(row: u32, blk: u32) -> f32 {
@@ -56,7 +57,7 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
     let s = unpack2x16float(w[base + 52u]).x * q6_scale(base, 8u * n + 2u * k + l / 16u);
     let q0 = ((w[lw] >> lsh) & 0x0f0f0f0fu) | (((w[hw] >> hsh) & 0x03030303u) << 4u);
     let q1 = ((w[lw + 1u] >> lsh) & 0x0f0f0f0fu) | (((w[hw + 1u] >> hsh) & 0x03030303u) << 4u);
-    return Oct(s * (vec4<f32>(unpack4xU8(q0)) - 32.0), s * (vec4<f32>(unpack4xU8(q1)) - 32.0));
+    return Oct(s * bytes4f(q0, 0x3fu, 8388640.0), s * bytes4f(q1, 0x3fu, 8388640.0));
 }
 
 // Values col .. col + 31 (col a multiple of 32) for matvec_cpu, as four fmt_load8 (the sub-block

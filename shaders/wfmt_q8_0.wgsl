@@ -19,12 +19,18 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return d * acc;
 }
 
+// The four signed bytes of q as floats: flipping each sign bit offsets them by 128 to unsigned
+// bytes, which bytes4f turns into floats without a conversion.
+fn i8x4(q: u32) -> vec4<f32> {
+    return bytes4f(q ^ 0x80808080u, 0xffu, 8388736.0);
+}
+
 // Values col .. col + 7 (col a multiple of 8): two words of the block, one scale.
 fn fmt_load8(row: u32, col: u32) -> Oct {
     let base = row * p.w_stride + (col / 32u) * 9u;
     let d = unpack2x16float(w[base]).x;
     let wi = base + 1u + (col % 32u) / 4u;
-    return Oct(d * vec4<f32>(unpack4xI8(w[wi])), d * vec4<f32>(unpack4xI8(w[wi + 1u])));
+    return Oct(d * i8x4(w[wi]), d * i8x4(w[wi + 1u]));
 }
 
 // Values col .. col + 31 (col a multiple of 32: one block) for matvec_cpu: one scale load and eight
@@ -34,7 +40,7 @@ fn fmt_dec32(row: u32, col: u32) -> array<vec4<f32>, 8> {
     let d = unpack2x16float(w[base]).x;
     var o: array<vec4<f32>, 8>;
     for (var i = 0u; i < 8u; i++) {
-        o[i] = d * vec4<f32>(unpack4xI8(w[base + 1u + i]));
+        o[i] = d * i8x4(w[base + 1u + i]);
     }
     return o;
 }
@@ -46,7 +52,28 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
     let d = unpack2x16float(w[base]).x;
     var qx = vec4<f32>(0.0);
     for (var i = 0u; i < 8u; i++) {
-        qx = fma(vec4<f32>(unpack4xI8(w[base + 1u + i])), xs[i], qx);
+        qx = fma(i8x4(w[base + 1u + i]), xs[i], qx);
     }
     return d * ((qx.x + qx.y) + (qx.z + qx.w));
+}
+
+// matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
+// with 32 inputs xs (element i = values 4i .. 4i + 3): d * sum(q x).
+const FMT_BW: u32 = 9u;
+
+fn fmt_bload(row: u32, blk: u32) -> array<u32, 9> {
+    let base = row * p.w_stride + blk * 9u;
+    return array<u32, 9>(w[base], w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u], w[base + 5u], w[base + 6u], w[base + 7u], w[base + 8u]);
+}
+
+fn fmt_bdot(b: array<u32, 9>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
+    var qx = i8x4(b[1]) * xs[0];
+    qx = fma(i8x4(b[2]), xs[1], qx);
+    qx = fma(i8x4(b[3]), xs[2], qx);
+    qx = fma(i8x4(b[4]), xs[3], qx);
+    qx = fma(i8x4(b[5]), xs[4], qx);
+    qx = fma(i8x4(b[6]), xs[5], qx);
+    qx = fma(i8x4(b[7]), xs[6], qx);
+    qx = fma(i8x4(b[8]), xs[7], qx);
+    return unpack2x16float(b[0]).x * ((qx.x + qx.y) + (qx.z + qx.w));
 }

@@ -85,8 +85,15 @@ fn gpu_sampler_draws_what_the_host_reference_draws() {
     peaked[41] = 7.5; // a tie at the top
     peaked[99] = f32::NAN;
     let flat = rand_vec(&mut rng, 6000, 0.05);
+    // ties at the top that one thread meets in one batch of eight loads (301, 301 + 3 * 256) and
+    // that two threads meet (45), past the first batch
+    let mut tied = rand_vec(&mut rng, 6000, 0.05);
+    for i in [301, 301 + 3 * 256, 2093, 45 + 2048] {
+        tied[i] = 9.0;
+    }
+    tied[3000] = f32::NAN;
     let mut checked = 0;
-    for logits in [peaked, flat] {
+    for logits in [peaked, flat, tied] {
         checked += draws_match(&logits);
     }
     assert!(checked > 1200, "{checked}");

@@ -413,6 +413,10 @@ pub enum MatvecVariant {
     /// normalised once per workgroup; GPUs with fixed-size subgroups. Needs cols % 8 == 0 and a
     /// vec4-aligned input (others take `Subgroup`).
     Wide,
+    /// `matvec_blocks.wgsl`: whole 32-value blocks per thread, loaded an iteration ahead, the
+    /// input staged in workgroup memory as f16; one token of Q4_0, Q4_1 or Q8_0 weights on GPUs
+    /// with fixed-size subgroups (`blocks_supported`; other products take `Wide`).
+    Blocks,
 }
 
 /// The matvec variant the adapter runs best.
@@ -428,8 +432,74 @@ pub fn matvec_variant(ctx: &GpuContext) -> MatvecVariant {
 pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
     match fixed_subgroup(ctx) {
         None => vec![MatvecVariant::Portable],
-        Some(_) => vec![MatvecVariant::Portable, MatvecVariant::Subgroup, MatvecVariant::Wide],
+        Some(_) => vec![MatvecVariant::Portable, MatvecVariant::Subgroup, MatvecVariant::Wide, MatvecVariant::Blocks],
     }
+}
+
+/// Widest input `matvec_blocks` stages (f16 in workgroup memory: 32 KiB), lowered to what the
+/// adapter's workgroup memory holds beside the 1 KiB of partial sums.
+fn blocks_max_cols(ctx: &GpuContext) -> usize {
+    let fits = (ctx.caps.max_workgroup_storage as usize).saturating_sub(1024) / 2;
+    fits.min(16384) / 256 * 256
+}
+
+/// Whether `matvec_blocks` takes this product: one token of a 32-value block format it has a block
+/// decode for, whole blocks per row, an input it can read as vec4 and stage.
+pub fn blocks_supported(ctx: &GpuContext, fmt: TensorFormat, cols: usize, n_tok: usize, x_off: usize) -> bool {
+    matches!(fmt, TensorFormat::Q4_0 | TensorFormat::Q4_1 | TensorFormat::Q8_0)
+        && n_tok == 1
+        && cols % 32 == 0
+        && x_off % 4 == 0
+        && cols <= blocks_max_cols(ctx)
+        && fixed_subgroup(ctx).is_some()
+}
+
+/// `matvec_blocks`' shape: threads per row group, rows per thread, blocks per row and iteration, and
+/// the most workgroups dispatched (each then takes every n-th row tile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlocksShape {
+    pub tpr: u32,
+    pub nr: u32,
+    pub u: u32,
+    pub wgs: u32,
+}
+
+impl BlocksShape {
+    /// `TPRxNRxU` or `TPRxNRxUxWGS`, e.g. `64x4x2x128` (the bench's `--blocks-shapes`).
+    pub fn parse(s: &str) -> Result<BlocksShape> {
+        let bad = || crate::Error::arg("matvec_blocks shape", format!("`{s}`: expected TPRxNRxU[xWORKGROUPS], e.g. 64x4x2x128"));
+        let v: Vec<u32> = s.split('x').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_>>()?;
+        match v[..] {
+            [tpr, nr, u] => Ok(BlocksShape { tpr, nr, u, wgs: BLOCKS_WORKGROUPS }),
+            [tpr, nr, u, wgs] => Ok(BlocksShape { tpr, nr, u, wgs }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for BlocksShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}x{}", self.tpr, self.nr, self.u, self.wgs)
+    }
+}
+
+/// Workgroups `matvec_blocks` dispatches at most: persistent ones, a few per compute unit of a
+/// large GPU (wgpu does not report the count).
+pub const BLOCKS_WORKGROUPS: u32 = 256;
+
+/// `matvec_blocks`' default shape: one subgroup per row group (at least 16 threads), one block of
+/// each of NR rows per iteration (H200 sweep, docs/perf.md: 32x4x1 beat 64 threads and two blocks
+/// per iteration on 4096 x 14336 Q4_0, 26.5 against 33.8 us, and 2 rows per thread, 36.3 us); NR
+/// (4, else 2, else 1) is lowered only while the product would have fewer than 128 row tiles
+/// (small models, whose products are too small to keep a large GPU's units busy otherwise).
+pub fn blocks_shape(sg: u32, rows: usize, _cols: usize, swiglu: bool, _fmt: TensorFormat) -> BlocksShape {
+    let tpr = sg.max(16);
+    let groups = 256 / tpr;
+    let mut nr = 4;
+    while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 128 {
+        nr /= 2;
+    }
+    BlocksShape { tpr, nr, u: 1, wgs: BLOCKS_WORKGROUPS }
 }
 
 /// `matvec_wide`'s shape: `t` threads per row group (a power of two, at least one subgroup and at
@@ -507,12 +577,17 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
         let shape = if io.n_tok == 1 { (CPU_ROWS, 1) } else { CPU_PREFILL };
         return linear_cpu(rec, w, io, epi, norm, shape);
     }
-    let v = matvec_variant(rec.ctx());
+    // Q8_0 stays on `Wide`, which ran it 5% faster on the H200 (docs/perf.md, session 8)
+    let v = match matvec_variant(rec.ctx()) {
+        MatvecVariant::Wide if w.format != TensorFormat::Q8_0 && blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) => MatvecVariant::Blocks,
+        v => v,
+    };
     matvec_with(rec, w, io, epi, norm, v)
 }
 
-/// `matvec` with the variant forced (tests and benches; one of `matvec_variants`). `Wide` falls
-/// back to `Subgroup` for inputs it cannot read as vec4.
+/// `matvec` with the variant forced (tests and benches; one of `matvec_variants`). `Blocks` falls
+/// back to `Wide` for products it does not take (`blocks_supported`), and `Wide` to `Subgroup` for
+/// inputs it cannot read as vec4.
 pub fn matvec_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant) -> Result<()> {
     matvec_dispatch(rec, w, io, epi, norm, variant, None)
 }
@@ -523,7 +598,26 @@ pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
     matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some(shape))
 }
 
+/// `matvec_blocks` with its shape (TPR, NR, U) forced (the bench sweeps them); products it does not
+/// take are refused.
+pub fn matvec_blocks(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: BlocksShape) -> Result<()> {
+    let BlocksShape { tpr, nr, u, wgs } = shape;
+    let sg = fixed_subgroup(rec.ctx()).unwrap_or(32);
+    if !blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) {
+        return Err(crate::Error::arg("matvec_blocks", format!("{:?} x {} columns, {} tokens: not a product matvec_blocks takes", w.format, w.cols, io.n_tok)));
+    }
+    if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 {
+        return Err(crate::Error::arg("matvec_blocks shape", format!("{shape}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup")));
+    }
+    matvec_dispatch_shaped(rec, w, io, epi, norm, MatvecVariant::Blocks, None, Some(shape))
+}
+
 fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>) -> Result<()> {
+    matvec_dispatch_shaped(rec, w, io, epi, norm, variant, shape, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matvec_dispatch_shaped(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>, bshape: Option<BlocksShape>) -> Result<()> {
     if io.x_f16 {
         return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
     }
@@ -536,6 +630,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
         return Err(crate::Error::arg("matvec variant", format!("{variant:?} needs subgroups of one fixed size, which this adapter lacks")));
     }
     let vec4_ok = w.cols % 8 == 0 && io.x_off % 4 == 0 && (io.x_stride % 4 == 0 || io.n_tok == 1);
+    let variant = if variant == MatvecVariant::Blocks && !blocks_supported(ctx, w.format, w.cols, io.n_tok, io.x_off) { MatvecVariant::Wide } else { variant };
     let variant = if variant == MatvecVariant::Wide && !vec4_ok { MatvecVariant::Subgroup } else { variant };
     let swiglu = epi == Epilogue::SwiGlu;
     let gamma = match norm {
@@ -553,6 +648,10 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             MatvecVariant::Wide => {
                 let sh = shape.unwrap_or_else(|| wide_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, w.format));
                 (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
+            }
+            MatvecVariant::Blocks => {
+                let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, w.format));
+                (blocks_kernel(ctx, w.format, sh)?, (s.rows as u32).div_ceil(256 / sh.tpr * sh.nr).min(sh.wgs))
             }
         };
         let g = grid(ctx, groups);
@@ -630,6 +729,69 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, v: usize, n_to
     }
     let (_, fsrc, _, _) = format_shader(fmt)?;
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+}
+
+/// `matvec_blocks.wgsl` for `nr` rows per thread, `u` blocks per row and iteration and inputs up to
+/// `max_cols` wide: the `//@CONSTS` block gets them and the `//@` lines expand to one register (a
+/// block's words) and one line per (block, row), so nothing lives in an indexed array.
+pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: usize) -> Result<String> {
+    if !matches!(nr, 1 | 2 | 4) || !(1..=4).contains(&u) || max_cols == 0 || max_cols % 256 != 0 {
+        return Err(crate::Error::arg("matvec_blocks", format!("{nr} rows and {u} blocks per thread, {max_cols} columns: rows 1, 2 or 4, blocks 1..=4, columns a positive multiple of 256")));
+    }
+    let (mut load0, mut next, mut dots, mut rotate, mut acc, mut reduce) = (String::new(), String::new(), String::new(), String::new(), String::new(), String::new());
+    next += "let nb0 = ti + TPR * U * nit;\n";
+    let mut reset = String::new();
+    for r in 0..nr {
+        acc += &format!("var a{r} = 0.0;\n");
+        reset += &format!("a{r} = 0.0;\n");
+        reduce += &format!("{{ let s = subgroupAdd(a{r}); if (li % SG == 0u) {{ red[sub * NR + {r}u] = s; }} }}\n");
+    }
+    for k in 0..u {
+        for r in 0..nr {
+            load0 += &format!("var c{k}_{r} = fmt_bload(min(first + {r}u, last_row), min(ti + {k}u * TPR, last_blk));\n");
+            next += &format!("let n{k}_{r} = fmt_bload(min(nfirst + {r}u, last_row), min(nb0 + {k}u * TPR, last_blk));\n");
+            rotate += &format!("c{k}_{r} = n{k}_{r};\n");
+        }
+        dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xblock(b);\nlet s4 = ((xv[0] + xv[1]) + (xv[2] + xv[3])) + ((xv[4] + xv[5]) + (xv[6] + xv[7]));\nlet xsum = (s4.x + s4.y) + (s4.z + s4.w);\n");
+        for r in 0..nr {
+            dots += &format!("a{r} += fmt_bdot(c{k}_{r}, xv, xsum);\n");
+        }
+        dots += "}\n}\n";
+    }
+    let consts = format!("const NR: u32 = {nr}u;\nconst U: u32 = {u}u;\nconst MAX_COLS: u32 = {max_cols}u;\n");
+    let mut out = String::new();
+    let mut skip = false;
+    for line in src::MATVEC_BLOCKS.lines() {
+        match line.trim() {
+            l if l.starts_with("//@CONSTS") => {
+                skip = true;
+                out += &consts;
+            }
+            "//@END" => skip = false,
+            _ if skip => {}
+            "//@LOAD0" => out += &load0,
+            "//@LOADNEXT" => out += &next,
+            "//@DOTS" => out += &dots,
+            "//@ROTATE" => out += &rotate,
+            "//@ACC" => out += &acc,
+            "//@REDUCE" => out += &reduce,
+            "//@RESET" => out += &reset,
+            _ => {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    let (_, fsrc, _, _) = format_shader(fmt)?;
+    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+}
+
+fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape) -> Result<(Arc<Kernel>, usize)> {
+    let (fname, _, unit, mut consts) = format_shader(fmt)?;
+    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", sh.wgs as f64)]);
+    let max_cols = blocks_max_cols(ctx);
+    let name = format!("matvec_blocks[{}x{}x{max_cols}]+{fname}", sh.nr, sh.u);
+    Ok((ctx.kernel_with(&name, "main", &consts, || blocks_kernel_source(fmt, sh.nr as usize, sh.u as usize, max_cols))?, unit))
 }
 
 fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: WideShape, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {

@@ -30,6 +30,7 @@ pub mod src {
     pub const MATVEC: &str = include_str!("../../../shaders/matvec.wgsl");
     pub const MATVEC_SG: &str = include_str!("../../../shaders/matvec_sg.wgsl");
     pub const MATVEC_WIDE: &str = include_str!("../../../shaders/matvec_wide.wgsl");
+    pub const MATVEC_BLOCKS: &str = include_str!("../../../shaders/matvec_blocks.wgsl");
     pub const MATVEC_CPU: &str = include_str!("../../../shaders/matvec_cpu.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
