@@ -204,8 +204,8 @@ impl History {
 fn rope_kv_and_attention_prefill_then_decode() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(4);
-  // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128
-  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128)] {
+  // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128, Gemma's 256 (split kernel only)
+  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128), (4, 2, 256)] {
     let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 300);
     let mut hist = History::default();
     let mut pos0 = 0;
