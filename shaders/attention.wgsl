@@ -13,6 +13,11 @@
 // at d = 64, made a tile cost 64 dependent loads.) head_dim even, <= 256.
 // Layout: q [n_q][n_heads][d] f32, rotated at position pos0 + t; k_cache, v_cache
 // [max_ctx][n_kv][d/2] u32 (f16 pairs); inv_freq [d/2];
+// fused = 1 (a decode step, n_q = 1, in one dispatch instead of rope_kv + this): q is the token's
+// fused projection row [q (H*d) | k (n_kv*d) | v (n_kv*d)] un-rotated; each workgroup rotates its
+// head's query and reads the token's own key and value from that row (rounded to f16 as the cache
+// holds them), and the first head of each KV group, in the split holding the token, appends them to
+// the cache at row pos0 (no workgroup reads that row from the cache, so the write races nothing);
 // part [n_q * n_heads][n_split][d + 2] f32 = (running max m, sum l, unnormalised output o[d]).
 
 struct Params {
@@ -24,12 +29,16 @@ struct Params {
     n_split: u32,
     split_len: u32,
     scale: f32,
+    fused: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(2) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 
@@ -37,6 +46,7 @@ const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> sc: array<f32, 64>;
+var<workgroup> kv_now: array<u32, 256>; // fused: this token's key (words 0 .. d/2) and value (d/2 .. d) as f16 pairs
 var<workgroup> og: array<vec2<f32>, 256>; // the key groups' sums: [group][pair] (NG * min(d/2, 64) <= 64, two pairs each)
 
 @compute @workgroup_size(64)
@@ -49,12 +59,38 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let d = p.head_dim;
     let half = d / 2u;
     let words = p.n_kv * half; // u32 words per cache row
-    for (var i = li; i < d; i += 64u) {
-        qs[i] = q[qh * d + i] * p.scale;
-    }
-    workgroupBarrier();
     let start = split * p.split_len;
     let end = min(start + p.split_len, p.pos0 + t + 1u);
+    if (p.fused == 1u) {
+        let pos = f32(p.pos0);
+        for (var i = li; i < half; i += 64u) {
+            let a = q[h * d + i];
+            let b = q[h * d + i + half];
+            let ang = pos * inv_freq[i];
+            let c = cos(ang);
+            let sn = sin(ang);
+            qs[i] = (a * c - b * sn) * p.scale;
+            qs[i + half] = (b * c + a * sn) * p.scale;
+        }
+        let kb = p.n_heads * d + kvh * d;
+        let vb = (p.n_heads + p.n_kv) * d + kvh * d;
+        let append = h % (p.n_heads / p.n_kv) == 0u && p.pos0 >= start && p.pos0 < end;
+        for (var i = li; i < half; i += 64u) {
+            let kw = pack2x16float(vec2<f32>(q[kb + 2u * i], q[kb + 2u * i + 1u]));
+            let vw = pack2x16float(vec2<f32>(q[vb + 2u * i], q[vb + 2u * i + 1u]));
+            kv_now[i] = kw;
+            kv_now[half + i] = vw;
+            if (append) {
+                k_cache[p.pos0 * words + kvh * half + i] = kw;
+                v_cache[p.pos0 * words + kvh * half + i] = vw;
+            }
+        }
+    } else {
+        for (var i = li; i < d; i += 64u) {
+            qs[i] = q[qh * d + i] * p.scale;
+        }
+    }
+    workgroupBarrier();
     // value accumulation: key group kg of ng, pair slot pi (pairs pi and pi + 64)
     let gw = min(half, 64u);
     let ng = 64u / gw;
@@ -77,27 +113,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 // four pairs' words are loaded before any is rotated.
                 var e = 0u;
                 for (; e + 8u <= half; e += 8u) {
-                    let w0 = row + e / 2u;
-                    let w1 = row + (e + half) / 2u;
-                    let lo0 = k_cache[w0];
-                    let lo1 = k_cache[w0 + 1u];
-                    let lo2 = k_cache[w0 + 2u];
-                    let lo3 = k_cache[w0 + 3u];
-                    let hi0 = k_cache[w1];
-                    let hi1 = k_cache[w1 + 1u];
-                    let hi2 = k_cache[w1 + 2u];
-                    let hi3 = k_cache[w1 + 3u];
+                    let w0 = e / 2u;
+                    let w1 = (e + half) / 2u;
+                    let lo0 = key_word(key, row, w0);
+                    let lo1 = key_word(key, row, w0 + 1u);
+                    let lo2 = key_word(key, row, w0 + 2u);
+                    let lo3 = key_word(key, row, w0 + 3u);
+                    let hi0 = key_word(key, row, w1);
+                    let hi1 = key_word(key, row, w1 + 1u);
+                    let hi2 = key_word(key, row, w1 + 2u);
+                    let hi3 = key_word(key, row, w1 + 3u);
                     acc += score_pair(e, half, kpos, lo0, hi0) + score_pair(e + 2u, half, kpos, lo1, hi1)
                          + score_pair(e + 4u, half, kpos, lo2, hi2) + score_pair(e + 6u, half, kpos, lo3, hi3);
                 }
                 for (; e < half; e += 2u) {
-                    acc += score_pair(e, half, kpos, k_cache[row + e / 2u], k_cache[row + (e + half) / 2u]);
+                    acc += score_pair(e, half, kpos, key_word(key, row, e / 2u), key_word(key, row, (e + half) / 2u));
                 }
             } else {
                 // head_dim / 2 odd: rotation partners straddle words; read element by element.
                 for (var e = 0u; e < half; e++) {
-                    let lo = unpack2x16float(k_cache[row + e / 2u])[e & 1u];
-                    let hi = unpack2x16float(k_cache[row + (e + half) / 2u])[(e + half) & 1u];
+                    let lo = unpack2x16float(key_word(key, row, e / 2u))[e & 1u];
+                    let hi = unpack2x16float(key_word(key, row, (e + half) / 2u))[(e + half) & 1u];
                     let a = kpos * inv_freq[e];
                     let c = cos(a); let sn = sin(a);
                     acc += qs[e] * (lo * c - hi * sn) + qs[e + half] * (hi * c + lo * sn);
@@ -122,20 +158,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (in_group) {
             var j = kg;
             for (; j + 3u * ng < n; j += 4u * ng) {
-                let r0 = (base + j) * words + kvh * half;
-                let r1 = r0 + ng * words;
-                let r2 = r1 + ng * words;
-                let r3 = r2 + ng * words;
-                let a0 = v_cache[r0 + pi];
-                let a1 = v_cache[r1 + pi];
-                let a2 = v_cache[r2 + pi];
-                let a3 = v_cache[r3 + pi];
+                let k0 = base + j;
+                let k1 = k0 + ng;
+                let k2 = k1 + ng;
+                let k3 = k2 + ng;
+                let a0 = value_word(k0, kvh, pi);
+                let a1 = value_word(k1, kvh, pi);
+                let a2 = value_word(k2, kvh, pi);
+                let a3 = value_word(k3, kvh, pi);
                 var b0 = 0u; var b1 = 0u; var b2 = 0u; var b3 = 0u;
                 if (pi + 64u < half) {
-                    b0 = v_cache[r0 + pi + 64u];
-                    b1 = v_cache[r1 + pi + 64u];
-                    b2 = v_cache[r2 + pi + 64u];
-                    b3 = v_cache[r3 + pi + 64u];
+                    b0 = value_word(k0, kvh, pi + 64u);
+                    b1 = value_word(k1, kvh, pi + 64u);
+                    b2 = value_word(k2, kvh, pi + 64u);
+                    b3 = value_word(k3, kvh, pi + 64u);
                 }
                 let p0 = sc[j];
                 let p1 = sc[j + ng];
@@ -148,12 +184,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             }
             for (; j < n; j += ng) {
                 let pj = sc[j];
-                let vrow = (base + j) * words + kvh * half;
                 if (pi < half) {
-                    o0 += pj * unpack2x16float(v_cache[vrow + pi]);
+                    o0 += pj * unpack2x16float(value_word(base + j, kvh, pi));
                 }
                 if (pi + 64u < half) {
-                    o1 += pj * unpack2x16float(v_cache[vrow + pi + 64u]);
+                    o1 += pj * unpack2x16float(value_word(base + j, kvh, pi + 64u));
                 }
             }
         }
@@ -201,4 +236,18 @@ fn score_pair(e: u32, half: u32, kpos: f32, lo_w: u32, hi_w: u32) -> f32 {
     let c1 = cos(a1); let s1 = sin(a1);
     return qs[e] * (lo.x * c0 - hi.x * s0) + qs[e + half] * (hi.x * c0 + lo.x * s0)
          + qs[e + 1u] * (lo.y * c1 - hi.y * s1) + qs[e + 1u + half] * (hi.y * c1 + lo.y * s1);
+}
+
+// Word w (of d/2) of key `key`'s row starting at cache word `row`: the fused step's own key from
+// `kv_now`, every other from the cache.
+fn key_word(key: u32, row: u32, w: u32) -> u32 {
+    if (p.fused == 1u && key == p.pos0) { return kv_now[w]; }
+    return k_cache[row + w];
+}
+
+// Word w (of d/2) of key `key`'s value for KV head kvh, the same way.
+fn value_word(key: u32, kvh: u32, w: u32) -> u32 {
+    let half = p.head_dim / 2u;
+    if (p.fused == 1u && key == p.pos0) { return kv_now[half + w]; }
+    return v_cache[key * p.n_kv * half + kvh * half + w];
 }

@@ -684,24 +684,25 @@ impl Session {
                 rec.copy(&self.s.qkv, 0, cap, l as u64 * bytes, bytes);
             }
             let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
-            rope_kv::rope_kv(rec, &rope_kv::RopeKv {
-                qkv: &qkv,
-                qkv_stride: qkv_rows,
-                q_out: &q,
-                k_cache: &kc,
-                v_cache: &vc,
-                inv_freq: &self.inv_freq,
-                n_tok: n,
-                n_heads: c.num_heads,
-                n_kv: c.num_kv_heads,
-                head_dim: c.head_dim,
-                pos0: self.pos,
-            })?;
-            if let Some(esa) = &self.esa {
-                esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?;
-            } else {
-            attention::attend(rec, &attention::Attend {
-                q: &q,
+            // A dense decode step on a GPU: the split attention rotates and appends itself.
+            let fused = n == 1 && self.esa.is_none() && !linear::cpu_variant(rec.ctx());
+            if !fused {
+                rope_kv::rope_kv(rec, &rope_kv::RopeKv {
+                    qkv: &qkv,
+                    qkv_stride: qkv_rows,
+                    q_out: &q,
+                    k_cache: &kc,
+                    v_cache: &vc,
+                    inv_freq: &self.inv_freq,
+                    n_tok: n,
+                    n_heads: c.num_heads,
+                    n_kv: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    pos0: self.pos,
+                })?;
+            }
+            let dense = attention::Attend {
+                q: if fused { &qkv } else { &q },
                 k_cache: &kc,
                 v_cache: &vc,
                 inv_freq: &self.inv_freq,
@@ -713,7 +714,11 @@ impl Session {
                 head_dim: c.head_dim,
                 pos0: self.pos,
                 scale: self.attn_scale,
-            })?;
+            };
+            match &self.esa {
+                Some(esa) => esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?,
+                None if fused => attention::attend_split_fused(rec, &dense)?,
+                None => attention::attend(rec, &dense)?,
             }
             if small {
                 linear::matvec(rec, &layer.o, &io(&attn, qd, &x, h, 0), Epilogue::Accumulate, None)?;

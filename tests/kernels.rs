@@ -199,7 +199,9 @@ impl History {
 }
 
 /// rope_kv then attention, for a prefill chunk and decode steps after it, against rotating
-/// (f16-rounded) keys in plain Rust and reference attention.
+/// (f16-rounded) keys in plain Rust and reference attention; and the decode steps again through
+/// the fused split kernel (its own rotation and KV append) on caches of their own, which must end
+/// up holding what rope_kv wrote.
 #[test]
 fn rope_kv_and_attention_prefill_then_decode() {
     let ctx = ctx();
@@ -207,6 +209,8 @@ fn rope_kv_and_attention_prefill_then_decode() {
   // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128, Gemma's 256 (split kernel only)
   for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128), (4, 2, 256)] {
     let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 300);
+    // caches that decode steps fill through the fused split kernel (the others through rope_kv)
+    let (_, _, kc2, vc2, _) = kv_cache(&ctx, (nh, nkv, d), 300);
     let mut hist = History::default();
     let mut pos0 = 0;
     for n in [150usize, 3, 1, 1, 70] {
@@ -262,7 +266,29 @@ fn rope_kv_and_attention_prefill_then_decode() {
             let got = ctx.read_f32(&out_coop, 0, n * nh * d).unwrap();
             assert_close(&format!("cooperative-matrix prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 5e-3, 5e-3);
         }
+        // the second caches: chunks through rope_kv, decode steps through the fused split kernel
+        // (rotation, append and attention in one dispatch)
+        let mut rec = Recorder::new(&ctx);
+        let (kr2, vr2) = (BufRef::from(&kc2), BufRef::from(&vc2));
+        let out_fused = poisoned(&ctx, n * nh * d);
+        if n == 1 {
+            let of = BufRef::from(&out_fused);
+            let qkvr = BufRef::from(&qkvb);
+            let f = attention::Attend { q: &qkvr, k_cache: &kr2, v_cache: &vr2, inv_freq: &invb, part: &pr, out: &of, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+            attention::attend_split_fused(&mut rec, &f).unwrap();
+        } else {
+            let q2 = poisoned(&ctx, n * nh * d);
+            rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &BufRef::from(&q2), k_cache: &kr2, v_cache: &vr2, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
+        }
+        rec.submit().unwrap();
+        if n == 1 {
+            let got = ctx.read_f32(&out_fused, 0, nh * d).unwrap();
+            assert_close(&format!("fused decode attention {nh}/{nkv} heads d={d} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        }
         pos0 += n;
+        let words = pos0 * nkv * d / 2;
+        assert_eq!(ctx.read_u32(&kc2, 0, words).unwrap(), ctx.read_u32(&kc, 0, words).unwrap(), "keys appended by the fused kernel, d={d}");
+        assert_eq!(ctx.read_u32(&vc2, 0, words).unwrap(), ctx.read_u32(&vc, 0, words).unwrap(), "values appended by the fused kernel, d={d}");
     }
   }
 }

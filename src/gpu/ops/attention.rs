@@ -19,6 +19,15 @@ struct Params {
     scale: f32,
 }
 
+/// `attention.wgsl`'s parameters: `Params` and whether the step is fused (see `attend_split_fused`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SplitParams {
+    p: Params,
+    fused: u32,
+    _pad: [u32; 3],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct MergeParams {
@@ -296,6 +305,26 @@ fn dispatch_prefill(rec: &mut Recorder, k: &std::sync::Arc<crate::gpu::Kernel>, 
 
 /// `attention.wgsl` + `attention_merge.wgsl`: keys split over workgroups (flash-decoding).
 pub fn attend_split(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    split_dispatch(rec, a, false)
+}
+
+/// One decode step (`n_q` = 1) of `attend_split` without `rope_kv` before it: `a.q` holds the
+/// token's fused projection row [q (H*d) | k (n_kv*d) | v (n_kv*d)] un-rotated; the kernel rotates
+/// the queries, takes the token's key and value from that row and appends them to the caches at
+/// row `pos0` (one dispatch fewer per layer).
+pub fn attend_split_fused(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    if a.n_q != 1 {
+        return Err(crate::Error::arg("n_q", format!("the fused decode attention takes one token, got {}", a.n_q)));
+    }
+    let d = a.head_dim;
+    use super::esa_common::check_words;
+    check_words("attention (fused)", "qkv", a.q, (a.n_heads + 2 * a.n_kv) * d)?;
+    check_words("attention (fused)", "k_cache", a.k_cache, (a.pos0 + 1) * a.n_kv * d / 2)?;
+    check_words("attention (fused)", "v_cache", a.v_cache, (a.pos0 + 1) * a.n_kv * d / 2)?;
+    split_dispatch(rec, a, true)
+}
+
+fn split_dispatch(rec: &mut Recorder, a: &Attend, fused: bool) -> Result<()> {
     let ctx = rec.ctx();
     let k = ctx.kernel("attention", super::src::ATTENTION, "main", &[])?;
     let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
@@ -314,6 +343,7 @@ pub fn attend_split(rec: &mut Recorder, a: &Attend) -> Result<()> {
         split_len: split_len as u32,
         scale: a.scale,
     };
+    let p = SplitParams { p, fused: fused as u32, _pad: [0; 3] };
     rec.dispatch(&k, &p, &[a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone()], [qh as u32, n_split as u32, 1]);
     let g = grid(ctx, qh as u32);
     let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
