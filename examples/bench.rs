@@ -50,6 +50,9 @@ struct Args {
     /// Default: exact maps (n_kv * head_dim).
     #[arg(long)]
     esa_d: Option<usize>,
+    /// ESA: bits of the compressed keys decode steps score, 8 (int8 copy) or 16 (f16).
+    #[arg(long, default_value_t = esa_wgpu::reference::esa::DEFAULT_DECODE_KEY_BITS)]
+    esa_decode_key_bits: u32,
     /// Repeat the measurement this many times and report the best.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -391,7 +394,11 @@ fn main() -> esa_wgpu::Result<()> {
     let max_context = args.prompt_tokens + args.decode_tokens + 1;
     let attention = match args.attention.as_str() {
         "dense" => Attention::Dense,
-        "esa" => Attention::esa(),
+        "esa" => {
+            let mut e = esa_wgpu::EsaOptions::default();
+            e.config.decode_key_bits = args.esa_decode_key_bits;
+            Attention::Esa(e)
+        }
         a => return Err(esa_wgpu::Error::arg("attention", format!("unknown `{a}` (dense, esa)"))),
     };
     let attention = match (attention, args.esa_d) {
@@ -448,6 +455,21 @@ fn main() -> esa_wgpu::Result<()> {
     );
     if args.decode_tokens > 0 {
         println!("| decode  | {:6} | {:7.3} | {:8.1} | {:11.1} |       - |", args.decode_tokens, best_decode, dec_tps, dec_tps * gb);
+        if let Some(esa) = session.esa() {
+            // The cache bytes of the first decode step (after the prompt), by count.
+            let shape = esa_wgpu::reference::esa::HeadShape::from(&c);
+            let b = esa_wgpu::attention::esa::decode_read_bytes(shape, esa.d_compressed(), &esa.cfg, args.prompt_tokens);
+            println!(
+                "ESA decode reads {:.2} MB per layer per token at context {} (d' {}, {}-bit keys): {:.2}% of the dense KV cache (compressed keys {:.2}%, attended K/V {:.2}%)",
+                b.total() as f64 / 1e6,
+                args.prompt_tokens + 1,
+                esa.d_compressed(),
+                esa.cfg.decode_key_bits,
+                100.0 * b.share(b.total()),
+                100.0 * b.share(b.compressed_keys),
+                100.0 * b.share(b.attended_kv)
+            );
+        }
     }
     if args.profile {
         let ctx = engine.context();

@@ -11,14 +11,14 @@
 //                  ceil(n_m/64) key tiles; each workgroup loops over every query tile.
 //   decode_dot   : n_q = 1, pass 1: out[m] = s(m, 0), atomicMax into rowmax[0].
 //                  Dispatch flat over ceil(n_m/32) groups of 32 keys (8 threads per key).
-//   decode_sub   : n_q = 1, pass 2: out[m] -= rowmax[0]. Dispatch flat over ceil(n_m/256).
+//   decode_sub   : n_q = 1, pass 2: out[m] -= rowmax[0] (esa_score_common.wgsl).
 // Tiles: 64 keys x 64 queries x 16 dims in workgroup memory; 256 threads, each a 4 x 4 micro-tile
 // (keys tx + 16a, queries ty + 16b, li = ty * 16 + tx).
 // Layout: rowmax [n_q] u32 (sortable float keys, scratch); cq [n_q][d] f32;
 //         ck [rows][d/2] u32, two f16 per word (even element in the low half), middle token m at
 //         row m0 + m; out [n_m] f32. d is even.
 
-// struct Params, bindings 0, 1 and 4, key_of, float_of, touch, clear: esa_score_common.wgsl.
+// struct Params, bindings 0, 1 and 4, key_of, float_of, touch, clear, decode_sub: esa_score_common.wgsl.
 
 @group(0) @binding(2) var<storage, read> cq: array<f32>;
 @group(0) @binding(3) var<storage, read> ck: array<u32>;
@@ -195,11 +195,4 @@ fn decode_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
     }
     if (li == 0u && group * 32u < p.n_m) { atomicMax(&rowmax[0], key_of(red[0])); }
-}
-
-@compute @workgroup_size(256)
-fn decode_sub(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-    touch();
-    let m = (wg.x + wg.y * p.grid_x) * 256u + li;
-    if (m < p.n_m) { out[m] = out[m] - float_of(atomicLoad(&rowmax[0])); }
 }

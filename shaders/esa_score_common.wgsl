@@ -1,6 +1,6 @@
-// Shared by esa_score.wgsl and esa_score_coop.wgsl (the ops compose it into both, after any
-// `enable` directives): the parameters, the bindings whose types agree, the sortable float keys
-// of the per-query maxima, and the `clear` entry point. Bindings 2 (cq) and 3 (ck) are declared
+// Shared by esa_score.wgsl, esa_score_coop.wgsl and esa_score_q8.wgsl (the ops compose it into
+// each, after any `enable` directives): the parameters, the bindings whose types agree, the
+// sortable float keys of the per-query maxima, and the `clear` and `decode_sub` entry points. Bindings 2 (cq) and 3 (ck) are declared
 // by each kernel (scalar or vec4 reads).
 
 struct Params {
@@ -42,4 +42,12 @@ fn touch() {
 fn clear(@builtin(global_invocation_id) gid: vec3<u32>) {
     touch();
     if (gid.x < p.n_q) { atomicStore(&rowmax[gid.x], 0u); }
+}
+
+// Decode (n_q = 1), pass 2: out[m] -= rowmax[0]. Dispatch flat (grid_x, gy) over ceil(n_m/256).
+@compute @workgroup_size(256)
+fn decode_sub(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    touch();
+    let m = (wg.x + wg.y * p.grid_x) * 256u + li;
+    if (m < p.n_m) { out[m] = out[m] - float_of(atomicLoad(&rowmax[0])); }
 }

@@ -14,7 +14,7 @@ use esa_wgpu::model::safetensors_loader::SafetensorsModel;
 use esa_wgpu::reference::esa::{full_score, HeadShape};
 use esa_wgpu::reference::forward::Model as RefModel;
 use esa_wgpu::reference::ops::rope;
-use esa_wgpu::{Engine, SessionOptions};
+use esa_wgpu::{Engine, Sampling, SessionOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -215,7 +215,8 @@ fn gpu_capture_matches_reference_moments() {
     }
 }
 
-/// Maps survive the file round trip, load into an ESA session of their model, and are refused
+/// Maps survive the file round trip, load into an ESA session of their model (prefill, then decode
+/// steps), and are refused
 /// (naming the file) by another model of the same shapes.
 #[test]
 fn maps_file_round_trip_and_refusal_for_another_model() {
@@ -238,13 +239,18 @@ fn maps_file_round_trip_and_refusal_for_another_model() {
     assert_eq!(back_info.tokens, 46);
 
     let esa = |maps: &std::path::Path| {
-        let config = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 8, w: None , final_chunk: 0 };
+        let config = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 8, w: None, final_chunk: 0, decode_key_bits: 8 };
         Attention::Esa(EsaOptions { config, maps: Some(maps.to_path_buf()) })
     };
     let mut session = model.session(SessionOptions { max_context: 64, attention: esa(&path), ..Default::default() }).unwrap();
     assert_eq!(session.esa().unwrap().d_compressed(), 8);
     session.feed(&tokens).unwrap();
     assert!(session.logits().unwrap().iter().all(|v| v.is_finite()));
+    // Decode steps score the 8-bit copy of keys the f_k product wrote (d' 8: rows padded to 16).
+    for t in 0..3 {
+        session.step(&[t], &Sampling::greedy()).unwrap();
+        assert!(session.logits().unwrap().iter().all(|v| v.is_finite()));
+    }
 
     // Same shapes, other weights: refused with the file named.
     let other_dir = tiny_model_dir(&TinySpec { seed: 99, ..spec });

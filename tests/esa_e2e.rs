@@ -26,7 +26,7 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 fn small_budget(kv_dim: usize) -> EsaConfig {
-    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None , final_chunk: 0 }
+    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None, final_chunk: 0, decode_key_bits: 8 }
 }
 
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
@@ -41,9 +41,16 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 /// position's logits legitimately differ. So: the first 40 positions (sparse from position 24)
 /// must match exactly, and over all positions at least 85% of the last layer's selections and of
 /// the logit rows must agree. (Index-exact equality per layer on identical inputs is
-/// `esa_kernels::layer_step_matches_reference`.)
+/// `esa_kernels::layer_step_matches_reference`.) Decode steps score int8 compressed keys
+/// (`decode_key_bits` 8, the default; the reference quantises the same f16 rows) and f16 ones (16).
 #[test]
 fn esa_matches_cpu_reference_of_full_algorithm() {
+    for bits in [8, 16] {
+        matches_reference(bits);
+    }
+}
+
+fn matches_reference(decode_key_bits: u32) {
     let spec = TinySpec::llama_gqa_f16();
     let dir = tiny_model_dir(&spec);
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
@@ -51,7 +58,7 @@ fn esa_matches_cpu_reference_of_full_algorithm() {
     let reference = RefModel::load(&src).unwrap();
     let c = model.config().clone();
     let shape = HeadShape::from(&c);
-    let cfg = small_budget(c.kv_dim());
+    let cfg = EsaConfig { decode_key_bits, ..small_budget(c.kv_dim()) };
     let (f_q, f_k) = lossless_maps(shape);
     let inv = c.rope_inv_freqs();
     let mut session = model
@@ -103,7 +110,7 @@ fn esa_matches_cpu_reference_of_full_algorithm() {
         tally(cache.len - 1, &session.logits().unwrap(), &l, &gsel, &last_selected);
         tok = argmax(&l); // teacher-forced on the reference's tokens
     }
-    eprintln!("selections equal {sel_ok}/{sel_all}, logit rows within tolerance {rows_ok}/{rows_all}");
+    eprintln!("decode_key_bits {decode_key_bits}: selections equal {sel_ok}/{sel_all}, logit rows within tolerance {rows_ok}/{rows_all}");
     assert!(sel_ok * 100 >= sel_all * 85 && rows_ok * 100 >= rows_all * 85, "selections {sel_ok}/{sel_all}, logits {rows_ok}/{rows_all}");
 }
 
@@ -125,6 +132,42 @@ fn esa_equals_dense_within_the_local_budget() {
         a = dense.step(&[a], &Sampling::greedy()).unwrap();
         b = esa.step(&[b], &Sampling::greedy()).unwrap();
     }
+}
+
+/// Which kernels a decode step runs (per-kernel profile, on a context of its own): with
+/// `decode_key_bits` 8 the pack writes the int8 copy and the step scores it, with 16 neither.
+#[test]
+fn decode_steps_score_the_configured_keys() {
+    let ctx = GpuContext::new(&GpuOptions::default()).expect("GPU context");
+    if !ctx.caps.timestamps {
+        eprintln!("skipped: no timestamp queries for the per-kernel profile");
+        return;
+    }
+    let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
+    let model = Engine::with_context(ctx.clone()).load(dir.path()).unwrap();
+    let c = model.config().clone();
+    for bits in [8, 16] {
+        let cfg = EsaConfig { decode_key_bits: bits, ..small_budget(c.kv_dim()) };
+        let mut s = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).unwrap();
+        let tok = s.step(&prompt(40, c.vocab_size), &Sampling::greedy()).unwrap();
+        ctx.set_profiling(true);
+        s.step(&[tok], &Sampling::greedy()).unwrap();
+        let names: Vec<String> = ctx.profile_report().0.into_iter().map(|k| k.kernel).collect();
+        ctx.set_profiling(false);
+        let has = |k: &str| names.iter().any(|n| n.starts_with(k));
+        assert_eq!((has("esa_pack:main_q8"), has("esa_score_q8_d")), (bits == 8, bits == 8), "bits {bits}: {names:?}");
+        assert_eq!(has("esa_score:decode_dot"), bits == 16, "bits {bits}: {names:?}");
+    }
+}
+
+/// A decode key width other than 8 or 16 is refused at session creation, naming the field.
+#[test]
+fn bad_decode_key_bits_are_refused() {
+    let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
+    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    let cfg = EsaConfig { decode_key_bits: 4, ..small_budget(model.config().kv_dim()) };
+    let err = model.session(SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config: cfg, maps: None }), ..Default::default() }).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("esa.decode_key_bits"), "{err}");
 }
 
 /// Maps whose shapes do not fit the model are refused with a message naming the tensor.

@@ -44,6 +44,33 @@ fn pack_f16(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
     (words, h.iter().map(|x| x.to_f32()).collect())
 }
 
+/// The 8-bit copy of f16-rounded rows `[n][d]` as the engine lays it out (`esa_pack`'s module doc):
+/// int8 words `[n][q8_row_words(d)]`, f16 scale pairs `[ceil(n/2)]`; plus the values and scales
+/// for the reference.
+struct Q8Host {
+    words: Vec<u32>,
+    scale_words: Vec<u32>,
+    q: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+fn pack_q8(rows: &[f32], d: usize) -> Q8Host {
+    use esa_wgpu::gpu::ops::esa_pack::q8_row_words;
+    let rw = q8_row_words(d);
+    let mut h = Q8Host { words: Vec::new(), scale_words: Vec::new(), q: Vec::new(), scales: Vec::new() };
+    for row in rows.chunks_exact(d) {
+        let (q, s) = r::quantize_row_i8(row);
+        let mut bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+        bytes.resize(rw * 4, 0);
+        h.words.extend(bytes.chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        h.q.extend(q);
+        h.scales.push(s);
+    }
+    let bits: Vec<u16> = h.scales.iter().map(|&s| half::f16::from_f32(s).to_bits()).collect();
+    h.scale_words = bits.chunks(2).map(|p| p[0] as u32 | (p.get(1).copied().unwrap_or(0) as u32) << 16).collect();
+    h
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -65,7 +92,7 @@ fn score_chunk_and_decode() {
         let out = poisoned_f32(&ctx, n_m);
         let mut rec = Recorder::new(&ctx);
         let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0 }).unwrap();
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None }).unwrap();
         rec.submit().unwrap();
         let got = ctx.read_f32(&out, 0, n_m).unwrap();
         let want = r::chunk_scores(&cq, &ck_h[m0 * d..], d).unwrap();
@@ -119,7 +146,7 @@ fn score_chunk_coop() {
         let out = poisoned_f32(ctx, n_m);
         let mut rec = Recorder::new(ctx);
         let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0 }).unwrap();
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None }).unwrap();
         rec.submit().unwrap();
         let got = ctx.read_f32(&out, 0, n_m).unwrap();
         let want = r::chunk_scores(&cq_h, &ck_h[m0 * d..], d).unwrap();
@@ -317,7 +344,7 @@ fn coop_esa_attention_validates() {
 fn attention_gathered_and_dense() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(15);
-    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40) , final_chunk: 0 };
+    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40), final_chunk: 0, decode_key_bits: 8 };
     // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
     // head_dim 128 with a chunk of 70: several key tiles per split.
     let shapes = [
@@ -363,12 +390,18 @@ fn attention_gathered_and_dense() {
 /// selected indices, same output within tolerance.
 #[test]
 fn layer_step_matches_reference() {
-    use esa_wgpu::gpu::ops::esa_attention as ea;
+    for bits in [8, 16] {
+        layer_step_case(bits);
+    }
+}
+
+fn layer_step_case(decode_key_bits: u32) {
+    use esa_wgpu::gpu::ops::{esa_attention as ea, esa_pack::Q8Cache};
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(16);
     let inv = inv_freq(SHAPE.head_dim);
     let invb = upload_f32(&ctx, &inv);
-    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None , final_chunk: 0 };
+    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None, final_chunk: 0, decode_key_bits };
     let w = cfg.long_distance_query_pos();
     let dc = cfg.d_compressed;
     let total = 230;
@@ -379,6 +412,12 @@ fn layer_step_matches_reference() {
     // Compressed-key cache in f16, as the engine stores it.
     let (ck_words, ck) = pack_f16(&r::compress_rows(&f_k, &cache.k, SHAPE.kv_dim()).unwrap());
     let ckb = ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap();
+    // Its 8-bit copy, which decode steps score with decode_key_bits 8.
+    let q8h = pack_q8(&ck, dc);
+    let (q8w, q8s) = (ctx.upload("ck8", bytemuck::cast_slice(&q8h.words)).unwrap(), ctx.upload("ck8 scales", bytemuck::cast_slice(&q8h.scale_words)).unwrap());
+    let (q8wr, q8sr) = (BufRef::from(&q8w), BufRef::from(&q8s));
+    let q8 = Q8Cache { words: &q8wr, scales: &q8sr };
+    let q8 = (decode_key_bits == 8).then_some(&q8);
     let scratch = esa_topk::TopkScratch::new(&ctx, total).unwrap();
     let mut n_prev = 0;
     let mut sparse_steps = 0;
@@ -401,7 +440,7 @@ fn layer_step_matches_reference() {
         let (cqr, ckr, rmr, scr, plr, selr, str_) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&sel), BufRef::from(&scratch.state));
         let mut rec = Recorder::new(&ctx);
         if !layout.is_dense() {
-            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start }).unwrap();
+            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start, q8 }).unwrap();
             esa_pool::pool(&mut rec, &scr, &plr, n_m, cfg.eps).unwrap();
             esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32 }).unwrap();
         }
@@ -417,11 +456,11 @@ fn layer_step_matches_reference() {
         if !layout.is_dense() {
             let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
             let got_sel = ctx.read_u32(&sel, 0, count).unwrap();
-            assert_eq!(got_sel, want.selected, "selected tokens, chunk at {n_prev}");
+            assert_eq!(got_sel, want.selected, "selected tokens, chunk at {n_prev}, decode_key_bits {decode_key_bits}");
             sparse_steps += 1;
         }
         let got = ctx.read_f32(&out, 0, n_q * SHAPE.q_dim()).unwrap();
-        assert_close(&format!("layer output, chunk at {n_prev}"), &got, &want.output, 2e-3, 2e-3);
+        assert_close(&format!("layer output, chunk at {n_prev}, decode_key_bits {decode_key_bits}"), &got, &want.output, 2e-3, 2e-3);
         n_prev += n_q;
     }
     assert!(sparse_steps > 20);
@@ -437,7 +476,7 @@ fn pack_appends_f16_rows() {
     let xb = upload_f32(&ctx, &x);
     let cache = poisoned_u32(&ctx, rows * d / 2);
     let mut rec = Recorder::new(&ctx);
-    esa_pack::append(&mut rec, &BufRef::from(&xb), stride, &BufRef::from(&cache), d, n_tok, pos0).unwrap();
+    esa_pack::append(&mut rec, &BufRef::from(&xb), stride, &BufRef::from(&cache), None, d, n_tok, pos0).unwrap();
     rec.submit().unwrap();
     let got = ctx.read_u32(&cache, 0, rows * d / 2).unwrap();
     let dense: Vec<f32> = x.chunks(stride).flat_map(|r| r[..d].to_vec()).collect();
@@ -455,10 +494,161 @@ fn undersized_buffers_are_errors() {
     let mut rec = Recorder::new(&ctx);
     let err = esa_pool::pool(&mut rec, &s, &b, 100, 1).unwrap_err().to_string();
     assert!(err.contains("esa_pool.x"), "{err}");
-    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0 }).unwrap_err().to_string();
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0, q8: None }).unwrap_err().to_string();
     assert!(err.contains("ck_cache"), "{err}");
     let scratch = esa_topk::TopkScratch::new(&ctx, 64).unwrap();
     assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0 }).is_err());
     assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 64, k: 10, offset: 0 }).is_err());
 }
 
+
+/// The 8-bit pack: one dispatch writes the f16 rows (as `main`) and their int8 copy; odd and even
+/// pos0 (a chunk starting or ending mid scale word), d' with and without row padding. Values
+/// within one step of the reference quantisation, scales within one f16 ulp of it (f32 division
+/// and f16 conversion may round differently), every value within half a step (x 1.01) of the f16
+/// row, padding zero, rows and scale halves outside the chunk untouched.
+#[test]
+fn pack_appends_int8_copy() {
+    use esa_wgpu::gpu::ops::esa_pack::{self, q8_row_words, Q8Cache};
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(18);
+    for &(d, stride, n_tok, pos0, rows) in &[(6usize, 9usize, 5usize, 3usize, 10usize), (16, 16, 1, 4, 6), (48, 51, 8, 7, 17), (128, 130, 33, 0, 34), (192, 200, 3, 1, 5), (38, 40, 1, 2, 3)] {
+        let what = format!("d {d} n_tok {n_tok} pos0 {pos0}");
+        let rw = q8_row_words(d);
+        let x = rand_vec(&mut rng, n_tok * stride, 2.0);
+        let xb = upload_f32(&ctx, &x);
+        let cache = poisoned_u32(&ctx, rows * d / 2);
+        let (words, scales) = (poisoned_u32(&ctx, rows * rw), poisoned_u32(&ctx, rows.div_ceil(2)));
+        let (wr, sr) = (BufRef::from(&words), BufRef::from(&scales));
+        let mut rec = Recorder::new(&ctx);
+        esa_pack::append(&mut rec, &BufRef::from(&xb), stride, &BufRef::from(&cache), Some(&Q8Cache { words: &wr, scales: &sr }), d, n_tok, pos0).unwrap();
+        rec.submit().unwrap();
+        let dense: Vec<f32> = x.chunks(stride).flat_map(|r| r[..d].to_vec()).collect();
+        let (want16, rounded) = pack_f16(&dense);
+        let got16 = ctx.read_u32(&cache, 0, rows * d / 2).unwrap();
+        assert_eq!(&got16[pos0 * d / 2..(pos0 + n_tok) * d / 2], &want16[..], "{what}: f16 rows");
+        assert!(got16[..pos0 * d / 2].iter().chain(&got16[(pos0 + n_tok) * d / 2..]).all(|&w| w == u32::MAX), "{what}: f16 rows outside the chunk");
+        let got_w = ctx.read_u32(&words, 0, rows * rw).unwrap();
+        let got_s = ctx.read_u32(&scales, 0, rows.div_ceil(2)).unwrap();
+        let want = pack_q8(&rounded, d);
+        for row in 0..rows {
+            let half_bits = (got_s[row / 2] >> (16 * (row % 2))) & 0xffff;
+            let gw = &got_w[row * rw..(row + 1) * rw];
+            if row < pos0 || row >= pos0 + n_tok {
+                assert!(gw.iter().all(|&w| w == u32::MAX) && half_bits == 0xffff, "{what}: row {row} outside the chunk was written");
+                continue;
+            }
+            let t = row - pos0;
+            let scale = half::f16::from_bits(half_bits as u16).to_f32();
+            let want_scale = want.scales[t];
+            assert!((scale - want_scale).abs() <= want_scale * 1e-3, "{what}: row {row} scale {scale} vs {want_scale}");
+            let bytes: Vec<i8> = gw.iter().flat_map(|w| w.to_le_bytes()).map(|b| b as i8).collect();
+            assert!(bytes[d..].iter().all(|&b| b == 0), "{what}: row {row} padding");
+            for i in 0..d {
+                let (g, w, v) = (bytes[i], want.q[t * d + i], rounded[t * d + i]);
+                assert!((g as i32 - w as i32).abs() <= 1, "{what}: row {row} value {i}: {g} vs reference {w}");
+                assert!((g as f32 * scale - v).abs() <= 0.505 * scale, "{what}: row {row} value {i}: {g} x {scale} vs {v}");
+            }
+        }
+    }
+}
+
+/// Decode scores from the 8-bit copy (`esa_score_q8.wgsl`) against `reference::esa::decode_scores_i8`
+/// on the copy's values: odd n_m (a part-filled last workgroup, several workgroups), d' of 16,
+/// 48, 128 and 192 (1, 3, 8 and 12 vec4 words a row: 1, 2, 8 and 8 lanes per key) and two that
+/// need row padding (2, 38), odd and even m0 (the scale's half). Tolerance 1e-4 d' as the f16
+/// decode (f32 sums in another order than the reference's f64). The f16 cache is a one-word
+/// buffer: the 8-bit path must not read it.
+#[test]
+fn score_decode_int8() {
+    use esa_wgpu::gpu::ops::esa_pack::Q8Cache;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(19);
+    for &(n_m, d, m0) in &[(1usize, 16usize, 0usize), (1001, 16, 3), (333, 48, 5), (4097, 128, 7), (65, 128, 0), (777, 192, 2), (257, 2, 1), (99, 38, 4)] {
+        let cq = rand_vec(&mut rng, d, 1.0);
+        let ck: Vec<f32> = pack_f16(&rand_vec(&mut rng, (m0 + n_m) * d, 1.0)).1;
+        let h = pack_q8(&ck, d);
+        let (cqb, wb, sb) = (upload_f32(&ctx, &cq), ctx.upload("ck8", bytemuck::cast_slice(&h.words)).unwrap(), ctx.upload("s", bytemuck::cast_slice(&h.scale_words)).unwrap());
+        let f16_unused = poisoned_u32(&ctx, 1);
+        let rowmax = poisoned_u32(&ctx, 1);
+        let out = poisoned_f32(&ctx, n_m);
+        let (wr, sr) = (BufRef::from(&wb), BufRef::from(&sb));
+        let q8 = Q8Cache { words: &wr, scales: &sr };
+        let mut rec = Recorder::new(&ctx);
+        let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&f16_unused), BufRef::from(&rowmax), BufRef::from(&out));
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q: 1, n_m, d, m0, q8: Some(&q8) }).unwrap();
+        rec.submit().unwrap();
+        let got = ctx.read_f32(&out, 0, n_m).unwrap();
+        let want = r::decode_scores_i8(&cq, &h.q[m0 * d..], &h.scales[m0..], d).unwrap();
+        assert_close(&format!("int8 decode n_m={n_m} d={d} m0={m0}"), &got, &want, 1e-4 * d as f32, 0.0);
+        assert!(got.contains(&0.0), "the best token scores 0");
+    }
+}
+
+/// The selection from 8-bit decode scores recovers at least 95% of the selection from the f16
+/// scores (both on the GPU: score -> pool -> top-k), on random keys whose channels have decaying
+/// scales (calibrated maps order their outputs by weight, so a row's max comes from its first
+/// channels and the small ones get few levels): d' 128 and 48, 20 000 middle tokens, k = 2 048.
+#[test]
+fn int8_selection_recovers_f16_selection() {
+    use esa_wgpu::gpu::ops::esa_pack::Q8Cache;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(20);
+    let (n_m, k, eps) = (20_000usize, 2048usize, 1usize);
+    let scratch = esa_topk::TopkScratch::new(&ctx, n_m).unwrap();
+    for d in [128usize, 48] {
+        let mut worst = 1.0f64;
+        for trial in 0..3 {
+            let cq = rand_vec(&mut rng, d, 1.0);
+            let ck: Vec<f32> = (0..n_m * d).map(|i| (rng.random::<f32>() * 2.0 - 1.0) / (1.0 + (i % d) as f32 / 8.0)).collect();
+            let (words16, ck_h) = pack_f16(&ck);
+            let h = pack_q8(&ck_h, d);
+            let cqb = upload_f32(&ctx, &cq);
+            let (c16, wb, sb) = (ctx.upload("ck", bytemuck::cast_slice(&words16)).unwrap(), ctx.upload("ck8", bytemuck::cast_slice(&h.words)).unwrap(), ctx.upload("s", bytemuck::cast_slice(&h.scale_words)).unwrap());
+            let (wr, sr) = (BufRef::from(&wb), BufRef::from(&sb));
+            let q8 = Q8Cache { words: &wr, scales: &sr };
+            let mut sel = Vec::new();
+            for q8 in [None, Some(&q8)] {
+                let (rowmax, scores, pooled, out) = (poisoned_u32(&ctx, 1), poisoned_f32(&ctx, n_m), poisoned_f32(&ctx, n_m), poisoned_u32(&ctx, k));
+                let (cqr, ckr, rmr, scr, plr, outr) = (BufRef::from(&cqb), BufRef::from(&c16), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&out));
+                let mut rec = Recorder::new(&ctx);
+                esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q: 1, n_m, d, m0: 0, q8 }).unwrap();
+                esa_pool::pool(&mut rec, &scr, &plr, n_m, eps).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &outr, scratch: &scratch, n: n_m, k, offset: 0 }).unwrap();
+                rec.submit().unwrap();
+                let s: std::collections::HashSet<u32> = ctx.read_u32(&out, 0, k).unwrap().into_iter().collect();
+                assert_eq!(s.len(), k);
+                sel.push(s);
+            }
+            let recall = sel[0].intersection(&sel[1]).count() as f64 / k as f64;
+            eprintln!("d' {d} trial {trial}: int8 selection recovers {:.2}% of the f16 one", 100.0 * recall);
+            worst = worst.min(recall);
+        }
+        assert!(worst >= 0.95, "d' {d}: int8 selection recovers only {:.1}% of the f16 one", 100.0 * worst);
+    }
+}
+
+/// Undersized 8-bit buffers are errors naming them.
+#[test]
+fn undersized_int8_buffers_are_errors() {
+    use esa_wgpu::gpu::ops::esa_pack::{self, Q8Cache};
+    let ctx = ctx();
+    let small = poisoned_u32(&ctx, 4);
+    let big = poisoned_u32(&ctx, 4096);
+    let (s, b) = (BufRef::from(&small), BufRef::from(&big));
+    let mut rec = Recorder::new(&ctx);
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &s, scales: &b }) }).unwrap_err().to_string();
+    assert!(err.contains("esa_score.ck8"), "{err}");
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &b, scales: &s }) }).unwrap_err().to_string();
+    assert!(err.contains("esa_score.ck8_scales"), "{err}");
+    let err = esa_pack::append(&mut rec, &b, 16, &b, Some(&Q8Cache { words: &s, scales: &b }), 16, 3, 0).unwrap_err().to_string();
+    assert!(err.contains("esa_pack.ck8"), "{err}");
+}
+
+/// The 8-bit decode kernel parses and validates for the widths the engine may build it for.
+#[test]
+fn int8_score_validates() {
+    for d in [2usize, 16, 38, 48, 128, 192, 1024, 4096] {
+        common::gpu::validate_wgsl(&format!("esa_score_q8 d={d}"), &esa_score::q8_source(d));
+    }
+}

@@ -29,11 +29,15 @@ pub struct EsaArgs {
     /// (query-aware final chunk); 0: the paper's plain chunking.
     #[arg(id = "esa_final_chunk", long = "esa-final-chunk", default_value_t = esa_wgpu::reference::esa::DEFAULT_FINAL_CHUNK)]
     pub final_chunk: usize,
+    /// ESA: bits of the compressed keys decode steps score: 8 (int8 copy, half the bytes a step
+    /// reads from that cache) or 16 (the f16 cache prefill scores).
+    #[arg(id = "esa_decode_key_bits", long = "esa-decode-key-bits", default_value_t = esa_wgpu::reference::esa::DEFAULT_DECODE_KEY_BITS)]
+    pub decode_key_bits: u32,
 }
 
 impl EsaArgs {
     /// The ESA configuration these flags give; d' as `EsaConfig`'s default (callers override it).
     pub fn config(&self) -> EsaConfig {
-        EsaConfig { n_init: self.init, n_local: self.local, top_k: self.top_k, chunk: self.chunk, eps: self.eps, w: self.w, final_chunk: self.final_chunk, ..EsaConfig::default() }
+        EsaConfig { n_init: self.init, n_local: self.local, top_k: self.top_k, chunk: self.chunk, eps: self.eps, w: self.w, final_chunk: self.final_chunk, decode_key_bits: self.decode_key_bits, ..EsaConfig::default() }
     }
 }

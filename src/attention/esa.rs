@@ -23,8 +23,13 @@ struct LayerState {
     /// f_k is the identity (exact maps: d' = kv_dim): the chunk's keys are packed as they are,
     /// without the f_k product.
     f_k_identity: bool,
-    /// Compressed keys `[max_ctx][d'/2]` u32 (f16 pairs).
+    /// Compressed keys `[max_ctx][d'/2]` u32 (f16 pairs): what prefill chunks score (on
+    /// cooperative matrices where the adapter has them, which multiply f16).
     ck: wgpu::Buffer,
+    /// With `decode_key_bits` 8: the same keys as int8 rows `[max_ctx][q8_row_words(d')]` u32 and
+    /// their f16 scales `[ceil(max_ctx/2)]` u32, what decode steps score (`esa_pack`'s module doc:
+    /// a decode step reads every middle row, so its bytes per token are mostly this cache's).
+    ck8: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 pub struct EsaState {
@@ -120,6 +125,10 @@ impl EsaState {
             }
         };
         let w = cfg.long_distance_query_pos();
+        let q8 = cfg.decode_key_bits == 8;
+        if q8 {
+            esa_score::q8_check(ctx, d)?;
+        }
         let mut layers = Vec::with_capacity(c.num_layers);
         for (l, (fq, fk)) in maps.iter().enumerate() {
             let folded = fold_query_rotation(fq, shape, w, inv_freq)?;
@@ -129,6 +138,13 @@ impl EsaState {
                 f_q: matrix(ctx, &format!("esa.layers.{l}.f_q"), d, c.q_dim(), &folded)?,
                 f_k: matrix(ctx, &format!("esa.layers.{l}.f_k"), d, c.kv_dim(), fk)?,
                 ck: ctx.storage(&format!("esa compressed keys {l}"), (max_ctx * esa_pack::row_bytes(d)) as u64)?,
+                ck8: match q8 {
+                    true => Some((
+                        ctx.storage(&format!("esa compressed keys int8 {l}"), (max_ctx * esa_pack::q8_row_words(d) * 4) as u64)?,
+                        ctx.storage(&format!("esa compressed key scales {l}"), esa_pack::q8_scale_bytes(max_ctx) as u64)?,
+                    )),
+                    false => None,
+                },
             });
         }
         let f = |label: &str, n: usize| ctx.storage(label, (n.max(1) * 4) as u64);
@@ -189,16 +205,19 @@ impl EsaState {
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
         let ckx = BufRef::from(&self.ckx);
         let ck = BufRef::from(&layer.ck);
-        // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows (the keys
-        // themselves when f_k is the identity and a binding may start where they do).
+        let ck8 = layer.ck8.as_ref().map(|(w, s)| (BufRef::from(w), BufRef::from(s)));
+        let q8 = ck8.as_ref().map(|(words, scales)| esa_pack::Q8Cache { words, scales });
+        // Compressed keys of the chunk: f_k on the un-rotated keys, packed to f16 rows and their
+        // int8 copy (the keys themselves when f_k is the identity and a binding may start where
+        // they do).
         let k_off = qkv.offset + (c.q_dim() * 4) as u64;
         if layer.f_k_identity && k_off % rec.ctx().caps.storage_offset_alignment == 0 {
             let keys = BufRef { buf: qkv.buf.clone(), offset: k_off, size: None };
-            esa_pack::append(rec, &keys, qkv_rows, &ck, d, n, pos0)?;
+            esa_pack::append(rec, &keys, qkv_rows, &ck, q8.as_ref(), d, n, pos0)?;
         } else {
             let io = LinearIo { x: qkv.clone(), x_off: c.q_dim(), x_stride: qkv_rows, x_f16: false, y: ckx.clone(), y_stride: d, y_row0: 0, n_tok: n };
             linear::linear(rec, &layer.f_k, &io, Epilogue::Store)?;
-            esa_pack::append(rec, &ckx, d, &ck, d, n, pos0)?;
+            esa_pack::append(rec, &ckx, d, &ck, q8.as_ref(), d, n, pos0)?;
         }
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
@@ -216,7 +235,7 @@ impl EsaState {
             }
             let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
             let n_m = layout.middle.len();
-            esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start })?;
+            esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref() })?;
             esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
             esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
             if let Some(p) = &self.probe {
@@ -254,5 +273,82 @@ impl EsaState {
     pub fn read_selected(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
         let count = ctx.read_u32(&self.topk.state, esa_topk::STATE_COUNT, 1)?[0] as usize;
         ctx.read_u32(&self.selected, 0, count.min(self.cfg.top_k))
+    }
+}
+
+/// The bytes of cached keys and values one ESA decode step reads in one layer, beside what dense
+/// attention would read at the same context. Counts the caches only: the maps f_q, f_k (d' x
+/// (q_dim + kv_dim) weights a layer) are read like any weight and are not part of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeBytes {
+    /// Compressed keys the scoring scans: middle tokens x compressed row bytes (int8 rows with
+    /// their f16 scale, or f16 rows, per `EsaConfig::decode_key_bits`).
+    pub compressed_keys: u64,
+    /// K and V rows attended: initial + selected + local + the current token, x KV bytes a token.
+    pub attended_kv: u64,
+    /// Dense attention's read: every cached token and the current one, x KV bytes a token.
+    pub dense_kv: u64,
+}
+
+impl DecodeBytes {
+    pub fn total(&self) -> u64 {
+        self.compressed_keys + self.attended_kv
+    }
+
+    /// `bytes` as a fraction of the dense read.
+    pub fn share(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.dense_kv.max(1) as f64
+    }
+}
+
+/// Bytes one decode step after `n_prev` cached tokens reads per layer (`DecodeBytes`), for heads
+/// `shape` (f16 K and V caches: 4 bytes per KV dimension and token), compressed width `d` and
+/// the budget of `cfg`. While the context fits in `n_init + n_local` ESA is dense attention; with
+/// `top_k` 0 nothing is scored.
+pub fn decode_read_bytes(shape: HeadShape, d: usize, cfg: &EsaConfig, n_prev: usize) -> DecodeBytes {
+    let kv_token = (shape.kv_dim() * 4) as u64;
+    let layout = select_tokens(n_prev, 1, cfg);
+    let n_m = layout.middle.len();
+    let scored = if cfg.top_k == 0 { 0 } else { n_m };
+    let row = if cfg.decode_key_bits == 8 { esa_pack::q8_row_bytes(d) } else { esa_pack::row_bytes(d) };
+    let attended = layout.initial.len() + cfg.top_k.min(n_m) + layout.local.len() + 1;
+    DecodeBytes { compressed_keys: (scored * row) as u64, attended_kv: attended as u64 * kv_token, dense_kv: (n_prev + 1) as u64 * kv_token }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA3_8B: HeadShape = HeadShape { num_heads: 32, num_kv_heads: 8, head_dim: 128 };
+
+    /// Issue 14's target: a Llama-3-8B shape at d' = 128 and 128k tokens reads under 8% of the
+    /// dense KV bytes per decode step with int8 compressed keys (about 11% with f16 ones).
+    #[test]
+    fn llama3_8b_decode_at_128k_reads_under_8_percent() {
+        let cfg = EsaConfig::default();
+        let b = decode_read_bytes(LLAMA3_8B, 128, &cfg, 131_071);
+        assert_eq!(b.dense_kv, 131_072 * 4096);
+        let middle = 131_071 - 128 - 4096;
+        assert_eq!(b.compressed_keys, middle * 130);
+        assert_eq!(b.attended_kv, (128 + 2048 + 4096 + 1) * 4096);
+        let share = b.share(b.total());
+        assert!(share < 0.08, "{:.2}%", 100.0 * share);
+        assert!((share - 0.0786).abs() < 0.0005, "{:.3}%", 100.0 * share);
+        let f16 = decode_read_bytes(LLAMA3_8B, 128, &EsaConfig { decode_key_bits: 16, ..cfg }, 131_071);
+        assert_eq!(f16.compressed_keys, middle * 256);
+        assert!(f16.share(f16.total()) > 0.10);
+    }
+
+    /// Inside the local budget a step is dense attention; StreamingLLM (top_k 0) scores nothing;
+    /// rows of a width that is not a multiple of 16 are padded.
+    #[test]
+    fn decode_bytes_edges() {
+        let cfg = EsaConfig::default();
+        let dense = decode_read_bytes(LLAMA3_8B, 128, &cfg, 1000);
+        assert_eq!((dense.compressed_keys, dense.attended_kv), (0, dense.dense_kv));
+        let streaming = decode_read_bytes(LLAMA3_8B, 128, &EsaConfig { top_k: 0, ..cfg }, 10_000);
+        assert_eq!((streaming.compressed_keys, streaming.attended_kv), (0, (128 + 4096 + 1) * 4096));
+        let odd = decode_read_bytes(LLAMA3_8B, 38, &cfg, 10_000);
+        assert_eq!(odd.compressed_keys, (10_000 - 128 - 4096) * (48 + 2));
     }
 }

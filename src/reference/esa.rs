@@ -43,11 +43,22 @@ pub struct EsaConfig {
     /// this turned failing 32k/64k passkey prompts into passes, issue 13). At most `chunk` tokens
     /// are used; 0 is the paper's plain chunking.
     pub final_chunk: usize,
+    /// Bits per compressed-key value that decode steps (one query) score from: 8 (default) or 16.
+    /// Prefill chunks always score the f16 cache. With 8 the session keeps a second copy of the
+    /// compressed keys, symmetric int8 with one f16 scale per row ([`quantize_row_i8`]), because a
+    /// decode step re-reads every middle token's compressed key: at d' = 128 on a Llama-3-8B
+    /// shape (4 096 KV bytes per token and layer) the f16 row is 6.25% of the dense KV cache, the
+    /// int8 row 3.2%, which brings a decode step at 128k under 8% of the dense read
+    /// (`attention::esa::decode_read_bytes`). 16 scores the f16 cache as prefill does.
+    pub decode_key_bits: u32,
 }
+
+/// Default `EsaConfig::decode_key_bits`.
+pub const DEFAULT_DECODE_KEY_BITS: u32 = 8;
 
 impl Default for EsaConfig {
     fn default() -> Self {
-        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None, final_chunk: DEFAULT_FINAL_CHUNK }
+        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None, final_chunk: DEFAULT_FINAL_CHUNK, decode_key_bits: DEFAULT_DECODE_KEY_BITS }
     }
 }
 
@@ -71,13 +82,16 @@ impl EsaConfig {
         out
     }
 
-    /// Rejects budgets that cannot work (zero chunk, zero d'). `top_k = 0` selects nothing: the
-    /// initial and local tokens only (StreamingLLM).
+    /// Rejects budgets that cannot work (zero chunk, zero d', decode key bits other than 8 or
+    /// 16). `top_k = 0` selects nothing: the initial and local tokens only (StreamingLLM).
     pub fn validate(&self) -> Result<()> {
         for (field, v) in [("chunk", self.chunk), ("d_compressed", self.d_compressed)] {
             if v == 0 {
                 return Err(Error::arg(format!("esa.{field}"), "must be at least 1"));
             }
+        }
+        if !matches!(self.decode_key_bits, 8 | 16) {
+            return Err(Error::arg("esa.decode_key_bits", format!("{}: must be 8 (int8 compressed keys for decode scoring) or 16 (f16)", self.decode_key_bits)));
         }
         Ok(())
     }
@@ -199,6 +213,43 @@ pub fn chunk_scores(cq: &[f32], ck_middle: &[f32], d: usize) -> Result<Vec<f32>>
         }
     }
     Ok(out)
+}
+
+/// Symmetric int8 quantisation of one compressed-key row, as the 8-bit decode cache stores it:
+/// scale = f16(max|x| / 127), q_i = clamp(round_half_even(x_i / scale), -127, 127) (all zero when
+/// the scale is 0). Returns the values and the scale (an f16 value, as f32). The engine quantises
+/// the f16-rounded row (the 8-bit copy is a quantisation of the f16 cache row), so callers pass
+/// f16-rounded values to reproduce it.
+pub fn quantize_row_i8(x: &[f32]) -> (Vec<i8>, f32) {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = half::f16::from_f32(max / 127.0).to_f32();
+    if scale == 0.0 || !scale.is_finite() {
+        return (vec![0; x.len()], scale);
+    }
+    (x.iter().map(|&v| (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8).collect(), scale)
+}
+
+/// Quantises every row (`[n][d]`) with [`quantize_row_i8`] and returns the dequantised rows
+/// (q * scale): the keys an 8-bit decode step scores.
+pub fn dequantized_rows_i8(rows: &[f32], d: usize) -> Vec<f32> {
+    rows.chunks_exact(d)
+        .flat_map(|r| {
+            let (q, s) = quantize_row_i8(r);
+            q.into_iter().map(move |v| v as f32 * s)
+        })
+        .collect()
+}
+
+/// Decode scores (one query) from int8 compressed keys: s(m) = scale[m] * sum_i q[m][i] cq[i],
+/// rounded to f32, then F[m] = s(m) - max_m' s(m') as [`chunk_scores`] with one query. `q` is
+/// `[n_m][d]`, `scales` `[n_m]`.
+pub fn decode_scores_i8(cq: &[f32], q: &[i8], scales: &[f32], d: usize) -> Result<Vec<f32>> {
+    if d == 0 || cq.len() != d || q.len() != scales.len() * d {
+        return Err(Error::arg("decode_scores_i8", format!("cq {} / q {} / scales {} elements do not fit d' = {d}", cq.len(), q.len(), scales.len())));
+    }
+    let s: Vec<f32> = q.chunks_exact(d).zip(scales).map(|(k, &sc)| (sc as f64 * k.iter().zip(cq).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()) as f32).collect();
+    let best = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    Ok(s.iter().map(|&v| v - best).collect())
 }
 
 /// Proximity influence: out[m] = max of scores[m'] over |m' - m| <= eps, clipped to the range.
@@ -406,7 +457,8 @@ pub struct EsaLayerOutput {
 
 /// The whole per-layer ESA step for one chunk at positions `n_prev .. n_prev + chunk_len`:
 /// rotate the chunk's queries to `w`, compress them with `f_q` (`[d'][q_dim]`), score the middle
-/// tokens against `ck_cache` (`[>= n_prev][d']`, compressed un-rotated keys), pool with `eps`,
+/// tokens against `ck_cache` (`[>= n_prev][d']`, compressed un-rotated keys; a decode step with
+/// `cfg.decode_key_bits` 8 scores their int8 quantisation, [`quantize_row_i8`]), pool with `eps`,
 /// take the top-k and attend (see [`esa_attention`]).
 #[allow(clippy::too_many_arguments)]
 pub fn esa_layer_attention(
@@ -439,7 +491,19 @@ pub fn esa_layer_attention(
             cq.extend(compress(f_q, &rotate_row(row, d, w, inv_freq))?);
         }
         let ck_middle = &ck_cache[layout.middle.start * dc..layout.middle.end * dc];
-        let pooled = proximity_pool(&chunk_scores(&cq, ck_middle, dc)?, cfg.eps);
+        // Decode steps score 8-bit keys where the config asks for them (as the engine does).
+        let scores = if layout.chunk.len() == 1 && cfg.decode_key_bits == 8 {
+            let (mut q, mut scales) = (Vec::with_capacity(ck_middle.len()), Vec::new());
+            for row in ck_middle.chunks_exact(dc) {
+                let (qr, s) = quantize_row_i8(row);
+                q.extend(qr);
+                scales.push(s);
+            }
+            decode_scores_i8(&cq, &q, &scales, dc)?
+        } else {
+            chunk_scores(&cq, ck_middle, dc)?
+        };
+        let pooled = proximity_pool(&scores, cfg.eps);
         selected = top_k_indices(&pooled, cfg.top_k).into_iter().map(|i| i + layout.middle.start as u32).collect();
     }
     let output = esa_attention(q, k_cache, v_cache, &layout, &selected, w, inv_freq, shape)?;
@@ -666,7 +730,7 @@ mod tests {
     #[test]
     fn short_context_is_plain_dense_causal() {
         let mut rng = StdRng::seed_from_u64(3);
-        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None, final_chunk: 0 };
+        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None, final_chunk: 0, decode_key_bits: 8 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         for (n_prev, n_c) in [(0, 8), (7, 5), (12, 8), (20, 3)] {
@@ -683,7 +747,7 @@ mod tests {
     #[test]
     fn full_budget_is_dense_with_esa_positions() {
         let mut rng = StdRng::seed_from_u64(4);
-        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9), final_chunk: 0 };
+        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9), final_chunk: 0, decode_key_bits: 8 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         let f_k = rand_vec(&mut rng, cfg.d_compressed * SHAPE.kv_dim());
@@ -702,7 +766,7 @@ mod tests {
         // With lossless maps and eps = 0, the selection is the exact top-k of F_s on full scores.
         let mut rng = StdRng::seed_from_u64(5);
         let (f_q, f_k) = lossless_maps(SHAPE);
-        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None, final_chunk: 0 };
+        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None, final_chunk: 0, decode_key_bits: 8 };
         let inv = inv_freq(SHAPE.head_dim);
         let (n_prev, n_c) = (30, 3);
         let (k, v) = random_case(&mut rng, n_prev + n_c);
@@ -732,9 +796,59 @@ mod tests {
     }
 
     #[test]
+    fn decode_key_bits_are_validated() {
+        let c = EsaConfig::default();
+        assert_eq!(c.decode_key_bits, 8);
+        assert!(EsaConfig { decode_key_bits: 16, ..c }.validate().is_ok());
+        let err = EsaConfig { decode_key_bits: 4, ..c }.validate().unwrap_err().to_string();
+        assert!(err.contains("esa.decode_key_bits"), "{err}");
+    }
+
+    /// Round to nearest: every value within half a step (the scale) of its quantisation, the
+    /// largest magnitude at +-127, zero rows all zero, the scale an f16 value.
+    #[test]
+    fn int8_rows_round_to_nearest() {
+        let mut rng = StdRng::seed_from_u64(8);
+        for d in [1usize, 2, 5, 16, 48, 127] {
+            let x: Vec<f32> = rand_vec(&mut rng, d).iter().map(|v| v * 3.7).collect();
+            let (q, s) = quantize_row_i8(&x);
+            assert_eq!(half::f16::from_f32(s).to_f32(), s);
+            let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!((s - max / 127.0).abs() <= max / 127.0 * 1e-3, "scale {s} for max {max}");
+            for (&v, &qi) in x.iter().zip(&q) {
+                assert!((qi as f32 * s - v).abs() <= 0.5 * s * 1.001, "d {d}: {v} -> {qi} x {s}");
+            }
+            assert!(q.iter().any(|&v| v.abs() == 127), "the largest value maps to +-127");
+            let back = dequantized_rows_i8(&x, d);
+            assert!(back.iter().zip(&x).all(|(b, v)| (b - v).abs() <= 0.5 * s * 1.001));
+        }
+        assert_eq!(quantize_row_i8(&[0.0; 7]), (vec![0i8; 7], 0.0));
+    }
+
+    /// The int8 decode scores equal the f32 chunk scores of the dequantised keys.
+    #[test]
+    fn int8_decode_scores_match_dequantised_chunk_scores() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let d = 24;
+        let cq = rand_vec(&mut rng, d);
+        let ck = rand_vec(&mut rng, 37 * d);
+        let (mut q, mut scales) = (Vec::new(), Vec::new());
+        for row in ck.chunks_exact(d) {
+            let (r, s) = quantize_row_i8(row);
+            q.extend(r);
+            scales.push(s);
+        }
+        let got = decode_scores_i8(&cq, &q, &scales, d).unwrap();
+        let want = chunk_scores(&cq, &dequantized_rows_i8(&ck, d), d).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+        assert!(got.contains(&0.0));
+        assert!(decode_scores_i8(&cq, &q, &scales[1..], d).is_err());
+    }
+
+    #[test]
     fn bad_inputs_are_errors() {
         let inv = inv_freq(8);
-        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None, final_chunk: 0 };
+        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None, final_chunk: 0, decode_key_bits: 8 };
         let q = vec![0.0; SHAPE.q_dim()];
         let kv = vec![0.0; 10 * SHAPE.kv_dim()];
         assert!(esa_layer_attention(&q, &kv, &kv, &[], &[0.0; 3], 5, &inv, SHAPE, &cfg).is_err());

@@ -3,7 +3,10 @@
 //! the n_q x n_m score matrix is never stored.
 //!
 //! Compressed-key cache layout: `[rows][d/2]` u32, two f16 per word (even element low), the middle
-//! token m at row `m0 + m`. Compressed queries: `[n_q][d]` f32.
+//! token m at row `m0 + m`. Compressed queries: `[n_q][d]` f32. Decode steps given the cache's
+//! 8-bit copy (`esa_pack::Q8Cache`, int8 rows with an f16 scale) score that instead
+//! (`shaders/esa_score_q8.wgsl`): half the bytes per middle token, which is what a decode step at
+//! a long context mostly reads. Chunks always score the f16 cache.
 
 use crate::gpu::{grid, BufRef, Recorder};
 use crate::{Error, Result};
@@ -43,6 +46,54 @@ pub struct Score<'a> {
     pub d: usize,
     /// Cache row of the first middle token.
     pub m0: usize,
+    /// The 8-bit copy of the cache: decode steps (n_q = 1) score it instead of `ck_cache`, which
+    /// they then do not read. Chunks ignore it.
+    pub q8: Option<&'a super::esa_pack::Q8Cache<'a>>,
+}
+
+/// Bytes of workgroup memory `esa_score_q8.wgsl` needs for width `d` (the staged query, d
+/// rounded up to 16 floats, and the 256-float reduction).
+pub fn q8_workgroup_bytes(d: usize) -> usize {
+    d.div_ceil(16) * 64 + 1024
+}
+
+/// Errors (naming `esa.decode_key_bits`) when the adapter's workgroup memory cannot hold the 8-bit
+/// decode kernel's staged query for width `d` (d' above ~3 800 on adapters with WebGPU's 16 KiB).
+pub fn q8_check(ctx: &crate::gpu::GpuContext, d: usize) -> Result<()> {
+    let need = q8_workgroup_bytes(d);
+    if need as u64 > ctx.caps.max_workgroup_storage as u64 {
+        return Err(Error::arg(
+            "esa.decode_key_bits",
+            format!("8-bit decode scoring at d' = {d} needs {need} bytes of workgroup memory, the adapter has {}; use decode_key_bits 16", ctx.caps.max_workgroup_storage),
+        ));
+    }
+    Ok(())
+}
+
+/// WGSL of `esa_score_q8.wgsl` for one d' (V = ceil(d'/16) vec4 words a row sizes the staged
+/// query), with `esa_score_common.wgsl`. LANES threads per key: the largest power of two up to V,
+/// at most 32, so every lane has a word to read and rows stay contiguous across a workgroup.
+pub fn q8_source(d: usize) -> String {
+    let v = d.div_ceil(16);
+    let lanes = (1usize << v.ilog2()).min(32);
+    let shape = format!("const V: u32 = {v}u;\nconst LANES: u32 = {lanes}u;\n");
+    let mut src = String::from(super::src::ESA_SCORE_COMMON);
+    let mut skip = false;
+    for line in super::src::ESA_SCORE_Q8.lines() {
+        match line.trim() {
+            "//@SHAPE" => {
+                src += &shape;
+                skip = true;
+            }
+            "//@END" => skip = false,
+            _ if skip => {}
+            _ => {
+                src += line;
+                src.push('\n');
+            }
+        }
+    }
+    src
 }
 
 /// Widest d' of the cooperative-matrix variant: its staging buffer of 64 rows and the fragment
@@ -139,6 +190,9 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
         return Ok(());
     }
     use super::esa_common::check_words;
+    if let (1, Some(q8)) = (a.n_q, a.q8) {
+        return score_q8(rec, a, q8);
+    }
     check_words("esa_score", "cq", a.cq, a.n_q * a.d)?;
     check_words("esa_score", "ck_cache", a.ck_cache, (a.m0 + a.n_m) * a.d / 2)?;
     check_words("esa_score", "rowmax", a.rowmax, a.n_q)?;
@@ -173,5 +227,32 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     let g = grid(ctx, a.n_m.div_ceil(m_tile) as u32);
     p.grid_x = g[0];
     rec.dispatch(&kernel(chunk)?, &p, &bufs, g);
+    Ok(())
+}
+
+/// A decode step's scores from the 8-bit copy: `clear`, `decode_dot_q8`, `decode_sub`.
+fn score_q8(rec: &mut Recorder, a: &Score, q8: &super::esa_pack::Q8Cache) -> Result<()> {
+    use super::esa_common::check_words;
+    use super::esa_pack::q8_row_words;
+    check_words("esa_score", "cq", a.cq, a.d)?;
+    check_words("esa_score", "ck8", q8.words, (a.m0 + a.n_m) * q8_row_words(a.d))?;
+    check_words("esa_score", "ck8_scales", q8.scales, (a.m0 + a.n_m).div_ceil(2))?;
+    check_words("esa_score", "rowmax", a.rowmax, 1)?;
+    check_words("esa_score", "out", a.out, a.n_m)?;
+    let ctx = rec.ctx();
+    q8_check(ctx, a.d)?;
+    let v = a.d.div_ceil(16);
+    let keys = 256 / (1usize << v.ilog2()).min(32);
+    let kernel = |entry: &str| ctx.kernel_with(&format!("esa_score_q8_d{}", a.d), entry, &[], || Ok(q8_source(a.d)));
+    // `clear` and `decode_sub` use bindings 1-4 only; `decode_dot_q8` also the scales.
+    let bufs = [a.rowmax.clone(), a.cq.clone(), q8.words.clone(), a.out.clone(), q8.scales.clone()];
+    let mut p = Params { n_q: 1, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, _pad: [0; 2] };
+    rec.dispatch(&kernel("clear")?, &p, &bufs[..4], [1, 1, 1]);
+    let g = grid(ctx, a.n_m.div_ceil(keys) as u32);
+    p.grid_x = g[0];
+    rec.dispatch(&kernel("decode_dot_q8")?, &p, &bufs, g);
+    let g = grid(ctx, a.n_m.div_ceil(256) as u32);
+    p.grid_x = g[0];
+    rec.dispatch(&kernel("decode_sub")?, &p, &bufs[..4], g);
     Ok(())
 }

@@ -51,6 +51,7 @@ pub mod src {
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
     pub const ESA_SCORE_COMMON: &str = include_str!("../../../shaders/esa_score_common.wgsl");
     pub const ESA_SCORE_COOP: &str = include_str!("../../../shaders/esa_score_coop.wgsl");
+    pub const ESA_SCORE_Q8: &str = include_str!("../../../shaders/esa_score_q8.wgsl");
     pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
     pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
     pub const ESA_ATTENTION_COOP: &str = include_str!("../../../shaders/esa_attention_coop.wgsl");
