@@ -505,8 +505,11 @@ fn undersized_buffers_are_errors() {
 /// The 8-bit pack: one dispatch writes the f16 rows (as `main`) and their int8 copy; odd and even
 /// pos0 (a chunk starting or ending mid scale word), d' with and without row padding. Values
 /// within one step of the reference quantisation, scales within one f16 ulp of it (f32 division
-/// and f16 conversion may round differently), every value within half a step (x 1.01) of the f16
-/// row, padding zero, rows and scale halves outside the chunk untouched.
+/// and f16 conversion may round differently), every value within 0.63 of a step of the f16 row,
+/// padding zero, rows and scale halves outside the chunk untouched. (Half a step if the kernel
+/// divides the f16-rounded values by the f16 scale it stores; the H200 gave one value 0.515 steps
+/// off, as if its compiler had kept those two f16 round trips in f32, which moves a value by up to
+/// 127 x 2^-11 steps through the scale and 2^-11 |v| through the value.)
 #[test]
 fn pack_appends_int8_copy() {
     use esa_wgpu::gpu::ops::esa_pack::{self, q8_row_words, Q8Cache};
@@ -547,7 +550,7 @@ fn pack_appends_int8_copy() {
             for i in 0..d {
                 let (g, w, v) = (bytes[i], want.q[t * d + i], rounded[t * d + i]);
                 assert!((g as i32 - w as i32).abs() <= 1, "{what}: row {row} value {i}: {g} vs reference {w}");
-                assert!((g as f32 * scale - v).abs() <= 0.505 * scale, "{what}: row {row} value {i}: {g} x {scale} vs {v}");
+                assert!((g as f32 * scale - v).abs() <= 0.63 * scale, "{what}: row {row} value {i}: {g} x {scale} vs {v}");
             }
         }
     }
