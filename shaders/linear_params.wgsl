@@ -42,6 +42,21 @@ fn u2f(v: u32) -> f32 {
     return bitcast<f32>(v | 0x4b000000u) - 8388608.0;
 }
 
+// The dot product of a Q4_0 or Q4_1 block's 32 nibbles with xs (element i = values 4i .. 4i + 3):
+// b is the block as matvec_blocks loads it (`fmt_bload`), words 1..4 its 16 bytes, byte j holding
+// value j in its low nibble and value j + 16 in its high one.
+fn q4_nibble_dot(b: array<u32, 5>, xs: array<vec4<f32>, 8>) -> f32 {
+    var qx = bytes4f(b[1], 0xfu, 8388608.0) * xs[0];
+    qx = fma(bytes4f(b[1] >> 4u, 0xfu, 8388608.0), xs[4], qx);
+    qx = fma(bytes4f(b[2], 0xfu, 8388608.0), xs[1], qx);
+    qx = fma(bytes4f(b[2] >> 4u, 0xfu, 8388608.0), xs[5], qx);
+    qx = fma(bytes4f(b[3], 0xfu, 8388608.0), xs[2], qx);
+    qx = fma(bytes4f(b[3] >> 4u, 0xfu, 8388608.0), xs[6], qx);
+    qx = fma(bytes4f(b[4], 0xfu, 8388608.0), xs[3], qx);
+    qx = fma(bytes4f(b[4] >> 4u, 0xfu, 8388608.0), xs[7], qx);
+    return (qx.x + qx.y) + (qx.z + qx.w);
+}
+
 // The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).
 fn dot32(a: array<vec4<f32>, 8>, b: array<vec4<f32>, 8>) -> f32 {
     var s = a[0] * b[0];

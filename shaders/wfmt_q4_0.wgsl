@@ -86,13 +86,5 @@ fn fmt_bload(row: u32, blk: u32) -> array<u32, 5> {
 }
 
 fn fmt_bdot(b: array<u32, 5>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
-    var qx = nib4(b[1]) * xs[0];
-    qx = fma(nib4(b[1] >> 4u), xs[4], qx);
-    qx = fma(nib4(b[2]), xs[1], qx);
-    qx = fma(nib4(b[2] >> 4u), xs[5], qx);
-    qx = fma(nib4(b[3]), xs[2], qx);
-    qx = fma(nib4(b[3] >> 4u), xs[6], qx);
-    qx = fma(nib4(b[4]), xs[3], qx);
-    qx = fma(nib4(b[4] >> 4u), xs[7], qx);
-    return unpack2x16float(b[0]).x * (((qx.x + qx.y) + (qx.z + qx.w)) - 8.0 * xsum);
+    return unpack2x16float(b[0]).x * (q4_nibble_dot(b, xs) - 8.0 * xsum);
 }

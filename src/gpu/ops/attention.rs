@@ -213,22 +213,9 @@ pub fn cpu_block_source(d: usize, g: usize, sg: u32) -> String {
             store += &format!("    put(qb + {}u, {w}u, o{h}_{w} * inv{h});\n", h * d);
         }
     }
-    let mut out = format!("{}\nconst D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\nconst BK: u32 = {CPU_BLOCK_KEYS}u;\n", super::src::ATTENTION_PREFILL_PARAMS);
-    for line in super::src::ATTENTION_CPU_BLOCK.lines() {
-        match line.trim() {
-            "//@SETUP" => out += &setup,
-            "//@MAX0" => out += &max0,
-            "//@QK" => out += &qk,
-            "//@RESCALE" => out += &rescale,
-            "//@PV" => out += &pv,
-            "//@STORE" => out += &store,
-            _ => {
-                out += line;
-                out.push('\n');
-            }
-        }
-    }
-    out
+    let head = format!("{}\nconst D: u32 = {d}u;\nconst G: u32 = {g}u;\nconst SG: u32 = {sg}u;\nconst BK: u32 = {CPU_BLOCK_KEYS}u;\n", super::src::ATTENTION_PREFILL_PARAMS);
+    let markers = [("//@SETUP", &setup), ("//@MAX0", &max0), ("//@QK", &qk), ("//@RESCALE", &rescale), ("//@PV", &pv), ("//@STORE", &store)];
+    head + &super::expand_markers(super::src::ATTENTION_CPU_BLOCK, None, &markers.map(|(k, v)| (k, v.as_str())))
 }
 
 /// A prompt chunk on a CPU adapter: `attention_cpu_block.wgsl`, SG queries of one KV group's heads

@@ -77,23 +77,7 @@ pub fn q8_source(d: usize) -> String {
     let v = d.div_ceil(16);
     let lanes = (1usize << v.ilog2()).min(32);
     let shape = format!("const V: u32 = {v}u;\nconst LANES: u32 = {lanes}u;\n");
-    let mut src = String::from(super::src::ESA_SCORE_COMMON);
-    let mut skip = false;
-    for line in super::src::ESA_SCORE_Q8.lines() {
-        match line.trim() {
-            "//@SHAPE" => {
-                src += &shape;
-                skip = true;
-            }
-            "//@END" => skip = false,
-            _ if skip => {}
-            _ => {
-                src += line;
-                src.push('\n');
-            }
-        }
-    }
-    src
+    format!("{}{}", super::src::ESA_SCORE_COMMON, super::expand_markers(super::src::ESA_SCORE_Q8, Some(("//@SHAPE", &shape)), &[]))
 }
 
 /// Widest d' of the cooperative-matrix variant: its staging buffer of 64 rows and the fragment
@@ -134,25 +118,8 @@ pub fn coop_source(d: usize) -> String {
     }
     let (sr, ss) = coop_shape(d);
     let shape = format!("const RF: u32 = {COOP_RF}u;\nconst SR: u32 = {sr}u;\nconst SS: u32 = {ss}u;\nconst ROWS: u32 = {}u;\n", (16 * COOP_RF * sr).max(16 * ss));
-    let mut src = String::new();
-    let mut skip = false;
-    for line in super::src::ESA_SCORE_COOP.lines() {
-        match line.trim() {
-            "//@SHAPE" => {
-                src += &shape;
-                skip = true;
-            }
-            "//@END" => skip = false,
-            _ if skip => {}
-            "//@ALOAD" => src += &aload,
-            "//@MMA" => src += &mma,
-            "const D: u32 = 64u;" => src += &format!("const D: u32 = {d}u;\n"),
-            _ => {
-                src += line;
-                src.push('\n');
-            }
-        }
-    }
+    let d_decl = format!("const D: u32 = {d}u;\n");
+    let src = super::expand_markers(super::src::ESA_SCORE_COOP, Some(("//@SHAPE", &shape)), &[("//@ALOAD", &aload), ("//@MMA", &mma), ("const D: u32 = 64u;", &d_decl)]);
     let directives = "enable wgpu_cooperative_matrix;\n";
     let at = src.find(directives).map_or(0, |i| i + directives.len());
     format!("{}{}{}{}", &src[..at], super::src::ESA_SCORE_COMMON, super::src::UNPACK_F16X8, &src[at..])

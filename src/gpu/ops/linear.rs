@@ -161,18 +161,7 @@ pub fn cpu_kernel_source(fmt: TensorFormat, rows: u32, tokens: u32) -> Result<St
         }
     }
     store += "        }\n";
-    let mut body = String::new();
-    for line in src::MATVEC_CPU.lines() {
-        match line.trim() {
-            "//@SETUP" => body += &setup,
-            "//@SLICE" => body += &slice,
-            "//@STORE" => body += &store,
-            _ => {
-                body += line;
-                body.push('\n');
-            }
-        }
-    }
+    let body = super::expand_markers(src::MATVEC_CPU, None, &[("//@SETUP", &setup), ("//@SLICE", &slice), ("//@STORE", &store)]);
     Ok(super::with_prelude(&body, &format!("{}\n{consts}{fsrc}", src::LINEAR_PARAMS)))
 }
 
@@ -707,26 +696,7 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, v: usize, n_to
         }
     }
     let consts = format!("const NR: u32 = {nr}u;\nconst NTOK: u32 = {n_tok}u;\nconst U: u32 = {u}u;\nconst V: u32 = {v}u;\n");
-    let mut out = String::new();
-    let mut skip = false;
-    for line in src::MATVEC_WIDE.lines() {
-        match line.trim() {
-            l if l.starts_with("//@CONSTS") => {
-                skip = true;
-                out += &consts;
-            }
-            "//@END" => skip = false,
-            _ if skip => {}
-            "//@ACC" => out += &acc,
-            "//@MAIN" => out += &step(u),
-            "//@TAIL" => out += &step(1),
-            "//@REDUCE" => out += &reduce,
-            _ => {
-                out += line;
-                out.push('\n');
-            }
-        }
-    }
+    let out = super::expand_markers(src::MATVEC_WIDE, Some(("//@CONSTS", &consts)), &[("//@ACC", &acc), ("//@MAIN", &step(u)), ("//@TAIL", &step(1)), ("//@REDUCE", &reduce)]);
     let (_, fsrc, _, _) = format_shader(fmt)?;
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
 }
@@ -759,29 +729,8 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
         dots += "}\n}\n";
     }
     let consts = format!("const NR: u32 = {nr}u;\nconst U: u32 = {u}u;\nconst MAX_COLS: u32 = {max_cols}u;\n");
-    let mut out = String::new();
-    let mut skip = false;
-    for line in src::MATVEC_BLOCKS.lines() {
-        match line.trim() {
-            l if l.starts_with("//@CONSTS") => {
-                skip = true;
-                out += &consts;
-            }
-            "//@END" => skip = false,
-            _ if skip => {}
-            "//@LOAD0" => out += &load0,
-            "//@LOADNEXT" => out += &next,
-            "//@DOTS" => out += &dots,
-            "//@ROTATE" => out += &rotate,
-            "//@ACC" => out += &acc,
-            "//@REDUCE" => out += &reduce,
-            "//@RESET" => out += &reset,
-            _ => {
-                out += line;
-                out.push('\n');
-            }
-        }
-    }
+    let markers = [("//@LOAD0", &load0), ("//@LOADNEXT", &next), ("//@DOTS", &dots), ("//@ROTATE", &rotate), ("//@ACC", &acc), ("//@REDUCE", &reduce), ("//@RESET", &reset)];
+    let out = super::expand_markers(src::MATVEC_BLOCKS, Some(("//@CONSTS", &consts)), &markers.map(|(k, v)| (k, v.as_str())));
     let (_, fsrc, _, _) = format_shader(fmt)?;
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
 }

@@ -24,6 +24,33 @@ pub(crate) fn with_prelude(kernel: &str, prelude: &str) -> String {
     format!("{}\n{prelude}\n{}", directives.join("\n"), body.join("\n"))
 }
 
+/// A kernel source written out by its op: with `block` = (start, text), the lines from the one
+/// starting with `start` (e.g. `//@CONSTS`, `//@SHAPE`) to `//@END` replaced by `text`; and each
+/// line that is exactly one of `lines`' keys (a `//@` marker, or a declaration to override)
+/// replaced by its text.
+pub(crate) fn expand_markers(src: &str, block: Option<(&str, &str)>, lines: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for line in src.lines() {
+        let t = line.trim();
+        if let Some((_, text)) = block.filter(|(start, _)| t.starts_with(start)) {
+            skip = true;
+            out += text;
+        } else if block.is_some() && t == "//@END" {
+            skip = false;
+        } else if !skip {
+            match lines.iter().find(|(k, _)| *k == t) {
+                Some((_, text)) => out += text,
+                None => {
+                    out += line;
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Kernel sources, one `.wgsl` file each, embedded at build time.
 pub mod src {
     pub const LINEAR_PARAMS: &str = include_str!("../../../shaders/linear_params.wgsl");
