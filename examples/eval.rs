@@ -11,7 +11,9 @@
 //! `esa-plain` (the paper's plain chunking), `esa-maps` (calibrated maps from --esa-maps),
 //! `streaming` (StreamingLLM: initial + local tokens, the window widened by top_k so the token
 //! budget equals ESA's), `yarn` (dense with YaRN, factor = length / trained, only past the trained
-//! window). InfLLM-style block selection is not implemented yet.
+//! window), `infllm` (block-level selection in the style of InfLLM: the same budget as ESA's
+//! top_k, as whole blocks of --block-size tokens, each scored by its best token;
+//! `EsaConfig::select_block`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,9 +58,12 @@ struct Args {
     /// Cases (seeds) per task, length and depth.
     #[arg(long, default_value_t = 1)]
     cases: usize,
-    /// Methods, comma-separated: dense, esa, esa-plain, esa-maps, streaming, yarn.
+    /// Methods, comma-separated: dense, esa, esa-plain, esa-maps, streaming, yarn, infllm.
     #[arg(long, default_value = "dense,esa,esa-plain,streaming,yarn")]
     methods: String,
+    /// Tokens per block of the `infllm` method (InfLLM's memory units are 128 tokens).
+    #[arg(long, default_value_t = 128)]
+    block_size: usize,
     /// Calibrated ESA maps for the `esa-maps` method.
     #[arg(long)]
     esa_maps: Option<PathBuf>,
@@ -179,8 +184,9 @@ fn methods(args: &Args, esa: &EsaConfig) -> esa_wgpu::Result<Vec<Method>> {
                 // The same token budget as ESA: initial + (local + top_k), nothing selected.
                 "streaming" => (esa_with(EsaConfig { top_k: 0, n_local: esa.n_local + esa.top_k, ..*esa }, None), false, false),
                 "yarn" => (Attention::Dense, true, true),
-                "infllm" => return Err(esa_wgpu::Error::Unsupported("InfLLM-style block selection is not implemented yet (issue 13)".into())),
-                other => return Err(esa_wgpu::Error::arg("--methods", format!("`{other}`: use dense, esa, esa-plain, esa-maps, streaming, yarn"))),
+                // The same token budget as ESA's top_k, in whole blocks.
+                "infllm" => (esa_with(EsaConfig { select_block: args.block_size, ..*esa }, None), false, false),
+                other => return Err(esa_wgpu::Error::arg("--methods", format!("`{other}`: use dense, esa, esa-plain, esa-maps, streaming, yarn, infllm"))),
             };
             Ok(Method { name: n, attention, yarn, dense })
         })
@@ -374,8 +380,8 @@ fn report(args: &Args, methods: &[Method], tasks: &[TaskKind], lengths: &[usize]
     let command: Vec<String> = std::env::args().collect();
     md.push_str(&format!("# Long-context evaluation\n\nModel {model} (trained to {trained} tokens); command `{}`.\n\n", command.join(" ")));
     md.push_str(&format!(
-        "ESA budget: {} initial, {} local, top-{}, chunks of {}, eps {}, final chunk {}; streaming: {} initial + {} local. Scores in percent (mean over depths and cases); `-`: not run (dense only inside the trained window, YaRN only past it).\n\n",
-        args.esa.init, args.esa.local, args.esa.top_k, args.esa.chunk, args.esa.eps, args.esa.final_chunk, args.esa.init, args.esa.local + args.esa.top_k
+        "ESA budget: {} initial, {} local, top-{}, chunks of {}, eps {}, final chunk {}; streaming: {} initial + {} local; infllm: top-{} as blocks of {}. Scores in percent (mean over depths and cases); `-`: not run (dense only inside the trained window, YaRN only past it).\n\n",
+        args.esa.init, args.esa.local, args.esa.top_k, args.esa.chunk, args.esa.eps, args.esa.final_chunk, args.esa.init, args.esa.local + args.esa.top_k, args.esa.top_k, args.block_size
     ));
     let mut table = String::new();
     for t in tasks {

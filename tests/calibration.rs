@@ -239,7 +239,7 @@ fn maps_file_round_trip_and_refusal_for_another_model() {
     assert_eq!(back_info.tokens, 46);
 
     let esa = |maps: &std::path::Path| {
-        let config = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 8, w: None, final_chunk: 0, decode_key_bits: 8 };
+        let config = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 8, w: None, final_chunk: 0, decode_key_bits: 8, select_block: 0 };
         Attention::Esa(EsaOptions { config, maps: Some(maps.to_path_buf()) })
     };
     let mut session = model.session(SessionOptions { max_context: 64, attention: esa(&path), ..Default::default() }).unwrap();

@@ -26,7 +26,7 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 fn small_budget(kv_dim: usize) -> EsaConfig {
-    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None, final_chunk: 0, decode_key_bits: 8 }
+    EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: kv_dim, w: None, final_chunk: 0, decode_key_bits: 8, select_block: 0 }
 }
 
 fn prompt(n: usize, vocab: usize) -> Vec<u32> {
@@ -46,11 +46,18 @@ fn prompt(n: usize, vocab: usize) -> Vec<u32> {
 #[test]
 fn esa_matches_cpu_reference_of_full_algorithm() {
     for bits in [8, 16] {
-        matches_reference(bits);
+        matches_reference(bits, 0);
     }
 }
 
-fn matches_reference(decode_key_bits: u32) {
+/// The same with block-level selection (`select_block` 4: the top_k 8 budget as two whole blocks),
+/// the InfLLM-style baseline of the evaluation.
+#[test]
+fn block_selection_matches_cpu_reference() {
+    matches_reference(8, 4);
+}
+
+fn matches_reference(decode_key_bits: u32, select_block: usize) {
     let spec = TinySpec::llama_gqa_f16();
     let dir = tiny_model_dir(&spec);
     let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
@@ -58,7 +65,7 @@ fn matches_reference(decode_key_bits: u32) {
     let reference = RefModel::load(&src).unwrap();
     let c = model.config().clone();
     let shape = HeadShape::from(&c);
-    let cfg = EsaConfig { decode_key_bits, ..small_budget(c.kv_dim()) };
+    let cfg = EsaConfig { decode_key_bits, select_block, ..small_budget(c.kv_dim()) };
     let (f_q, f_k) = lossless_maps(shape);
     let inv = c.rope_inv_freqs();
     let mut session = model

@@ -344,7 +344,7 @@ fn coop_esa_attention_validates() {
 fn attention_gathered_and_dense() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(15);
-    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40), final_chunk: 0, decode_key_bits: 8 };
+    let cfg = r::EsaConfig { n_init: 3, n_local: 37, top_k: 50, chunk: 16, eps: 1, d_compressed: 4, w: Some(40), final_chunk: 0, decode_key_bits: 8, select_block: 0 };
     // GQA groups of 3 (one partial head chunk), 10 (chunks of 4, 4, 2), 1 (no sharing); head_dim 12..64.
     // head_dim 128 with a chunk of 70: several key tiles per split.
     let shapes = [
@@ -401,7 +401,7 @@ fn layer_step_case(decode_key_bits: u32) {
     let mut rng = StdRng::seed_from_u64(16);
     let inv = inv_freq(SHAPE.head_dim);
     let invb = upload_f32(&ctx, &inv);
-    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None, final_chunk: 0, decode_key_bits };
+    let cfg = r::EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: 6, w: None, final_chunk: 0, decode_key_bits, select_block: 0 };
     let w = cfg.long_distance_query_pos();
     let dc = cfg.d_compressed;
     let total = 230;
@@ -654,4 +654,52 @@ fn int8_score_validates() {
     for d in [2usize, 16, 38, 48, 128, 192, 1024, 4096] {
         common::gpu::validate_wgsl(&format!("esa_score_q8 d={d}"), &esa_score::q8_source(d));
     }
+}
+
+/// Block-level selection (the InfLLM-style baseline, `EsaConfig::select_block`): `block_max`, then
+/// `esa_topk` over the block scores, then `expand`, against `reference::esa::top_k_blocks` on
+/// random and tied scores: counts of blocks that divide the scores and that leave a short last
+/// block (picked or not), one block per token, k below one block, k past every block, an offset.
+/// Outputs poisoned; tokens past the count must stay so.
+#[test]
+fn block_selection_matches_reference() {
+    use esa_wgpu::gpu::ops::esa_blocks;
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(19);
+    for &(n, block, k) in &[(37usize, 7usize, 14usize), (300, 128, 2048), (5003, 128, 2048), (5003, 1, 50), (256, 128, 200), (129, 128, 128), (1000, 16, 5), (6, 4, 4)] {
+        for tied in [false, true] {
+            let what = format!("n {n} block {block} k {k} tied {tied}");
+            let scores: Vec<f32> = if tied { (0..n).map(|_| rng.random_range(0..4) as f32).collect() } else { rand_vec(&mut rng, n, 10.0) };
+            // the last block high, so that a short last block gets picked in some cases
+            let mut scores = scores;
+            if n % block != 0 && !tied {
+                scores[n - 1] = 100.0;
+            }
+            let nb = esa_blocks::n_blocks(n, block);
+            let max_blocks = (k / block).max(1).min(nb);
+            let offset = 11;
+            let sb = upload_f32(&ctx, &scores);
+            let bscores = poisoned_u32(&ctx, nb);
+            let blocks = poisoned_u32(&ctx, max_blocks);
+            let tokens = poisoned_u32(&ctx, max_blocks * block + 3);
+            let count = poisoned_u32(&ctx, 1);
+            let scratch = esa_topk::TopkScratch::new(&ctx, nb).unwrap();
+            let (sr, bsr, br, tr, cr) = (BufRef::from(&sb), BufRef::from(&bscores), BufRef::from(&blocks), BufRef::from(&tokens), BufRef::from(&count));
+            let state = BufRef::from(&scratch.state);
+            let mut rec = Recorder::new(&ctx);
+            esa_blocks::block_max(&mut rec, &sr, &bsr, n, block).unwrap();
+            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &bsr, out: &br, scratch: &scratch, n: nb, k: max_blocks, offset: 0 }).unwrap();
+            esa_blocks::expand(&mut rec, &esa_blocks::Expand { blocks: &br, state: &state, count_index: esa_topk::STATE_COUNT, tokens: &tr, count: &cr, n, block, offset, max_blocks }).unwrap();
+            rec.submit().unwrap();
+            let want: Vec<u32> = r::top_k_blocks(&scores, block, k).into_iter().map(|i| i + offset as u32).collect();
+            let got_count = ctx.read_u32(&count, 0, 1).unwrap()[0] as usize;
+            assert_eq!(got_count, want.len(), "{what}: token count");
+            let got = ctx.read_u32(&tokens, 0, max_blocks * block + 3).unwrap();
+            assert_eq!(&got[..got_count], &want[..], "{what}: tokens");
+            assert!(got[got_count..].iter().all(|&w| w == u32::MAX), "{what}: words past the count written");
+        }
+    }
+    // a block size the budget cannot hold is refused when a session is made
+    let bad = r::EsaConfig { select_block: 4096, ..r::EsaConfig::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("esa.select_block"));
 }

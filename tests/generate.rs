@@ -40,7 +40,7 @@ fn generate_matches_stepwise_and_stops_mid_run() {
         let dir = tiny_model_dir(&spec);
         let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
         let c = model.config().clone();
-        let esa = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: c.kv_dim(), w: None, final_chunk: 4, decode_key_bits: 8 };
+        let esa = EsaConfig { n_init: 4, n_local: 16, top_k: 8, chunk: 8, eps: 1, d_compressed: c.kv_dim(), w: None, final_chunk: 4, decode_key_bits: 8, select_block: 0 };
         for attention in [Attention::Dense, Attention::Esa(EsaOptions { config: esa, maps: None })] {
             for sampling in [Sampling::greedy(), Sampling { temperature: 0.9, top_p: 0.95, seed: 3, ..Sampling::greedy() }] {
                 let what = format!("{:?} {:?} {} t={}", spec.arch, spec.dtype, if matches!(attention, Attention::Dense) { "dense" } else { "esa" }, sampling.temperature);

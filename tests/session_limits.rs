@@ -24,7 +24,7 @@ fn huge_max_context_is_an_error_not_a_panic() {
 fn huge_esa_top_k_selects_every_middle_token() {
     let dir = tiny_model_dir(&TinySpec::llama_gqa_f16());
     let model = Engine::with_context(GpuContext::new(&GpuOptions::default()).unwrap()).load(dir.path()).unwrap();
-    let config = EsaConfig { n_init: 4, n_local: 16, top_k: usize::MAX, chunk: 8, eps: usize::MAX, d_compressed: 24, w: None, final_chunk: 0, decode_key_bits: 8 };
+    let config = EsaConfig { n_init: 4, n_local: 16, top_k: usize::MAX, chunk: 8, eps: usize::MAX, d_compressed: 24, w: None, final_chunk: 0, decode_key_bits: 8, select_block: 0 };
     let opts = SessionOptions { max_context: 64, attention: Attention::Esa(EsaOptions { config, maps: None }), ..Default::default() };
     let mut s = model.session(opts).unwrap();
     // 40 tokens in chunks of 8: the last chunk (at 32) has middle 4..16, all of it selected.

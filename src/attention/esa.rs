@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::gpu::ops::linear::{self, Epilogue, LinearIo};
-use crate::gpu::ops::{esa_attention, esa_pack, esa_pool, esa_query, esa_score, esa_topk};
+use crate::gpu::ops::{esa_attention, esa_blocks, esa_pack, esa_pool, esa_query, esa_score, esa_topk};
 use crate::gpu::tensor::GpuMatrix;
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::model::config::Config;
@@ -50,6 +50,17 @@ pub struct EsaState {
     exact_query: Option<wgpu::Buffer>,
     /// Selection diagnosis (`set_probe`), off by default.
     probe: Option<Probe>,
+    /// Block-level selection (`EsaConfig::select_block` > 0), the InfLLM-style baseline.
+    blocks: Option<BlockScratch>,
+}
+
+/// Scratch of block-level selection: block scores, the picked blocks' tokens and their count.
+struct BlockScratch {
+    scores: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    count: wgpu::Buffer,
+    /// Blocks picked at most: max(1, top_k / select_block).
+    max_blocks: usize,
 }
 
 /// A map as a GPU matrix: f16 where the prompt's products run on cooperative matrices (which
@@ -165,6 +176,18 @@ impl EsaState {
                 let most = esa_attention::coop_scratch_floats(chunk, c.num_heads, c.head_dim, esa_attention::COOP_MAX_PARTS);
                 esa_attention::scratch_floats(chunk, c.num_heads, c.num_kv_heads, c.head_dim).max(most.min((ctx.caps.max_binding / 4) as usize))
             })?,
+            blocks: match cfg.select_block {
+                0 => None,
+                b => {
+                    let max_blocks = (cfg.top_k / b).max(1);
+                    Some(BlockScratch {
+                        scores: f("esa block scores", esa_blocks::n_blocks(max_ctx, b))?,
+                        tokens: f("esa block tokens", max_blocks * b)?,
+                        count: f("esa block token count", 1)?,
+                        max_blocks,
+                    })
+                }
+            },
             cfg,
             max_ctx,
             probe: None,
@@ -221,6 +244,7 @@ impl EsaState {
         }
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
+        let block_refs = self.blocks.as_ref().map(|bs| (BufRef::from(&bs.tokens), BufRef::from(&bs.count)));
         // top_k 0 (StreamingLLM): initial + local tokens only, nothing scored.
         let selection = if layout.middle.is_empty() || self.cfg.top_k == 0 {
             None
@@ -237,16 +261,33 @@ impl EsaState {
             let n_m = layout.middle.len();
             esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref() })?;
             esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
-            esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
+            // the selection: (indices, the buffer and word of their count, most indices)
+            let (indices, count_ref, count_index, max_sel) = match (&self.blocks, &block_refs) {
+                (Some(bs), Some((tokens, count))) => {
+                    // InfLLM-style baseline: blocks scored by their best token, the best blocks whole
+                    let b = self.cfg.select_block;
+                    let nb = esa_blocks::n_blocks(n_m, b);
+                    let block_scores = BufRef::from(&bs.scores);
+                    esa_blocks::block_max(rec, &pooled, &block_scores, n_m, b)?;
+                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &block_scores, out: &sel_buf, scratch: &self.topk, n: nb, k: bs.max_blocks, offset: 0 })?;
+                    let max_blocks = bs.max_blocks.min(nb);
+                    esa_blocks::expand(rec, &esa_blocks::Expand { blocks: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, tokens, count, n: n_m, block: b, offset: layout.middle.start, max_blocks })?;
+                    (tokens, count, 0, (max_blocks * b).min(n_m))
+                }
+                _ => {
+                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
+                    (&sel_buf, &state_buf, esa_topk::STATE_COUNT, self.cfg.top_k.min(n_m))
+                }
+            };
             if let Some(p) = &self.probe {
                 let at = p.sel_offset(l);
-                rec.copy(&self.topk.state, (esa_topk::STATE_COUNT * 4) as u64, &p.sel, at, 4);
-                rec.copy(&self.selected, 0, &p.sel, at + 4, (self.cfg.top_k.min(n_m).min(p.sel_cap) * 4) as u64);
+                rec.copy(&count_ref.buf, (count_index * 4) as u64, &p.sel, at, 4);
+                rec.copy(&indices.buf, 0, &p.sel, at + 4, (max_sel.min(p.sel_cap) * 4) as u64);
                 if let Some(s) = &p.scores {
                     rec.copy(&self.pooled, 0, s, p.scores_offset(l), (n_m * 4) as u64);
                 }
             }
-            Some(esa_attention::Selection { indices: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, max_sel: self.cfg.top_k.min(n_m) })
+            Some(esa_attention::Selection { indices, state: count_ref, count_index, max_sel })
         };
         esa_attention::attend(rec, &esa_attention::EsaAttend {
             q: qkv,
@@ -271,6 +312,10 @@ impl EsaState {
 
     /// Cache rows selected by the last `attend` (tests compare them with the CPU reference).
     pub fn read_selected(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
+        if let Some(bs) = &self.blocks {
+            let count = ctx.read_u32(&bs.count, 0, 1)?[0] as usize;
+            return ctx.read_u32(&bs.tokens, 0, count.min(bs.max_blocks * self.cfg.select_block));
+        }
         let count = ctx.read_u32(&self.topk.state, esa_topk::STATE_COUNT, 1)?[0] as usize;
         ctx.read_u32(&self.selected, 0, count.min(self.cfg.top_k))
     }

@@ -51,6 +51,13 @@ pub struct EsaConfig {
     /// int8 row 3.2%, which brings a decode step at 128k under 8% of the dense read
     /// (`attention::esa::decode_read_bytes`). 16 scores the f16 cache as prefill does.
     pub decode_key_bits: u32,
+    /// Block-level selection in the style of InfLLM, a baseline for the evaluation (0 = ESA's
+    /// token-level selection, the default): the middle's pooled scores grouped into blocks of
+    /// `select_block` tokens from its start, each block scored by its best token, and the
+    /// `max(1, top_k / select_block)` best blocks attended whole ([`top_k_blocks`]). InfLLM keeps
+    /// a few representative keys per block, chosen once by the attention they received inside it;
+    /// here the block's best token for the chunk's queries stands in for them (query-aware).
+    pub select_block: usize,
 }
 
 /// Default `EsaConfig::decode_key_bits`.
@@ -58,7 +65,7 @@ pub const DEFAULT_DECODE_KEY_BITS: u32 = 8;
 
 impl Default for EsaConfig {
     fn default() -> Self {
-        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None, final_chunk: DEFAULT_FINAL_CHUNK, decode_key_bits: DEFAULT_DECODE_KEY_BITS }
+        EsaConfig { n_init: 128, n_local: 4096, top_k: 2048, chunk: 512, eps: 1, d_compressed: 128, w: None, final_chunk: DEFAULT_FINAL_CHUNK, decode_key_bits: DEFAULT_DECODE_KEY_BITS, select_block: 0 }
     }
 }
 
@@ -89,6 +96,9 @@ impl EsaConfig {
             if v == 0 {
                 return Err(Error::arg(format!("esa.{field}"), "must be at least 1"));
             }
+        }
+        if self.select_block > 0 && self.top_k > 0 && self.select_block > self.top_k {
+            return Err(Error::arg("esa.select_block", format!("blocks of {} tokens exceed top_k {}: at least one whole block must fit the budget", self.select_block, self.top_k)));
         }
         if !matches!(self.decode_key_bits, 8 | 16) {
             return Err(Error::arg("esa.decode_key_bits", format!("{}: must be 8 (int8 compressed keys for decode scoring) or 16 (f16)", self.decode_key_bits)));
@@ -286,6 +296,18 @@ pub fn top_k_indices(scores: &[f32], k: usize) -> Vec<u32> {
         idx.sort_unstable();
     }
     idx
+}
+
+/// Block-level selection (`EsaConfig::select_block`): scores grouped into blocks of `block` from
+/// index 0 (the last block may be shorter), a block's score the largest of its (non-NaN) scores,
+/// the `max(1, k / block)` best blocks by [`top_k_indices`] (ties to the lower block), and every
+/// index of those blocks, ascending. `block` must be at least 1.
+pub fn top_k_blocks(scores: &[f32], block: usize, k: usize) -> Vec<u32> {
+    let block_scores: Vec<f32> = scores.chunks(block).map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max)).collect();
+    top_k_indices(&block_scores, (k / block).max(1))
+        .into_iter()
+        .flat_map(|b| (b as usize * block..((b as usize + 1) * block).min(scores.len())).map(|i| i as u32))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,7 +526,8 @@ pub fn esa_layer_attention(
             chunk_scores(&cq, ck_middle, dc)?
         };
         let pooled = proximity_pool(&scores, cfg.eps);
-        selected = top_k_indices(&pooled, cfg.top_k).into_iter().map(|i| i + layout.middle.start as u32).collect();
+        let picked = if cfg.select_block > 0 { top_k_blocks(&pooled, cfg.select_block, cfg.top_k) } else { top_k_indices(&pooled, cfg.top_k) };
+        selected = picked.into_iter().map(|i| i + layout.middle.start as u32).collect();
     }
     let output = esa_attention(q, k_cache, v_cache, &layout, &selected, w, inv_freq, shape)?;
     Ok(EsaLayerOutput { output, selected, layout })
@@ -676,6 +699,9 @@ mod tests {
     #[test]
     fn pool_edges() {
         let s = [1.0, 5.0, 2.0, 0.0, 0.0, 7.0];
+        assert_eq!(top_k_blocks(&[1.0, 9.0, 2.0, 3.0, 3.0, 8.0, 0.0], 2, 4), vec![0, 1, 4, 5]);
+        assert_eq!(top_k_blocks(&[1.0, 2.0, 3.0, 4.0, 5.0], 2, 1), vec![4], "k < block keeps one block; the last is short");
+        assert_eq!(top_k_blocks(&[5.0, 5.0, 5.0, 5.0], 2, 2), vec![0, 1], "ties go to the lower block");
         assert_eq!(proximity_pool(&s, 0), s.to_vec());
         assert_eq!(proximity_pool(&s, 1), vec![5.0, 5.0, 5.0, 2.0, 7.0, 7.0]);
         assert_eq!(proximity_pool(&s, 10), vec![7.0; 6]);
@@ -730,7 +756,7 @@ mod tests {
     #[test]
     fn short_context_is_plain_dense_causal() {
         let mut rng = StdRng::seed_from_u64(3);
-        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None, final_chunk: 0, decode_key_bits: 8 };
+        let cfg = EsaConfig { n_init: 4, n_local: 16, top_k: 2, chunk: 8, eps: 1, d_compressed: 5, w: None, final_chunk: 0, decode_key_bits: 8 , select_block: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         for (n_prev, n_c) in [(0, 8), (7, 5), (12, 8), (20, 3)] {
@@ -747,7 +773,7 @@ mod tests {
     #[test]
     fn full_budget_is_dense_with_esa_positions() {
         let mut rng = StdRng::seed_from_u64(4);
-        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9), final_chunk: 0, decode_key_bits: 8 };
+        let cfg = EsaConfig { n_init: 3, n_local: 10, top_k: 1000, chunk: 6, eps: 1, d_compressed: 5, w: Some(9), final_chunk: 0, decode_key_bits: 8 , select_block: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let f_q = rand_vec(&mut rng, cfg.d_compressed * SHAPE.q_dim());
         let f_k = rand_vec(&mut rng, cfg.d_compressed * SHAPE.kv_dim());
@@ -766,7 +792,7 @@ mod tests {
         // With lossless maps and eps = 0, the selection is the exact top-k of F_s on full scores.
         let mut rng = StdRng::seed_from_u64(5);
         let (f_q, f_k) = lossless_maps(SHAPE);
-        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None, final_chunk: 0, decode_key_bits: 8 };
+        let cfg = EsaConfig { n_init: 2, n_local: 5, top_k: 4, chunk: 3, eps: 0, d_compressed: SHAPE.kv_dim(), w: None, final_chunk: 0, decode_key_bits: 8 , select_block: 0 };
         let inv = inv_freq(SHAPE.head_dim);
         let (n_prev, n_c) = (30, 3);
         let (k, v) = random_case(&mut rng, n_prev + n_c);
@@ -848,7 +874,7 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let inv = inv_freq(8);
-        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None, final_chunk: 0, decode_key_bits: 8 };
+        let cfg = EsaConfig { n_init: 1, n_local: 2, top_k: 1, chunk: 2, eps: 0, d_compressed: 2, w: None, final_chunk: 0, decode_key_bits: 8 , select_block: 0 };
         let q = vec![0.0; SHAPE.q_dim()];
         let kv = vec![0.0; 10 * SHAPE.kv_dim()];
         assert!(esa_layer_attention(&q, &kv, &kv, &[], &[0.0; 3], 5, &inv, SHAPE, &cfg).is_err());

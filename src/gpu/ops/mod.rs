@@ -13,6 +13,7 @@ pub mod esa_score;
 pub mod esa_pool;
 pub mod esa_topk;
 pub mod esa_attention;
+pub mod esa_blocks;
 pub mod esa_pack;
 pub mod esa_query;
 mod esa_common;
@@ -80,6 +81,7 @@ pub mod src {
     pub const ESA_SCORE_COOP: &str = include_str!("../../../shaders/esa_score_coop.wgsl");
     pub const ESA_SCORE_Q8: &str = include_str!("../../../shaders/esa_score_q8.wgsl");
     pub const ESA_POOL: &str = include_str!("../../../shaders/esa_pool.wgsl");
+    pub const ESA_BLOCKS: &str = include_str!("../../../shaders/esa_blocks.wgsl");
     pub const ESA_TOPK: &str = include_str!("../../../shaders/esa_topk.wgsl");
     pub const ESA_ATTENTION_COOP: &str = include_str!("../../../shaders/esa_attention_coop.wgsl");
     pub const ESA_ATTENTION: &str = include_str!("../../../shaders/esa_attention.wgsl");
