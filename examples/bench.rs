@@ -208,13 +208,8 @@ fn time_batches(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnM
         for _ in 0..n {
             record(&mut rec)?;
         }
-        let t_rec = t.elapsed().as_secs_f64();
         rec.submit()?;
-        let t_sub = t.elapsed().as_secs_f64();
         ctx.sync()?;
-        if std::env::var_os("BENCH_HOST_TIMES").is_some() {
-            eprintln!("host: record {:.1} us, submit {:.1} us per call; total {:.1} us", t_rec * 1e6 / n as f64, (t_sub - t_rec) * 1e6 / n as f64, t.elapsed().as_secs_f64() * 1e6 / n as f64);
-        }
         Ok(t.elapsed().as_secs_f64() / n as f64)
     };
     batch(1)?;
@@ -225,12 +220,20 @@ fn time_batches(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnM
     Ok(best)
 }
 
-/// GPU time of one call of `record` from timestamp queries (each dispatch in its own pass; the sum
-/// over its dispatches), the best of `repeats` batches of 10; None without timestamps.
-fn gpu_time(ctx: &GpuContext, repeats: usize, record: &mut dyn FnMut(&mut Recorder) -> esa_wgpu::Result<()>) -> esa_wgpu::Result<Option<f64>> {
-    if !ctx.caps.timestamps {
-        return Ok(None);
+/// Seconds of one call of `record`: its GPU time from timestamp queries where the adapter has them
+/// (`gpu_time`; a batch's wall time also counts recording, submission and the gaps between
+/// dependent dispatches), else the wall time of batches of `n` (`time_batches`).
+fn kernel_seconds(ctx: &GpuContext, n: usize, repeats: usize, record: &mut dyn FnMut(&mut Recorder) -> esa_wgpu::Result<()>) -> esa_wgpu::Result<f64> {
+    if ctx.caps.timestamps {
+        gpu_time(ctx, repeats, record)
+    } else {
+        time_batches(ctx, n, repeats, record)
     }
+}
+
+/// GPU time of one call of `record` from timestamp queries (each dispatch in its own pass; the sum
+/// over its dispatches), the best of `repeats` batches of 10. Needs `Caps::timestamps`.
+fn gpu_time(ctx: &GpuContext, repeats: usize, record: &mut dyn FnMut(&mut Recorder) -> esa_wgpu::Result<()>) -> esa_wgpu::Result<f64> {
     let mut best = f64::MAX;
     for _ in 0..repeats.max(1) + 1 {
         ctx.set_profiling(true);
@@ -244,7 +247,7 @@ fn gpu_time(ctx: &GpuContext, repeats: usize, record: &mut dyn FnMut(&mut Record
         best = best.min(total * 1e-3 / 10.0);
     }
     ctx.set_profiling(false);
-    Ok(Some(best))
+    Ok(best)
 }
 
 /// GB/s of a streaming read of the largest buffer the adapter binds (at most 1 GiB): the floor
@@ -254,8 +257,7 @@ fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
     let src = ctx.storage("read src", bytes)?;
     let out = ctx.storage("read out", read_bandwidth::groups_for(bytes) as u64 * 4)?;
     let (s, o) = (BufRef::from(&src), BufRef::from(&out));
-    let secs = time_batches(ctx, 20, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?;
-    let secs = gpu_time(ctx, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?.unwrap_or(secs);
+    let secs = kernel_seconds(ctx, 20, repeats, &mut |rec| read_bandwidth::read_all(rec, &s, bytes, &o).map(|_| ()))?;
     let gbs = bytes as f64 / secs / 1e9;
     println!("| streaming read | {:.0} MiB | {:.3} ms | {gbs:.1} GB/s |", bytes as f64 / (1 << 20) as f64, secs * 1e3);
     Ok(gbs)
@@ -281,8 +283,7 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
     let gamma = ctx.upload("gamma", bytemuck::cast_slice(&vec![1.0f32; cols]))?;
     let yb = ctx.storage("y", (rows * 4) as u64)?;
     println!();
-    // Kernel time from timestamps where the adapter has them (a batch's wall time also counts
-    // recording, submission and the gaps between dependent dispatches).
+    // `kernel_seconds`: GPU time where the adapter has timestamp queries
     let clock = if ctx.caps.timestamps { "GPU ms" } else { "ms" };
     println!("| matvec {rows} x {cols}, 1 token, fused norm | variant | {clock} | weight GB/s | of read |");
     println!("|---|---|---|---|---|");
@@ -293,15 +294,13 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
         let bytes = (m.row_bytes * rows) as f64;
         let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: 1 };
         for v in linear::matvec_variants(ctx) {
-            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
-            let gpu = gpu_time(ctx, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
-            let secs = gpu.unwrap_or(secs);
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
             let gbs = bytes / secs / 1e9;
             let sg = linear::fixed_subgroup(ctx).unwrap_or(32);
             let shape = match v {
                 linear::MatvecVariant::Wide => format!(" {}", linear::wide_shape(sg, rows, cols, false, fmt)),
                 linear::MatvecVariant::Blocks if linear::blocks_supported(ctx, fmt, cols, 1, 0) => {
-                    format!(" {}", linear::blocks_shape(sg, rows, cols, false, fmt))
+                    format!(" {}", linear::blocks_shape(sg, rows, false))
                 }
                 linear::MatvecVariant::Blocks => " (falls back to Wide)".to_string(),
                 _ => String::new(),
@@ -313,15 +312,13 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
             if !linear::blocks_supported(ctx, fmt, cols, 1, 0) {
                 continue;
             }
-            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;
-            let secs = gpu_time(ctx, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?.unwrap_or(secs);
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;
             let gbs = bytes / secs / 1e9;
             println!("| {f} | Blocks {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
         for sh in wide_shapes.into_iter().flat_map(|s| s.split(',')) {
             let sh = linear::WideShape::parse(sh)?;
-            let secs = time_batches(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
-            let secs = gpu_time(ctx, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?.unwrap_or(secs);
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
             let gbs = bytes / secs / 1e9;
             println!("| {f} | Wide {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }

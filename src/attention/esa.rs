@@ -56,9 +56,9 @@ pub struct EsaState {
 
 /// Scratch of block-level selection: block scores, the picked blocks' tokens and their count.
 struct BlockScratch {
-    scores: wgpu::Buffer,
-    tokens: wgpu::Buffer,
-    count: wgpu::Buffer,
+    scores: BufRef,
+    tokens: BufRef,
+    count: BufRef,
     /// Blocks picked at most: max(1, top_k / select_block).
     max_blocks: usize,
 }
@@ -181,9 +181,9 @@ impl EsaState {
                 b => {
                     let max_blocks = (cfg.top_k / b).max(1);
                     Some(BlockScratch {
-                        scores: f("esa block scores", esa_blocks::n_blocks(max_ctx, b))?,
-                        tokens: f("esa block tokens", max_blocks * b)?,
-                        count: f("esa block token count", 1)?,
+                        scores: BufRef::from(&f("esa block scores", esa_blocks::n_blocks(max_ctx, b))?),
+                        tokens: BufRef::from(&f("esa block tokens", max_blocks * b)?),
+                        count: BufRef::from(&f("esa block token count", 1)?),
                         max_blocks,
                     })
                 }
@@ -244,7 +244,6 @@ impl EsaState {
         }
         let layout = select_tokens(pos0, n, &self.cfg);
         let (sel_buf, state_buf) = (BufRef::from(&self.selected), BufRef::from(&self.topk.state));
-        let block_refs = self.blocks.as_ref().map(|bs| (BufRef::from(&bs.tokens), BufRef::from(&bs.count)));
         // top_k 0 (StreamingLLM): initial + local tokens only, nothing scored.
         let selection = if layout.middle.is_empty() || self.cfg.top_k == 0 {
             None
@@ -262,19 +261,18 @@ impl EsaState {
             esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref() })?;
             esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
             // the selection: (indices, the buffer and word of their count, most indices)
-            let (indices, count_ref, count_index, max_sel) = match (&self.blocks, &block_refs) {
-                (Some(bs), Some((tokens, count))) => {
+            let (indices, count_ref, count_index, max_sel) = match &self.blocks {
+                Some(bs) => {
                     // InfLLM-style baseline: blocks scored by their best token, the best blocks whole
                     let b = self.cfg.select_block;
                     let nb = esa_blocks::n_blocks(n_m, b);
-                    let block_scores = BufRef::from(&bs.scores);
-                    esa_blocks::block_max(rec, &pooled, &block_scores, n_m, b)?;
-                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &block_scores, out: &sel_buf, scratch: &self.topk, n: nb, k: bs.max_blocks, offset: 0 })?;
+                    esa_blocks::block_max(rec, &pooled, &bs.scores, n_m, b)?;
+                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &bs.scores, out: &sel_buf, scratch: &self.topk, n: nb, k: bs.max_blocks, offset: 0 })?;
                     let max_blocks = bs.max_blocks.min(nb);
-                    esa_blocks::expand(rec, &esa_blocks::Expand { blocks: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, tokens, count, n: n_m, block: b, offset: layout.middle.start, max_blocks })?;
-                    (tokens, count, 0, (max_blocks * b).min(n_m))
+                    esa_blocks::expand(rec, &esa_blocks::Expand { blocks: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, tokens: &bs.tokens, count: &bs.count, n: n_m, block: b, offset: layout.middle.start, max_blocks })?;
+                    (&bs.tokens, &bs.count, 0, (max_blocks * b).min(n_m))
                 }
-                _ => {
+                None => {
                     esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
                     (&sel_buf, &state_buf, esa_topk::STATE_COUNT, self.cfg.top_k.min(n_m))
                 }
@@ -313,8 +311,8 @@ impl EsaState {
     /// Cache rows selected by the last `attend` (tests compare them with the CPU reference).
     pub fn read_selected(&self, ctx: &GpuContext) -> Result<Vec<u32>> {
         if let Some(bs) = &self.blocks {
-            let count = ctx.read_u32(&bs.count, 0, 1)?[0] as usize;
-            return ctx.read_u32(&bs.tokens, 0, count.min(bs.max_blocks * self.cfg.select_block));
+            let count = ctx.read_u32(&bs.count.buf, 0, 1)?[0] as usize;
+            return ctx.read_u32(&bs.tokens.buf, 0, count.min(bs.max_blocks * self.cfg.select_block));
         }
         let count = ctx.read_u32(&self.topk.state, esa_topk::STATE_COUNT, 1)?[0] as usize;
         ctx.read_u32(&self.selected, 0, count.min(self.cfg.top_k))

@@ -481,7 +481,7 @@ pub const BLOCKS_WORKGROUPS: u32 = 256;
 /// per iteration on 4096 x 14336 Q4_0, 26.5 against 33.8 us, and 2 rows per thread, 36.3 us); NR
 /// (4, else 2, else 1) is lowered only while the product would have fewer than 128 row tiles
 /// (small models, whose products are too small to keep a large GPU's units busy otherwise).
-pub fn blocks_shape(sg: u32, rows: usize, _cols: usize, swiglu: bool, _fmt: TensorFormat) -> BlocksShape {
+pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
     let tpr = sg.max(16);
     let groups = 256 / tpr;
     let mut nr = 4;
@@ -578,13 +578,13 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
 /// back to `Wide` for products it does not take (`blocks_supported`), and `Wide` to `Subgroup` for
 /// inputs it cannot read as vec4.
 pub fn matvec_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant) -> Result<()> {
-    matvec_dispatch(rec, w, io, epi, norm, variant, None)
+    matvec_dispatch(rec, w, io, epi, norm, variant, None, None)
 }
 
 /// `matvec_wide` with its shape forced (tests cover every shape; the bench sweeps them).
 pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: WideShape) -> Result<()> {
     shape.check(fixed_subgroup(rec.ctx()).unwrap_or(32), epi == Epilogue::SwiGlu, w.cols)?;
-    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some(shape))
+    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Wide, Some(shape), None)
 }
 
 /// `matvec_blocks` with its shape (TPR, NR, U) forced (the bench sweeps them); products it does not
@@ -598,15 +598,13 @@ pub fn matvec_blocks(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epil
     if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 {
         return Err(crate::Error::arg("matvec_blocks shape", format!("{shape}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup")));
     }
-    matvec_dispatch_shaped(rec, w, io, epi, norm, MatvecVariant::Blocks, None, Some(shape))
+    matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Blocks, None, Some(shape))
 }
 
-fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>) -> Result<()> {
-    matvec_dispatch_shaped(rec, w, io, epi, norm, variant, shape, None)
-}
-
+/// `variant` with its shape forced where `shape` (`Wide`) or `bshape` (`Blocks`) is given, else the
+/// op's shape for the product.
 #[allow(clippy::too_many_arguments)]
-fn matvec_dispatch_shaped(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>, bshape: Option<BlocksShape>) -> Result<()> {
+fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, variant: MatvecVariant, shape: Option<WideShape>, bshape: Option<BlocksShape>) -> Result<()> {
     if io.x_f16 {
         return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
     }
@@ -639,7 +637,7 @@ fn matvec_dispatch_shaped(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi:
                 (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
             }
             MatvecVariant::Blocks => {
-                let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu, w.format));
+                let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, swiglu));
                 (blocks_kernel(ctx, w.format, sh)?, (s.rows as u32).div_ceil(256 / sh.tpr * sh.nr).min(sh.wgs))
             }
         };
