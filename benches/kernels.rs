@@ -60,13 +60,14 @@ fn bench_attention(c: &mut Criterion) {
         let q = ctx.storage("q", (nh * d * 4) as u64).unwrap();
         let out = ctx.storage("o", (nh * d * 4) as u64).unwrap();
         let part = ctx.storage("part", (attention::scratch_floats(1, nh, d) * 4) as u64).unwrap();
+        let counters = ctx.storage("counters", (attention::counter_words(1, nh) * 4) as u64).unwrap();
         let inv = ctx.upload("inv", bytemuck::cast_slice(&vec![0.01f32; d / 2])).unwrap();
         g.throughput(Throughput::Bytes(2 * kv_bytes));
         g.bench_function(format!("ctx={n} heads={nh}/{nkv} d={d}"), |b| {
             b.iter(|| {
                 let mut rec = Recorder::new(&ctx);
                 let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
-                attention::attend(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0: n - 1, scale: 1.0 / (d as f32).sqrt() }).unwrap();
+                attention::attend(&mut rec, &attention::Attend { counters: &BufRef::from(&counters), q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0: n - 1, scale: 1.0 / (d as f32).sqrt() }).unwrap();
                 rec.submit().unwrap();
                 ctx.sync().unwrap();
             })
@@ -129,6 +130,7 @@ fn bench_attention_prefill(c: &mut Criterion) {
     let q = ctx.upload("q", bytemuck::cast_slice(&vec![0.01f32; n_q * nh * d])).unwrap();
     let out = ctx.storage("o", (n_q * nh * d * 4) as u64).unwrap();
     let part = ctx.storage("part", (attention::scratch_floats(n_q, nh, d) * 4) as u64).unwrap();
+    let counters = ctx.storage("counters", (attention::counter_words(n_q, nh) * 4) as u64).unwrap();
     let inv = ctx.upload("inv", bytemuck::cast_slice(&vec![0.01f32; d / 2])).unwrap();
     let flops = 4 * nh * d * (0..n_q).map(|t| pos0 + t + 1).sum::<usize>();
     let mut g = c.benchmark_group("attention_prefill");
@@ -142,7 +144,7 @@ fn bench_attention_prefill(c: &mut Criterion) {
             b.iter(|| {
                 let mut rec = Recorder::new(&ctx);
                 let (qr, kr, vr, pr, or) = (BufRef::from(&q), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&part), BufRef::from(&out));
-                let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+                let a = attention::Attend { counters: &BufRef::from(&counters), q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &inv, part: &pr, out: &or, n_q, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
                 match kind {
                     "tiled" => attention::attend_prefill(&mut rec, &a).unwrap(),
                     "split" => attention::attend_split(&mut rec, &a).unwrap(),

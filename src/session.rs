@@ -188,6 +188,8 @@ struct Scratch {
     attn: wgpu::Buffer,
     mlp: wgpu::Buffer,
     part: wgpu::Buffer,
+    /// `attention::Attend::counters`: zero between dispatches.
+    attn_counters: wgpu::Buffer,
     logits: wgpu::Buffer,
     token: wgpu::Buffer,
     /// Host-mappable copy of `token`: the one read-back of a decode step, allocated once.
@@ -286,6 +288,7 @@ impl Session {
             attn: f("attention out", chunk * c.q_dim())?,
             mlp: f("mlp", chunk * c.intermediate_size)?,
             part: f("attention partials", attention::scratch_floats(chunk, c.num_heads, c.head_dim))?,
+            attn_counters: f("attention split counters", attention::counter_words(chunk, c.num_heads))?,
             logits: f("logits", logit_rows * c.vocab_size)?,
             token: f("token", 4)?,
             token_staging: ctx.staging("token read-back", 4),
@@ -708,6 +711,7 @@ impl Session {
                 inv_freq: &self.inv_freq,
                 part: &BufRef::from(&self.s.part),
                 out: &attn,
+                counters: &BufRef::from(&self.s.attn_counters),
                 n_q: n,
                 n_heads: c.num_heads,
                 n_kv: c.num_kv_heads,
@@ -717,7 +721,7 @@ impl Session {
             };
             match &self.esa {
                 Some(esa) => esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?,
-                None if fused => attention::attend_split_fused(rec, &dense)?,
+                None if fused => attention::attend_fused(rec, &dense)?,
                 None => attention::attend(rec, &dense)?,
             }
             if small {

@@ -211,6 +211,8 @@ fn rope_kv_and_attention_prefill_then_decode() {
     let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 300);
     // caches that decode steps fill through the fused split kernel (the others through rope_kv)
     let (_, _, kc2, vc2, _) = kv_cache(&ctx, (nh, nkv, d), 300);
+    // and caches that decode steps fill through the fused GQA kernel, in splits of 16 keys
+    let (_, _, kc3, vc3, _) = kv_cache(&ctx, (nh, nkv, d), 300);
     let mut hist = History::default();
     let mut pos0 = 0;
     for n in [150usize, 3, 1, 1, 70] {
@@ -229,9 +231,22 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
         rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
         let pr = BufRef::from(&part);
-        let a = |out| attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+        let counters = ctx.storage("counters", (attention::counter_words(n, nh) * 4) as u64).unwrap();
+        let cr = BufRef::from(&counters);
+        let a = |out| attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, counters: &cr, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
         let (os, ot) = (BufRef::from(&out_split), BufRef::from(&out_tiled));
         attention::attend_split(&mut rec, &a(&os)).unwrap();
+        // the GPUs' decode kernel (subgroups holding d / 16 lanes): its own split, then splits of
+        // a few keys (the last workgroup of each column merges them; causal chunks leave some empty)
+        let gqa = attention::gqa_capable(&ctx, &a(&os));
+        let out_gqa = poisoned(&ctx, n * nh * d);
+        let out_gqa_split = poisoned(&ctx, n * nh * d);
+        let (og, ogs) = (BufRef::from(&out_gqa), BufRef::from(&out_gqa_split));
+        if gqa {
+            attention::attend_gqa(&mut rec, &a(&og), false).unwrap();
+            let cap = attention::scratch_floats(n, nh, d) / (n * nh * (d + 2));
+            attention::attend_gqa_split(&mut rec, &a(&ogs), false, 7.max((pos0 + n).div_ceil(cap))).unwrap();
+        }
         if attention::prefill_supports(d) {
             attention::attend_prefill(&mut rec, &a(&ot)).unwrap();
         }
@@ -253,6 +268,13 @@ fn rope_kv_and_attention_prefill_then_decode() {
         assert_close("rotated q", &got_q, &q, 1e-4, 1e-4);
         let got = ctx.read_f32(&out_split, 0, n * nh * d).unwrap();
         assert_close(&format!("split attention d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+        if gqa {
+            let got = ctx.read_f32(&out_gqa, 0, n * nh * d).unwrap();
+            assert_close(&format!("GQA attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            let got = ctx.read_f32(&out_gqa_split, 0, n * nh * d).unwrap();
+            assert_close(&format!("GQA attention, small splits, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            assert!(ctx.read_u32(&counters, 0, attention::counter_words(n, nh)).unwrap().iter().all(|&c| c == 0), "split counters left at zero");
+        }
         if attention::prefill_supports(d) {
             let got = ctx.read_f32(&out_tiled, 0, n * nh * d).unwrap();
             assert_close(&format!("tiled prefill attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
@@ -271,11 +293,16 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let mut rec = Recorder::new(&ctx);
         let (kr2, vr2) = (BufRef::from(&kc2), BufRef::from(&vc2));
         let out_fused = poisoned(&ctx, n * nh * d);
+        let out_gqa_fused = poisoned(&ctx, n * nh * d);
         if n == 1 {
             let of = BufRef::from(&out_fused);
             let qkvr = BufRef::from(&qkvb);
-            let f = attention::Attend { q: &qkvr, k_cache: &kr2, v_cache: &vr2, inv_freq: &invb, part: &pr, out: &of, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+            let f = attention::Attend { q: &qkvr, k_cache: &kr2, v_cache: &vr2, inv_freq: &invb, part: &pr, out: &of, counters: &cr, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
             attention::attend_split_fused(&mut rec, &f).unwrap();
+            if gqa {
+                let (kr3, vr3, og) = (BufRef::from(&kc3), BufRef::from(&vc3), BufRef::from(&out_gqa_fused));
+                attention::attend_gqa_split(&mut rec, &attention::Attend { k_cache: &kr3, v_cache: &vr3, out: &og, ..f }, true, 16).unwrap();
+            }
         } else {
             let q2 = poisoned(&ctx, n * nh * d);
             rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &BufRef::from(&q2), k_cache: &kr2, v_cache: &vr2, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
@@ -284,11 +311,30 @@ fn rope_kv_and_attention_prefill_then_decode() {
         if n == 1 {
             let got = ctx.read_f32(&out_fused, 0, nh * d).unwrap();
             assert_close(&format!("fused decode attention {nh}/{nkv} heads d={d} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            if gqa {
+                let got = ctx.read_f32(&out_gqa_fused, 0, nh * d).unwrap();
+                assert_close(&format!("fused GQA decode attention {nh}/{nkv} heads d={d} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            }
         }
         pos0 += n;
         let words = pos0 * nkv * d / 2;
         assert_eq!(ctx.read_u32(&kc2, 0, words).unwrap(), ctx.read_u32(&kc, 0, words).unwrap(), "keys appended by the fused kernel, d={d}");
         assert_eq!(ctx.read_u32(&vc2, 0, words).unwrap(), ctx.read_u32(&vc, 0, words).unwrap(), "values appended by the fused kernel, d={d}");
+        if gqa {
+            // rows written by rope_kv for chunks, by the fused GQA kernel for decode steps
+            let (mut kc_gqa, mut vc_gqa) = (ctx.read_u32(&kc3, 0, words).unwrap(), ctx.read_u32(&vc3, 0, words).unwrap());
+            let row = nkv * d / 2;
+            if n > 1 {
+                // this chunk went to the other caches only: copy what rope_kv wrote so later steps see it
+                let (k1, v1) = (ctx.read_u32(&kc, 0, words).unwrap(), ctx.read_u32(&vc, 0, words).unwrap());
+                kc_gqa[(pos0 - n) * row..].copy_from_slice(&k1[(pos0 - n) * row..]);
+                vc_gqa[(pos0 - n) * row..].copy_from_slice(&v1[(pos0 - n) * row..]);
+                ctx.queue.write_buffer(&kc3, 0, bytemuck::cast_slice(&kc_gqa));
+                ctx.queue.write_buffer(&vc3, 0, bytemuck::cast_slice(&vc_gqa));
+            }
+            assert_eq!(kc_gqa, ctx.read_u32(&kc, 0, words).unwrap(), "keys appended by the fused GQA kernel, d={d}");
+            assert_eq!(vc_gqa, ctx.read_u32(&vc, 0, words).unwrap(), "values appended by the fused GQA kernel, d={d}");
+        }
     }
   }
 }
@@ -334,7 +380,8 @@ fn coop_attention_rescales_on_large_scores() {
             let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
             rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkvb), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
             let (pr, or) = (BufRef::from(&part), BufRef::from(&out));
-            let a = attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+            let counters = ctx.storage("counters", (attention::counter_words(n, nh) * 4) as u64).unwrap();
+            let a = attention::Attend { counters: &BufRef::from(&counters), q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
             attention::attend_prefill_coop(&mut rec, &a).unwrap();
             rec.submit().unwrap();
             let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
@@ -459,7 +506,8 @@ fn coop_attention_emulated() {
             let (qr, kr, vr, or) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc), BufRef::from(&out));
             rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&upload(&ctx, &qkv)), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0 }).unwrap();
             let part = BufRef::from(&poisoned(&ctx, attention::scratch_floats(n, nh, d)));
-            attention::attend_prefill_coop(&mut rec, &attention::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() }).unwrap();
+            let counters = ctx.storage("counters", (attention::counter_words(n, nh) * 4) as u64).unwrap();
+            attention::attend_prefill_coop(&mut rec, &attention::Attend { counters: &BufRef::from(&counters), q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &part, out: &or, n_q: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0, scale: 1.0 / (d as f32).sqrt() }).unwrap();
             rec.submit().unwrap();
             let (_, want) = hist.chunk(&qkv, n, (nh, nkv, d), pos0, &inv);
             let got = ctx.read_f32(&out, 0, n * nh * d).unwrap();

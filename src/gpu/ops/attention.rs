@@ -57,6 +57,9 @@ pub struct Attend<'a> {
     pub part: &'a BufRef,
     /// Output [n_q][n_heads][d].
     pub out: &'a BufRef,
+    /// `counter_words` u32 that are zero between dispatches (a new buffer is): `attention_gqa`'s
+    /// workgroups count themselves in here so the last of each column merges the key splits.
+    pub counters: &'a BufRef,
     pub n_q: usize,
     pub n_heads: usize,
     pub n_kv: usize,
@@ -103,9 +106,158 @@ pub fn attend(rec: &mut Recorder, a: &Attend) -> Result<()> {
         attend_prefill_coop(rec, a)
     } else if a.n_q >= PREFILL_MIN_QUERIES && prefill_supports(a.head_dim) {
         attend_prefill(rec, a)
+    } else if gqa_supports(rec.ctx(), a) {
+        attend_gqa(rec, a, false)
     } else {
         attend_split(rec, a)
     }
+}
+
+/// One decode step (`n_q` = 1) from the token's un-rotated fused projection row in `a.q`
+/// [q (H*d) | k (n_kv*d) | v (n_kv*d)]: the kernel rotates the queries and appends the token's key
+/// and value to the caches at row `pos0` itself (no `rope_kv` before it). `attention_gqa` where
+/// the adapter takes it, else `attention.wgsl` + merge.
+pub fn attend_fused(rec: &mut Recorder, a: &Attend) -> Result<()> {
+    if gqa_supports(rec.ctx(), a) {
+        attend_gqa(rec, a, true)
+    } else {
+        attend_split_fused(rec, a)
+    }
+}
+
+/// u32 counters `Attend::counters` needs for chunks of up to `n_q` queries.
+pub fn counter_words(n_q: usize, n_heads: usize) -> usize {
+    (n_q * n_heads).max(1)
+}
+
+/// Whether `attention_gqa.wgsl` runs here: subgroups whose smallest size holds the D / 16 lanes of
+/// a key, head_dim a multiple of 16 (at most 256), whole GQA groups; not on CPU adapters (their
+/// own kernel suits them better).
+pub fn gqa_supports(ctx: &crate::gpu::GpuContext, a: &Attend) -> bool {
+    gqa_capable(ctx, a) && !super::linear::cpu_variant(ctx)
+}
+
+/// Whether `attention_gqa.wgsl` can run this shape on the adapter at all (tests force it on CPU
+/// adapters too).
+pub fn gqa_capable(ctx: &crate::gpu::GpuContext, a: &Attend) -> bool {
+    let d = a.head_dim;
+    let c = &ctx.caps;
+    c.subgroups && d % 16 == 0 && d > 0 && d <= 256 && c.subgroup_min as usize >= d / 16 && c.subgroup_min <= 64 && a.n_kv > 0 && a.n_heads % a.n_kv == 0
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GqaParams {
+    n_q: u32,
+    n_heads: u32,
+    n_kv: u32,
+    pos0: u32,
+    n_split: u32,
+    split_len: u32,
+    scale: f32,
+    fused: u32,
+}
+
+/// How `attention_gqa` splits the keys: workgroups aimed at, fewest keys per split, keys per slot
+/// loaded at once. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU` overrides the default (for tuning on a device).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GqaSplit {
+    pub target_groups: usize,
+    pub min_keys: usize,
+    pub u: usize,
+}
+
+impl GqaSplit {
+    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 512, min_keys: 64, u: 2 };
+
+    pub fn parse(s: &str) -> Option<GqaSplit> {
+        let v: Vec<usize> = s.split('x').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
+        match v[..] {
+            [g, k, u] if g > 0 && k > 0 && (1..=4).contains(&u) => Some(GqaSplit { target_groups: g, min_keys: k, u }),
+            _ => None,
+        }
+    }
+
+    fn current() -> GqaSplit {
+        static S: std::sync::OnceLock<GqaSplit> = std::sync::OnceLock::new();
+        *S.get_or_init(|| std::env::var("ESA_WGPU_GQA_SPLIT").ok().and_then(|s| GqaSplit::parse(&s)).unwrap_or(GqaSplit::DEFAULT))
+    }
+}
+
+/// `attention_gqa.wgsl`: one workgroup per (query, KV head, head group, key split), the splits
+/// merged by the last of each column to finish (one dispatch). `fused` as in `attend_fused`.
+pub fn attend_gqa(rec: &mut Recorder, a: &Attend, fused: bool) -> Result<()> {
+    gqa_dispatch(rec, a, fused, GqaSplit::current(), None)
+}
+
+/// `attend_gqa` with the split forced to `split_len` keys (tests: many splits, empty ones).
+pub fn attend_gqa_split(rec: &mut Recorder, a: &Attend, fused: bool, split_len: usize) -> Result<()> {
+    gqa_dispatch(rec, a, fused, GqaSplit::current(), Some(split_len))
+}
+
+fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force_len: Option<usize>) -> Result<()> {
+    let ctx = rec.ctx();
+    if !gqa_capable(ctx, a) {
+        return Err(crate::Error::arg("head_dim", format!("attention_gqa needs subgroups of at least head_dim / 16 lanes and head_dim % 16 == 0, <= 256 (got {}, subgroups {}..{}), n_heads a multiple of n_kv", a.head_dim, ctx.caps.subgroup_min, ctx.caps.subgroup_max)));
+    }
+    if a.n_q == 0 {
+        return Ok(());
+    }
+    let d = a.head_dim;
+    use super::esa_common::check_words;
+    if fused {
+        if a.n_q != 1 {
+            return Err(crate::Error::arg("n_q", format!("the fused decode attention takes one token, got {}", a.n_q)));
+        }
+        check_words("attention (fused)", "qkv", a.q, (a.n_heads + 2 * a.n_kv) * d)?;
+    } else {
+        check_words("attention", "q", a.q, a.n_q * a.n_heads * d)?;
+    }
+    check_words("attention", "k_cache", a.k_cache, (a.pos0 + a.n_q) * a.n_kv * d / 2)?;
+    check_words("attention", "v_cache", a.v_cache, (a.pos0 + a.n_q) * a.n_kv * d / 2)?;
+    check_words("attention", "out", a.out, a.n_q * a.n_heads * d)?;
+    check_words("attention", "counters", a.counters, counter_words(a.n_q, a.n_heads))?;
+    let g = a.n_heads / a.n_kv;
+    let hg = (1..=4).rev().find(|h| g % h == 0).unwrap_or(1);
+    let cols = a.n_q * a.n_kv * (g / hg);
+    let n_keys = a.pos0 + a.n_q;
+    let per_it = (64 / (d / 16)) * sp.u;
+    // the partials scratch, and the merge's (m, l) of every split in workgroup memory (1024 vec4)
+    let cap = (scratch_floats(a.n_q, a.n_heads, d) / (a.n_q * a.n_heads * (d + 2))).min(1024 / hg);
+    let split_len = match force_len {
+        Some(l) => l.max(1),
+        None => {
+            let n_split = (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1)).min(cap);
+            n_keys.div_ceil(n_split).next_multiple_of(per_it)
+        }
+    };
+    let n_split = n_keys.div_ceil(split_len);
+    if n_split > cap {
+        return Err(crate::Error::arg("split_len", format!("{n_split} key splits of {split_len} exceed the {cap} the partials scratch holds")));
+    }
+    if n_split > 1 {
+        check_words("attention", "part", a.part, a.n_q * a.n_heads * n_split * (d + 2))?;
+    }
+    if cols as u32 > ctx.caps.max_workgroups_per_dim {
+        return Err(crate::Error::arg("n_q", format!("attention grid of {cols} columns exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
+    }
+    let u = sp.u;
+    let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u}]"), "main", &[], || {
+        Ok(format!("const D: u32 = {d}u;\nconst HG: u32 = {hg}u;\nconst U: u32 = {u}u;\n{}", super::src::ATTENTION_GQA))
+    })?;
+    let p = GqaParams {
+        n_q: a.n_q as u32,
+        n_heads: a.n_heads as u32,
+        n_kv: a.n_kv as u32,
+        pos0: a.pos0 as u32,
+        n_split: n_split as u32,
+        split_len: split_len as u32,
+        scale: a.scale,
+        fused: fused as u32,
+    };
+    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone(), a.counters.clone()];
+    rec.dispatch(&k, &p, &bufs, [cols as u32, n_split as u32, 1]);
+    Ok(())
 }
 
 /// Whether `attention_cpu.wgsl` takes this shape: head_dim a positive multiple of 4 (at most
