@@ -180,6 +180,9 @@ fn fused_and_reordered_rows_through_a_small_ring() {
     let short = host("short", 4, 76, TensorFormat::F16, vec![0; 100]);
     let err = MatrixRows::single(&short, RowOrder::AsStored).err().expect("too short").to_string();
     assert!(err.contains("short") && err.contains("does not hold"), "{err}");
+    let empty = HostTensor { name: "no columns".into(), shape: vec![4, 0], format: TensorFormat::F16, data: vec![].into() };
+    let err = GpuMatrix::upload(&ctx, &empty, false).err().expect("no columns").to_string();
+    assert!(err.contains("no columns"), "{err}");
 }
 
 /// An odd-sized model (hidden 76: rows padded on the GPU; heads of paired Q/K rows).

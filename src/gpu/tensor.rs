@@ -65,6 +65,9 @@ fn part<'a>(t: &'a HostTensor<'_>, order: RowOrder) -> Result<(Part<'a>, usize, 
     let (rows, cols) = t.rows_cols();
     let (be, bb) = t.format.block();
     let need = rows * (cols / be) * bb;
+    if cols == 0 {
+        return Err(Error::tensor(&t.name, format!("shape {:?} has no columns", t.shape)));
+    }
     if cols % be != 0 || t.data.len() < need {
         return Err(Error::tensor(&t.name, format!("{:?} data of {} bytes does not hold {rows}x{cols}", t.format, t.data.len())));
     }

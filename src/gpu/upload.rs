@@ -169,14 +169,19 @@ impl<'c> Uploader<'c> {
             }));
         }
         let f = self.in_flight.pop_front().expect("a full ring has buffers in flight");
-        self.ctx
-            .device
-            .poll(wgpu::PollType::Wait { submission_index: Some(f.submission), timeout: None })
-            .map_err(|e| Error::Gpu(format!("waiting for an upload: {e}")))?;
-        f.mapped
-            .recv()
-            .map_err(|_| Error::Gpu("staging buffer's map callback dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping a staging buffer: {e}")))?;
+        // Its copies' submission done, the poll runs the map callback; should it come later
+        // anyway, wait for everything submitted rather than spin.
+        let mut wait = wgpu::PollType::Wait { submission_index: Some(f.submission), timeout: None };
+        let mapped = loop {
+            match f.mapped.try_recv() {
+                Ok(r) => break r,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Error::Gpu("staging buffer's map callback dropped".into())),
+                Err(mpsc::TryRecvError::Empty) => {
+                    self.ctx.device.poll(std::mem::replace(&mut wait, wgpu::PollType::wait_indefinitely())).map_err(|e| Error::Gpu(format!("waiting for an upload: {e}")))?;
+                }
+            }
+        };
+        mapped.map_err(|e| Error::Gpu(format!("mapping a staging buffer: {e}")))?;
         Ok(f.buf)
     }
 
