@@ -2,6 +2,9 @@
 //! it implies (decode reads every weight byte once per token).
 //!
 //!   cargo run --release --example bench -- [--model PATH] [--prompt-tokens 512] [--decode-tokens 128]
+//!
+//! Loading: `--synthetic llama3-8b --format f16 --write-gguf /tmp/l8b.gguf` writes a GGUF file of
+//! random weights; `--load /tmp/l8b.gguf` times loading it (file bytes / seconds).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,7 +27,7 @@ struct Args {
     /// GGUF file or HF folder (default: the default model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Random weights of a real shape instead of a file: smollm2-135m, llama3-8b, tiny.
+    /// Random weights of a real shape instead of a file: smollm2-135m, llama3-8b, llama3-1b, tiny.
     #[arg(long)]
     synthetic: Option<String>,
     /// Weight format for --synthetic: f16, bf16, q8_0, q4_0, q4_1.
@@ -94,6 +97,15 @@ struct Args {
     /// workgroups dispatched), e.g. 64x4x2x128.
     #[arg(long)]
     blocks_shapes: Option<String>,
+    /// Write the --synthetic model (random weights of a real shape, in --format) to this path as
+    /// a GGUF file (weights only, no tokenizer) and exit: a file for --load on machines that
+    /// cannot download one.
+    #[arg(long)]
+    write_gguf: Option<PathBuf>,
+    /// Time loading this GGUF file or HF folder onto the GPU and exit: the files are read once
+    /// first (page cache warm), then each of --repeats loads is timed up to the GPU's last copy.
+    #[arg(long)]
+    load: Option<PathBuf>,
 }
 
 fn parse_format(f: &str) -> esa_wgpu::Result<TensorFormat> {
@@ -326,6 +338,106 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
     Ok(())
 }
 
+/// The files of a model path: the GGUF file itself, or a folder's `.safetensors` files.
+fn model_files(path: &std::path::Path) -> esa_wgpu::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| esa_wgpu::Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Read every byte of `files` once (into the page cache) and return their total size.
+fn warm_page_cache(files: &[PathBuf]) -> esa_wgpu::Result<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 16 << 20];
+    let mut total = 0u64;
+    for f in files {
+        let mut file = std::fs::File::open(f).map_err(|e| esa_wgpu::Error::io(f, e))?;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| esa_wgpu::Error::io(f, e))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Anonymous (heap and GPU-staging) memory of this process in bytes, from /proc (Linux only):
+/// the memory a load needs beyond the page cache that holds the file.
+fn anon_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Time loading the model at `path` onto the GPU (`GpuModel::load`, open and parse included, up
+/// to the GPU's last copy), the best of `repeats` after the files were read once; with the peak
+/// anonymous memory seen during a load (sampled every 5 ms).
+fn bench_load(ctx: &Arc<GpuContext>, path: &std::path::Path, repeats: usize) -> esa_wgpu::Result<()> {
+    use esa_wgpu::model::host::WeightSource;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let bytes = warm_page_cache(&model_files(path)?)?;
+    let gb = bytes as f64 / 1e9;
+    let bars = esa_wgpu::Bars::new(false);
+    let base = anon_memory().unwrap_or(0);
+    let mut best = f64::MAX;
+    let mut peak = 0u64;
+    for _ in 0..repeats.max(1) {
+        let done = AtomicBool::new(false);
+        let seen = AtomicU64::new(0);
+        let secs = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    seen.fetch_max(anon_memory().unwrap_or(0), Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+            let t = Instant::now();
+            let loaded = (|| {
+                let src: Box<dyn WeightSource + Send + Sync> = if path.is_dir() {
+                    Box::new(esa_wgpu::model::safetensors_loader::SafetensorsModel::open(path)?)
+                } else {
+                    Box::new(esa_wgpu::model::gguf::GgufModel::open(path)?)
+                };
+                let model = GpuModel::load_with_progress(ctx.clone(), src, bars.as_ref())?;
+                ctx.sync()?;
+                Ok::<_, esa_wgpu::Error>(model)
+            })();
+            let secs = t.elapsed().as_secs_f64();
+            done.store(true, Ordering::Relaxed);
+            loaded.map(|m| (secs, m.gpu_bytes))
+        })?;
+        best = best.min(secs.0);
+        peak = peak.max(seen.into_inner());
+    }
+    println!("| load | file GB | seconds | GB/s | peak anonymous memory GB (before the load) |");
+    println!("|---|---|---|---|---|");
+    println!("| {} | {gb:.3} | {best:.3} | {:.2} | {:.2} ({:.2}) |", path.display(), gb / best, peak as f64 / 1e9, base as f64 / 1e9);
+    Ok(())
+}
+
+/// Write the synthetic model `name` in `format` to `path` as GGUF and report its size and time.
+fn write_synthetic_gguf(name: &str, format: &str, path: &std::path::Path) -> esa_wgpu::Result<()> {
+    let fmt = parse_format(format)?;
+    let src = SyntheticModel::new(name, fmt)?;
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(16);
+    let t = Instant::now();
+    let bytes = esa_wgpu::model::gguf_writer::write_gguf(path, &src, &format!("synthetic {name}"), threads)?;
+    let secs = t.elapsed().as_secs_f64();
+    println!("| write gguf | file GB | seconds | GB/s |");
+    println!("|---|---|---|---|");
+    println!("| {} ({name} {fmt:?}) | {:.3} | {secs:.1} | {:.2} |", path.display(), bytes as f64 / 1e9, bytes as f64 / 1e9 / secs);
+    Ok(())
+}
+
 /// FLOPs of a prefill of `n` tokens: 2 per weight per token in the layers' matrices (the LM head
 /// runs on the last token only), plus attention's QK^T and PV (4 * head_dim per query head and
 /// attended key). Dense: query t attends t + 1 keys. ESA: at most the budget (initial + local +
@@ -358,6 +470,10 @@ fn random_maps_file(gpu: &GpuModel, d: usize, w: usize) -> esa_wgpu::Result<std:
 
 fn main() -> esa_wgpu::Result<()> {
     let args = Args::parse();
+    if let Some(path) = &args.write_gguf {
+        let name = args.synthetic.as_deref().ok_or_else(|| esa_wgpu::Error::arg("write-gguf", "needs --synthetic NAME (the shape to write)"))?;
+        return write_synthetic_gguf(name, &args.format, path);
+    }
     let engine = Engine::new(&GpuOptions::default())?;
     eprintln!("gpu: {}", engine.context().describe());
     if let Some(spec) = &args.matmul {
@@ -365,6 +481,9 @@ fn main() -> esa_wgpu::Result<()> {
     }
     if let Some(spec) = &args.matvec {
         return bench_matvec(engine.context(), spec, &args.formats, args.wide_shapes.as_deref(), args.blocks_shapes.as_deref(), args.repeats);
+    }
+    if let Some(path) = &args.load {
+        return bench_load(engine.context(), path, args.repeats);
     }
     if args.bandwidth {
         println!("| what | size | ms | GB/s |");

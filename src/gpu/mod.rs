@@ -4,6 +4,7 @@ pub mod context;
 pub mod recorder;
 pub mod profile;
 pub mod tensor;
+pub mod upload;
 pub mod ops;
 pub mod coop_emulation;
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::model::config::{Arch, Config, RopeScaling};
-use crate::model::host::{HostTensor, TensorFormat, WeightSource};
+use crate::model::host::{HostTensor, RowOrder, TensorFormat, WeightSource};
 use crate::tokenizer::GgufTokenizerSpec;
 use crate::{Error, Result};
 
@@ -182,6 +182,21 @@ impl GgmlType {
             14 => TensorFormat::Q6_K,
             _ => return None,
         })
+    }
+}
+
+/// The ggml type code GGUF stores for one of the crate's formats (inverse of `GgmlType::format`).
+pub fn ggml_code(format: TensorFormat) -> u32 {
+    match format {
+        TensorFormat::F32 => 0,
+        TensorFormat::F16 => 1,
+        TensorFormat::BF16 => 30,
+        TensorFormat::Q8_0 => 8,
+        TensorFormat::Q4_0 => 2,
+        TensorFormat::Q4_1 => 3,
+        TensorFormat::Q4_K => 12,
+        TensorFormat::Q5_K => 13,
+        TensorFormat::Q6_K => 14,
     }
 }
 
@@ -606,6 +621,16 @@ impl WeightSource for GgufModel {
         self.names.contains_key(name)
     }
     fn tensor(&self, name: &str) -> Result<HostTensor<'_>> {
+        let (t, order) = self.stored_tensor(name)?;
+        match order {
+            RowOrder::AsStored => Ok(t),
+            order => {
+                let data = reorder_rows(&t.data, t.shape.first().copied().unwrap_or(1), order);
+                Ok(HostTensor { data: Cow::Owned(data), ..t })
+            }
+        }
+    }
+    fn stored_tensor(&self, name: &str) -> Result<(HostTensor<'_>, RowOrder)> {
         let &i = self.names.get(name).ok_or_else(|| {
             Error::tensor(name, format!("not in {} (GGUF name `{}`)", self.file.path().display(), gguf_name(name)))
         })?;
@@ -614,7 +639,7 @@ impl WeightSource for GgufModel {
         let bytes = self.file.tensor_bytes(info);
         let shape = info.shape();
         // llama.cpp's converter reorders the rows of each Q/K head from HF's rotate-half layout
-        // (first half, second half) to interleaved pairs; move whole rows back.
+        // (first half, second half) to interleaved pairs; the order says how to move them back.
         let heads = if name.contains(".self_attn.q_proj.") {
             Some(self.config.num_heads)
         } else if name.contains(".self_attn.k_proj.") {
@@ -622,32 +647,37 @@ impl WeightSource for GgufModel {
         } else {
             None
         };
-        let data = match heads {
-            None => Cow::Borrowed(bytes),
-            Some(heads) => Cow::Owned(unpermute_rows(name, bytes, shape.first().copied().unwrap_or(1), heads)?),
+        let order = match heads {
+            None => RowOrder::AsStored,
+            Some(heads) => RowOrder::paired_heads(name, shape.first().copied().unwrap_or(1), heads)?,
         };
-        Ok(HostTensor { name: name.to_string(), shape, format, data })
+        Ok((HostTensor { name: name.to_string(), shape, format, data: Cow::Borrowed(bytes) }, order))
     }
 }
 
-/// Undo llama.cpp's Q/K row permutation. Within each head of `hd` rows, GGUF row `2i + s` holds HF
-/// row `s * hd/2 + i` (s in {0, 1}).
-fn unpermute_rows(name: &str, bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
-    if heads == 0 || rows == 0 || rows % (2 * heads) != 0 || bytes.len() % rows != 0 {
-        return Err(Error::tensor(name, format!("{rows} rows cannot be split into {heads} heads of paired rows")));
+/// The rows of `bytes` (`rows` rows as stored) in HF order.
+fn reorder_rows(bytes: &[u8], rows: usize, order: RowOrder) -> Vec<u8> {
+    let row_bytes = bytes.len() / rows.max(1);
+    let mut out = vec![0u8; row_bytes * rows];
+    for r in 0..rows {
+        let src = order.stored_row(r);
+        out[r * row_bytes..(r + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+    }
+    out
+}
+
+/// llama.cpp's Q/K row permutation (what its converter applies; `RowOrder::PairedHeads` undoes it):
+/// HF row `s * hd/2 + i` of each head of `hd` rows is stored as row `2i + s`.
+pub(crate) fn permute_rows(name: &str, bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>> {
+    let order = RowOrder::paired_heads(name, rows, heads)?;
+    if bytes.len() % rows != 0 {
+        return Err(Error::tensor(name, format!("{} bytes are not {rows} whole rows", bytes.len())));
     }
     let row_bytes = bytes.len() / rows;
-    let hd = rows / heads;
-    let half = hd / 2;
     let mut out = vec![0u8; bytes.len()];
-    for h in 0..heads {
-        for s in 0..2 {
-            for i in 0..half {
-                let src = h * hd + 2 * i + s;
-                let dst = h * hd + s * half + i;
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
-            }
-        }
+    for r in 0..rows {
+        let stored = order.stored_row(r);
+        out[stored * row_bytes..(stored + 1) * row_bytes].copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
     }
     Ok(out)
 }
@@ -971,6 +1001,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(unpermute_rows("t", &gguf, 8, 2).unwrap(), hf);
+        assert_eq!(reorder_rows(&gguf, 8, RowOrder::paired_heads("t", 8, 2).unwrap()), hf);
+        assert_eq!(permute_rows("t", &hf, 8, 2).unwrap(), gguf);
     }
 }

@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::gpu::tensor::{concat_rows, interleave_rows, GpuMatrix};
+use crate::gpu::tensor::{GpuMatrix, MatrixRows};
+use crate::gpu::upload::Uploader;
 use crate::gpu::GpuContext;
 use crate::model::config::Config;
-use crate::model::host::{HostTensor, TensorFormat, WeightSource};
+use crate::model::host::{HostTensor, RowOrder, TensorFormat, WeightSource};
 use crate::{Error, Result};
 
 /// A linear layer whose output rows may come from several matrices (fused Q/K/V when the formats
@@ -71,6 +72,16 @@ fn expect<'a>(src: &'a dyn WeightSource, name: &str, shape: &[usize]) -> Result<
     Ok(t)
 }
 
+/// `expect` for tensors on their way to the GPU: the bytes as stored and their row order
+/// (`WeightSource::stored_tensor`), so no reordered copy is made on the host.
+fn expect_stored<'a>(src: &'a dyn WeightSource, name: &str, shape: &[usize]) -> Result<(HostTensor<'a>, RowOrder)> {
+    let (t, order) = src.stored_tensor(name)?;
+    if t.shape != shape {
+        return Err(Error::tensor(name, format!("expected shape {shape:?}, found {:?} in {}", t.shape, src.origin().display())));
+    }
+    Ok((t, order))
+}
+
 fn upload_vector(ctx: &GpuContext, src: &dyn WeightSource, name: &str, n: usize) -> Result<wgpu::Buffer> {
     let t = expect(src, name, &[n])?;
     let v = crate::quant::dequantize(name, t.format, &t.data, n)?;
@@ -100,31 +111,39 @@ impl GpuModel {
         if cfg.num_heads % cfg.num_kv_heads != 0 {
             return Err(Error::Unsupported(format!("{} heads not a multiple of {} KV heads", cfg.num_heads, cfg.num_kv_heads)));
         }
+        // One uploader for the whole model: its staging ring streams every matrix to the GPU
+        // (see `gpu::upload`); fused matrices are assembled row by row on the way.
+        let mut up = Uploader::new(&ctx);
+        let single = |up: &mut Uploader<'_>, (t, order): &(HostTensor<'_>, RowOrder), pair_rows: bool| {
+            GpuMatrix::stream(up, &MatrixRows::single(t, *order)?, pair_rows, false)
+        };
         let mut gpu_bytes = 0;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}.");
-            let q = expect(src, &format!("{p}self_attn.q_proj.weight"), &[cfg.q_dim(), h])?;
-            let k = expect(src, &format!("{p}self_attn.k_proj.weight"), &[cfg.kv_dim(), h])?;
-            let v = expect(src, &format!("{p}self_attn.v_proj.weight"), &[cfg.kv_dim(), h])?;
-            let qkv = if q.format == k.format && k.format == v.format {
-                let fused = concat_rows(&format!("{p}qkv"), &[&q, &k, &v])?;
-                Linear { parts: vec![(GpuMatrix::upload(&ctx, &fused, false)?, 0)], rows: fused.shape[0] }
+            let q = expect_stored(src, &format!("{p}self_attn.q_proj.weight"), &[cfg.q_dim(), h])?;
+            let k = expect_stored(src, &format!("{p}self_attn.k_proj.weight"), &[cfg.kv_dim(), h])?;
+            let v = expect_stored(src, &format!("{p}self_attn.v_proj.weight"), &[cfg.kv_dim(), h])?;
+            let qkv = if q.0.format == k.0.format && k.0.format == v.0.format {
+                let fused = MatrixRows::stacked(&format!("{p}qkv"), &[(&q.0, q.1), (&k.0, k.1), (&v.0, v.1)])?;
+                Linear { parts: vec![(GpuMatrix::stream(&mut up, &fused, false, false)?, 0)], rows: fused.rows() }
             } else {
                 let mut parts = Vec::new();
                 let mut off = 0;
                 for t in [&q, &k, &v] {
-                    parts.push((GpuMatrix::upload(&ctx, t, false)?, off));
-                    off += t.shape[0];
+                    parts.push((single(&mut up, t, false)?, off));
+                    off += t.0.shape[0];
                 }
                 Linear { parts, rows: off }
             };
-            let o = GpuMatrix::upload(&ctx, &expect(src, &format!("{p}self_attn.o_proj.weight"), &[h, cfg.q_dim()])?, false)?;
-            let gate = expect(src, &format!("{p}mlp.gate_proj.weight"), &[cfg.intermediate_size, h])?;
-            let up = expect(src, &format!("{p}mlp.up_proj.weight"), &[cfg.intermediate_size, h])?;
-            // interleave_rows refuses gate/up of different formats with an error naming them.
-            let gate_up = GpuMatrix::upload(&ctx, &interleave_rows(&gate, &up)?, true)?;
-            let down = GpuMatrix::upload(&ctx, &expect(src, &format!("{p}mlp.down_proj.weight"), &[h, cfg.intermediate_size])?, false)?;
+            drop((q, k, v));
+            let o = single(&mut up, &expect_stored(src, &format!("{p}self_attn.o_proj.weight"), &[h, cfg.q_dim()])?, false)?;
+            let gate = expect_stored(src, &format!("{p}mlp.gate_proj.weight"), &[cfg.intermediate_size, h])?;
+            let up_proj = expect_stored(src, &format!("{p}mlp.up_proj.weight"), &[cfg.intermediate_size, h])?;
+            // `interleaved` refuses gate/up of different formats with an error naming them.
+            let gate_up = GpuMatrix::stream(&mut up, &MatrixRows::interleaved((&gate.0, gate.1), (&up_proj.0, up_proj.1))?, true, false)?;
+            drop((gate, up_proj));
+            let down = single(&mut up, &expect_stored(src, &format!("{p}mlp.down_proj.weight"), &[h, cfg.intermediate_size])?, false)?;
             gpu_bytes += qkv.parts.iter().map(|m| m.0.bytes()).sum::<usize>() + o.bytes() + down.bytes();
             gpu_bytes += gate_up.bytes();
             layers.push(Layer {
@@ -138,18 +157,19 @@ impl GpuModel {
             progress.update(i as u64 + 1);
         }
         let final_norm = upload_vector(&ctx, src, "model.norm.weight", h)?;
-        let embed = expect(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = expect_stored(src, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let tied = cfg.tie_word_embeddings || !src.has_tensor("lm_head.weight");
         let lm_head = if tied {
-            GpuMatrix::upload(&ctx, &embed, false)?
+            single(&mut up, &embed, false)?
         } else {
-            GpuMatrix::upload(&ctx, &expect(src, "lm_head.weight", &[cfg.vocab_size, h])?, false)?
+            single(&mut up, &expect_stored(src, "lm_head.weight", &[cfg.vocab_size, h])?, false)?
         };
-        let embed_table = match (tied, embed.format) {
-            (_, TensorFormat::F32) => Some(GpuMatrix::upload_f32(&ctx, &embed)?),
+        let embed_table = match (tied, embed.0.format) {
+            (_, TensorFormat::F32) => Some(GpuMatrix::stream(&mut up, &MatrixRows::single(&embed.0, embed.1)?, false, true)?),
             (true, _) => None,
-            (false, _) => Some(GpuMatrix::upload(&ctx, &embed, false)?),
+            (false, _) => Some(single(&mut up, &embed, false)?),
         };
+        up.finish()?;
         gpu_bytes += lm_head.bytes();
         drop(embed);
         let inv_freq = ctx.upload("rope inv_freq", bytemuck::cast_slice(&cfg.rope_inv_freqs()))?;

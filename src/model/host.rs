@@ -61,6 +61,39 @@ impl HostTensor<'_> {
     }
 }
 
+/// How the rows a source stores map to the rows `WeightSource::tensor` hands out (HF order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrder {
+    /// Row r is stored as row r.
+    AsStored,
+    /// llama.cpp's Q/K permutation: within each head of `head_rows` rows, HF row
+    /// `s * head_rows/2 + i` is stored as row `2i + s` (s in {0, 1}).
+    PairedHeads { head_rows: usize },
+}
+
+impl RowOrder {
+    /// The Q/K permutation of `rows` rows in `heads` heads; an error naming `name` when the rows
+    /// cannot be split into heads of paired rows.
+    pub fn paired_heads(name: &str, rows: usize, heads: usize) -> crate::Result<RowOrder> {
+        if heads == 0 || rows == 0 || rows % (2 * heads) != 0 {
+            return Err(crate::Error::tensor(name, format!("{rows} rows cannot be split into {heads} heads of paired rows")));
+        }
+        Ok(RowOrder::PairedHeads { head_rows: rows / heads })
+    }
+
+    /// The stored row that holds row `row` of the tensor in HF order.
+    pub fn stored_row(&self, row: usize) -> usize {
+        match *self {
+            RowOrder::AsStored => row,
+            RowOrder::PairedHeads { head_rows } => {
+                let (head, within) = (row / head_rows, row % head_rows);
+                let half = head_rows / 2;
+                head * head_rows + 2 * (within % half) + within / half
+            }
+        }
+    }
+}
+
 /// Anything that yields a config and named tensors with HF (`model.layers.N.self_attn.q_proj.weight`)
 /// names and HF conventions (rotate-half RoPE row order). Safetensors folders and GGUF files implement it.
 pub trait WeightSource {
@@ -69,4 +102,10 @@ pub trait WeightSource {
     fn origin(&self) -> &std::path::Path;
     fn tensor(&self, name: &str) -> crate::Result<HostTensor<'_>>;
     fn has_tensor(&self, name: &str) -> bool;
+    /// `tensor`'s bytes as the source stores them and the order that turns their rows into
+    /// `tensor`'s, so the GPU upload can reorder rows while it copies them instead of making a
+    /// reordered copy first (GGUF's Q/K rows). Default: `tensor` itself, as stored.
+    fn stored_tensor(&self, name: &str) -> crate::Result<(HostTensor<'_>, RowOrder)> {
+        Ok((self.tensor(name)?, RowOrder::AsStored))
+    }
 }

@@ -16,7 +16,7 @@ pub struct SyntheticModel {
     embed: std::sync::OnceLock<HostTensor<'static>>,
 }
 
-/// Named shapes: "smollm2-135m", "llama3-8b", "tiny", "tiny-smollm2-vocab" (tiny with SmolLM2's
+/// Named shapes: "smollm2-135m", "llama3-8b", "llama3-1b", "tiny", "tiny-smollm2-vocab" (tiny with SmolLM2's
 /// vocabulary, so real text tokenized for the default model runs through it: the CI-sized eval).
 pub fn preset(name: &str) -> Result<Config> {
     let base = Config {
@@ -50,9 +50,21 @@ pub fn preset(name: &str) -> Result<Config> {
             tie_word_embeddings: false,
             ..base
         },
+        // Llama-3.2-1B: a model of 2.5 GB in f16, for load timings where 16 GB do not fit.
+        "llama3-1b" => Config {
+            hidden_size: 2048,
+            intermediate_size: 8192,
+            num_layers: 16,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 64,
+            vocab_size: 128256,
+            rope_theta: 500000.0,
+            ..base
+        },
         "tiny" => Config { hidden_size: 64, intermediate_size: 128, num_layers: 2, num_heads: 4, num_kv_heads: 2, head_dim: 16, vocab_size: 512, ..base },
         "tiny-smollm2-vocab" => Config { hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2, num_kv_heads: 1, head_dim: 16, ..base },
-        other => return Err(Error::arg("synthetic", format!("unknown preset `{other}` (smollm2-135m, llama3-8b, tiny, tiny-smollm2-vocab)"))),
+        other => return Err(Error::arg("synthetic", format!("unknown preset `{other}` (smollm2-135m, llama3-8b, llama3-1b, tiny, tiny-smollm2-vocab)"))),
     })
 }
 

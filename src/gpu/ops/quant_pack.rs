@@ -5,7 +5,7 @@
 //! Q4_1 (20 bytes), Q4_K (144) and Q5_K (176) are uploaded as stored; Q6_K (210 bytes, its f16
 //! scale last) is padded at its end to 212.
 
-use crate::model::host::{HostTensor, TensorFormat};
+use crate::model::host::TensorFormat;
 use crate::{Error, Result};
 
 const SRC_Q4_0: &str = include_str!("../../../shaders/wfmt_q4_0.wgsl");
@@ -16,7 +16,7 @@ const SRC_Q5_K: &str = include_str!("../../../shaders/wfmt_q5_k.wgsl");
 const SRC_Q6_K: &str = include_str!("../../../shaders/wfmt_q6_k.wgsl");
 
 /// (bytes per block in the file, bytes per block on the GPU) for the formats with kernels.
-fn gpu_block(fmt: TensorFormat) -> Option<(usize, usize)> {
+pub fn gpu_block(fmt: TensorFormat) -> Option<(usize, usize)> {
     match fmt {
         TensorFormat::Q4_0 => Some((18, 20)),
         TensorFormat::Q4_1 => Some((20, 20)),
@@ -28,29 +28,16 @@ fn gpu_block(fmt: TensorFormat) -> Option<(usize, usize)> {
     }
 }
 
-/// Pack rows of a block-quantized tensor into the GPU layout its kernel reads.
-/// Returns (format, bytes per row, packed bytes).
-pub fn pack_quant_rows(t: &HostTensor<'_>, fmt: TensorFormat, rows: usize, cols: usize) -> Result<(TensorFormat, usize, Vec<u8>)> {
-    let (file_b, gpu_b) = gpu_block(fmt).ok_or_else(|| Error::Unsupported(format!("tensor `{}`: no GPU kernel for {fmt:?} weights yet", t.name)))?;
-    let per_block = fmt.block().0;
-    let blocks = rows * cols / per_block;
-    if t.data.len() < blocks * file_b {
-        return Err(Error::tensor(&t.name, format!("{fmt:?} data too short: {} bytes for {blocks} blocks", t.data.len())));
+/// Write one block as stored in the file (`src`) into its GPU layout (`dst`, `gpu_block` bytes,
+/// zeroed by the caller): the f16 scale of Q4_0/Q8_0 then two bytes of padding; Q6_K's 210 bytes
+/// (scale last) then two.
+pub fn pad_block(fmt: TensorFormat, src: &[u8], dst: &mut [u8]) {
+    if fmt == TensorFormat::Q6_K {
+        dst[..src.len()].copy_from_slice(src);
+    } else {
+        dst[..2].copy_from_slice(&src[..2]);
+        dst[4..4 + src.len() - 2].copy_from_slice(&src[2..]);
     }
-    let row_bytes = cols / per_block * gpu_b;
-    if file_b == gpu_b {
-        return Ok((fmt, row_bytes, t.data[..blocks * file_b].to_vec()));
-    }
-    let mut out = vec![0u8; blocks * gpu_b];
-    for (src, dst) in t.data.chunks_exact(file_b).take(blocks).zip(out.chunks_exact_mut(gpu_b)) {
-        if fmt == TensorFormat::Q6_K {
-            dst[..file_b].copy_from_slice(src); // scale stays at byte 208, padding after it
-        } else {
-            dst[..2].copy_from_slice(&src[..2]); // f16 scale, then 2 bytes of padding
-            dst[4..4 + file_b - 2].copy_from_slice(&src[2..]);
-        }
-    }
-    Ok((fmt, row_bytes, out))
 }
 
 /// (name, WGSL source of the format file, bytes per unit of `w_stride`) for a quantized format.
