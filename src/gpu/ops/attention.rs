@@ -158,24 +158,28 @@ struct GqaParams {
     fused: u32,
 }
 
-/// How `attention_gqa` splits the keys: workgroups aimed at, fewest keys per split, keys per slot
-/// loaded at once. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU` overrides the default (for tuning on a device).
+/// How `attention_gqa` splits the work: workgroups aimed at, fewest keys per split, keys per slot
+/// loaded at once, most query heads per workgroup. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU[xHG]` overrides
+/// the default (for tuning on a device).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GqaSplit {
     pub target_groups: usize,
     pub min_keys: usize,
     pub u: usize,
+    pub max_heads: usize,
 }
 
 impl GqaSplit {
-    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 512, min_keys: 64, u: 2 };
+    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 512, min_keys: 64, u: 4, max_heads: 4 };
 
     pub fn parse(s: &str) -> Option<GqaSplit> {
         let v: Vec<usize> = s.split('x').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
-        match v[..] {
-            [g, k, u] if g > 0 && k > 0 && (1..=4).contains(&u) => Some(GqaSplit { target_groups: g, min_keys: k, u }),
-            _ => None,
-        }
+        let (g, k, u, h) = match v[..] {
+            [g, k, u] => (g, k, u, 4),
+            [g, k, u, h] => (g, k, u, h),
+            _ => return None,
+        };
+        (g > 0 && k > 0 && (1..=4).contains(&u) && (1..=4).contains(&h)).then_some(GqaSplit { target_groups: g, min_keys: k, u, max_heads: h })
     }
 
     fn current() -> GqaSplit {
@@ -218,7 +222,7 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     check_words("attention", "out", a.out, a.n_q * a.n_heads * d)?;
     check_words("attention", "counters", a.counters, counter_words(a.n_q, a.n_heads))?;
     let g = a.n_heads / a.n_kv;
-    let hg = (1..=4).rev().find(|h| g % h == 0).unwrap_or(1);
+    let hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
     let cols = a.n_q * a.n_kv * (g / hg);
     let n_keys = a.pos0 + a.n_q;
     let per_it = (64 / (d / 16)) * sp.u;
@@ -488,4 +492,18 @@ fn split_dispatch(rec: &mut Recorder, a: &Attend, fused: bool) -> Result<()> {
     let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
     rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GqaSplit;
+
+    #[test]
+    fn gqa_split_parses_three_or_four_fields() {
+        assert_eq!(GqaSplit::parse("512x64x4"), Some(GqaSplit::DEFAULT));
+        assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2 }));
+        for bad in ["", "512x64", "0x64x2", "512x64x5", "512x64x2x0", "512x64x2x1x1", "ax64x2"] {
+            assert_eq!(GqaSplit::parse(bad), None, "{bad}");
+        }
+    }
 }
