@@ -188,6 +188,44 @@ fn gpu_sampler_frequencies_match_the_reference() {
     }
 }
 
+/// Greedy sampling without a penalty (`argmax.wgsl`, spread over workgroups of 2 048 logits) on
+/// rows of odd lengths up to Llama-3's vocabulary: the argmax with the lowest index on ties
+/// (within a workgroup, across workgroups, in the last part-filled one), NaN skipped, all NaN
+/// giving 0; many draws in one submission, so the kernel's counter must come back to zero each time.
+#[test]
+fn greedy_argmax_across_workgroups() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for vocab in [1usize, 2047, 2049, 49_152, 128_257] {
+        let mut logits = rand_vec(&mut rng, vocab, 3.0);
+        for i in (0..vocab).step_by(997) {
+            logits[i] = f32::NAN;
+        }
+        let mut cases = vec![logits.clone()];
+        if vocab > 4096 {
+            // ties: across workgroups (the lower index wins), then the top in the last workgroup
+            let mut tied = logits.clone();
+            for i in [vocab - 5, 2048 * 3 + 17, 2048 + 255, 4095] {
+                tied[i] = 50.0;
+            }
+            cases.push(tied);
+            let mut end = logits.clone();
+            end[vocab - 1] = 60.0;
+            cases.push(end);
+        }
+        cases.push(vec![f32::NAN; vocab]);
+        for row in cases {
+            let want = row.iter().enumerate().filter(|(_, v)| !v.is_nan()).fold(None, |b: Option<(usize, f32)>, (i, &v)| match b {
+                Some((_, bv)) if bv >= v => b,
+                _ => Some((i, v)),
+            });
+            let want = want.map_or(0, |(i, _)| i as u32);
+            let g = GpuSampler::new(&row, &[]);
+            let got = g.draw(&Sampling::greedy(), &[0.5; 5]);
+            assert_eq!(got, vec![want; 5], "vocab {vocab}");
+        }
+    }
+}
+
 /// Buffers too small for the row, the penalty's window or the scratch are refused with an error
 /// naming the buffer, before anything is recorded.
 #[test]

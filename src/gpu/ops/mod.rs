@@ -76,6 +76,7 @@ pub mod src {
     pub const ATTENTION_CPU_BLOCK: &str = include_str!("../../../shaders/attention_cpu_block.wgsl");
     pub const ATTENTION_GQA: &str = include_str!("../../../shaders/attention_gqa.wgsl");
     pub const ATTENTION_MERGE: &str = include_str!("../../../shaders/attention_merge.wgsl");
+    pub const ARGMAX: &str = include_str!("../../../shaders/argmax.wgsl");
     pub const SAMPLE: &str = include_str!("../../../shaders/sample.wgsl");
     pub const ESA_SCORE: &str = include_str!("../../../shaders/esa_score.wgsl");
     pub const ESA_SCORE_COMMON: &str = include_str!("../../../shaders/esa_score_common.wgsl");

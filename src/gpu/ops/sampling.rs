@@ -23,10 +23,24 @@ struct Params {
 }
 
 /// Bytes of the scratch `sample` needs for a vocabulary of `vocab` (the penalised logits and one
-/// flag per id); `sample` checks its buffers' sizes when it records.
+/// flag per id; `argmax.wgsl`'s per-workgroup results in the same words, and its counter in one
+/// more word that only it uses, zero in a new buffer); `sample` checks its buffers' sizes when it
+/// records.
 pub fn scratch_bytes(vocab: usize) -> u64 {
-    (2 * vocab * 4) as u64
+    ((2 * vocab + 1) * 4) as u64
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ArgmaxParams {
+    vocab: u32,
+    offset: u32,
+    n_wg: u32,
+    counter: u32,
+}
+
+/// Logits per `argmax.wgsl` workgroup.
+const ARGMAX_CHUNK: usize = 2048;
 
 /// The logits row to sample from and where the chosen id goes.
 pub struct SampleIo<'a> {
@@ -38,7 +52,7 @@ pub struct SampleIo<'a> {
     /// recent.end]` (empty: no penalty whatever the settings).
     pub hist: &'a BufRef,
     pub recent: std::ops::Range<usize>,
-    /// At least `scratch_bytes(vocab)`, written only with a penalty.
+    /// At least `scratch_bytes(vocab)`; its last word must stay as `sample` leaves it (zero).
     pub scratch: &'a BufRef,
     pub out: &'a BufRef,
 }
@@ -59,7 +73,16 @@ pub fn sample(rec: &mut Recorder, io: &SampleIo, s: &Sampling, uniform: f32) -> 
     check_words("sample", "out", io.out, 1)?;
     if penalty != 1.0 {
         check_words("sample", "hist", io.hist, io.recent.end)?;
-        check_words("sample", "scratch", io.scratch, 2 * io.vocab)?;
+        check_words("sample", "scratch", io.scratch, 2 * io.vocab + 1)?;
+    }
+    if s.temperature <= 0.0 && penalty == 1.0 {
+        // greedy without a penalty: the multi-workgroup argmax (the other filters cannot change it)
+        check_words("sample", "scratch", io.scratch, 2 * io.vocab + 1)?;
+        let k = rec.ctx().kernel("argmax", super::src::ARGMAX, "main", &[])?;
+        let n_wg = io.vocab.div_ceil(ARGMAX_CHUNK);
+        let p = ArgmaxParams { vocab: io.vocab as u32, offset: io.offset as u32, n_wg: n_wg as u32, counter: (2 * io.vocab) as u32 };
+        rec.dispatch(&k, &p, &[io.logits.clone(), io.out.clone(), io.scratch.clone()], [n_wg as u32, 1, 1]);
+        return Ok(());
     }
     let k = rec.ctx().kernel("sample", super::src::SAMPLE, "main", &[])?;
     let p = Params {
