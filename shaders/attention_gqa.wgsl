@@ -59,20 +59,20 @@ const T: u32 = D / 16u;   // lanes per key
 const NS: u32 = 64u / T; // key slots per workgroup
 const RV: u32 = D / 8u;  // vec4<u32> per K or V row of one KV head
 
+var<workgroup> kv_now: array<vec4<u32>, 64>;  // fused: the token's key (RV vec4) then value (RV)
 var<workgroup> slot_m: array<vec4<f32>, 64>;   // per slot: running max over keys, per head
 var<workgroup> slot_l: array<vec4<f32>, 64>;   // per slot: sum of exp(score - m), per head
 var<workgroup> og: array<vec4<f32>, 1024>;     // [slot][lane][head * 4 + piece], rescaled to the common max
 var<workgroup> last: u32;
 
-// vec4 `i` of row `key`'s K (v = false) or V (v = true) for KV head kvh from the cache, except
-// that the fused step's own row is `mine` (this lane's piece of it). The cache is read either way
-// and the choice made after (a select, not a branch around the load), so that every load of an
-// iteration is in flight at once.
-fn row_vec(key: u32, kvh: u32, i: u32, v: bool, mine: vec4<u32>) -> vec4<u32> {
+// vec4 `i` of row `key`'s K (v = false) or V (v = true) for KV head kvh: the fused step's own row
+// from kv_now, every other from the cache. The cache is read either way and the choice made after
+// (a select, not a branch around the load), so that every load of an iteration is in flight at once.
+fn row_vec(key: u32, kvh: u32, i: u32, v: bool) -> vec4<u32> {
     let at = (key * p.n_kv + kvh) * RV + i;
     var w: vec4<u32>;
     if (v) { w = v_cache[at]; } else { w = k_cache[at]; }
-    return select(w, mine, p.fused == 1u && key == p.pos0);
+    return select(w, kv_now[select(0u, RV, v) + i], p.fused == 1u && key == p.pos0);
 }
 
 fn f4(a: u32, b: u32) -> vec4<f32> {
@@ -96,27 +96,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let half = D / 2u;
     let e0 = 8u * lane; // this lane's first pair
 
-    // the fused step's own key and value: this lane's two vec4 of each, f16 as the cache holds
-    // them, kept in registers (no workgroup memory, so no barrier stands between these loads and
-    // the first keys'); the lanes of head group 0's workgroup whose split holds the token append
-    // the row to the cache
-    var own: array<vec4<u32>, 4>; // K lo, K hi, V lo, V hi
+    // the fused step's own key and value row, f16 as the cache holds them; appended by head group 0
     if (p.fused == 1u) {
         let kb = p.n_heads * D + kvh * D;
         let vb = (p.n_heads + p.n_kv) * D + kvh * D;
-        for (var j = 0u; j < 4u; j++) {
-            let b = select(kb, vb, j >= 2u) + select(0u, half, (j & 1u) == 1u) + e0;
-            own[j] = vec4<u32>(pack2x16float(vec2<f32>(q[b], q[b + 1u])), pack2x16float(vec2<f32>(q[b + 2u], q[b + 3u])),
-                               pack2x16float(vec2<f32>(q[b + 4u], q[b + 5u])), pack2x16float(vec2<f32>(q[b + 6u], q[b + 7u])));
-        }
-        if (col % n_hg == 0u && p.pos0 >= start && p.pos0 < end && slot == 0u) {
-            let at = (p.pos0 * p.n_kv + kvh) * RV + lane;
-            k_cache[at] = own[0];
-            k_cache[at + T] = own[1];
-            v_cache[at] = own[2];
-            v_cache[at + T] = own[3];
+        if (li < 2u * RV) {
+            let b = select(kb, vb, li >= RV) + 8u * (li % RV);
+            var w: vec4<u32>;
+            for (var j = 0u; j < 4u; j++) { w[j] = pack2x16float(vec2<f32>(q[b + 2u * j], q[b + 2u * j + 1u])); }
+            kv_now[li] = w;
+            if (col % n_hg == 0u && p.pos0 >= start && p.pos0 < end) {
+                let at = (p.pos0 * p.n_kv + kvh) * RV + li % RV;
+                if (li < RV) { k_cache[at] = w; } else { v_cache[at] = w; }
+            }
         }
     }
+    workgroupBarrier();
 
     // this lane's query pieces per head: [h * 4 + 0, 1] elements e0 .. e0 + 7, [h * 4 + 2, 3] their
     // partners; scaled; heads past HG stay zero
@@ -170,10 +165,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         var vw: array<vec4<u32>, 2 * U>;
         for (var u = 0u; u < U; u++) {
             let key = min(start + (it * U + u) * NS + slot, end - 1u);
-            kw[2u * u] = row_vec(key, kvh, lane, false, own[0]);
-            kw[2u * u + 1u] = row_vec(key, kvh, T + lane, false, own[1]);
-            vw[2u * u] = row_vec(key, kvh, lane, true, own[2]);
-            vw[2u * u + 1u] = row_vec(key, kvh, T + lane, true, own[3]);
+            kw[2u * u] = row_vec(key, kvh, lane, false);
+            kw[2u * u + 1u] = row_vec(key, kvh, T + lane, false);
+            vw[2u * u] = row_vec(key, kvh, lane, true);
+            vw[2u * u + 1u] = row_vec(key, kvh, T + lane, true);
         }
         var s: array<vec4<f32>, U>;
         var mx = m;
