@@ -16,7 +16,8 @@
 // are combined through workgroup memory at the end.
 //
 // The op prepends D (head_dim, a multiple of 16), HG (query heads per workgroup, 1..4, dividing
-// the GQA group) and U (keys per slot per iteration). T = D / 16 lanes per key must fit in one
+// the GQA group), U (keys per slot per iteration) and PF (1: the next iteration's keys and values
+// are loaded before this one's products). T = D / 16 lanes per key must fit in one
 // subgroup (the op checks the adapter's smallest subgroup size).
 // Dispatch: (n_q * n_kv * n_hg, n_split) workgroups of 64 threads (NS = 64 / T key slots).
 // Workgroup (c, s), c = (t * n_kv + kvh) * n_hg + j: query t, query heads kvh * G + j * HG .. + HG
@@ -73,6 +74,19 @@ fn row_vec(key: u32, kvh: u32, i: u32, v: bool) -> vec4<u32> {
     var w: vec4<u32>;
     if (v) { w = v_cache[at]; } else { w = k_cache[at]; }
     return select(w, kv_now[select(0u, RV, v) + i], p.fused == 1u && key == p.pos0);
+}
+
+// The words slot `slot`'s lane `lane` needs of iteration `it`'s U keys and values (keys past the
+// split re-read its last row; their scores are masked).
+fn load_iteration(it: u32, start: u32, end: u32, slot: u32, kvh: u32, lane: u32,
+                  kw: ptr<function, array<vec4<u32>, 2 * U>>, vw: ptr<function, array<vec4<u32>, 2 * U>>) {
+    for (var u = 0u; u < U; u++) {
+        let key = min(start + (it * U + u) * NS + slot, end - 1u);
+        (*kw)[2u * u] = row_vec(key, kvh, lane, false);
+        (*kw)[2u * u + 1u] = row_vec(key, kvh, T + lane, false);
+        (*vw)[2u * u] = row_vec(key, kvh, lane, true);
+        (*vw)[2u * u + 1u] = row_vec(key, kvh, T + lane, true);
+    }
 }
 
 fn f4(a: u32, b: u32) -> vec4<f32> {
@@ -159,16 +173,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var l = vec4<f32>(0.0);
     var o: array<vec4<f32>, 16>;
     let n_it = (max(end, start) - start + NS * U - 1u) / (NS * U); // the same for every slot
+    // PF = 1: the next iteration's words are loaded before this one's products (twice the
+    // registers for them; the last iteration's extra loads re-read row end - 1)
+    var nk: array<vec4<u32>, 2 * U>;
+    var nv: array<vec4<u32>, 2 * U>;
+    if (PF == 1u && n_it > 0u) { load_iteration(0u, start, end, slot, kvh, lane, &nk, &nv); }
     for (var it = 0u; it < n_it; it++) {
         // every word of this iteration's U keys and values before any is used
-        var kw: array<vec4<u32>, 2 * U>;
-        var vw: array<vec4<u32>, 2 * U>;
-        for (var u = 0u; u < U; u++) {
-            let key = min(start + (it * U + u) * NS + slot, end - 1u);
-            kw[2u * u] = row_vec(key, kvh, lane, false);
-            kw[2u * u + 1u] = row_vec(key, kvh, T + lane, false);
-            vw[2u * u] = row_vec(key, kvh, lane, true);
-            vw[2u * u + 1u] = row_vec(key, kvh, T + lane, true);
+        var kw = nk;
+        var vw = nv;
+        if (PF == 1u) {
+            load_iteration(it + 1u, start, end, slot, kvh, lane, &nk, &nv);
+        } else {
+            load_iteration(it, start, end, slot, kvh, lane, &kw, &vw);
         }
         var s: array<vec4<f32>, U>;
         var mx = m;

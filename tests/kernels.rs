@@ -245,7 +245,9 @@ fn rope_kv_and_attention_prefill_then_decode() {
         if gqa {
             attention::attend_gqa(&mut rec, &a(&og), false).unwrap();
             let cap = attention::scratch_floats(n, nh, d) / (n * nh * (d + 2));
-            attention::attend_gqa_split(&mut rec, &a(&ogs), false, 7.max((pos0 + n).div_ceil(cap))).unwrap();
+            // with the next iteration's keys loaded ahead, one key per slot and iteration, two heads a workgroup
+            let sp = attention::GqaSplit { u: 1, max_heads: 2, prefetch: true, ..attention::GqaSplit::DEFAULT };
+            attention::attend_gqa_with(&mut rec, &a(&ogs), false, sp, Some(7.max((pos0 + n).div_ceil(cap)))).unwrap();
         }
         if attention::prefill_supports(d) {
             attention::attend_prefill(&mut rec, &a(&ot)).unwrap();
@@ -272,7 +274,7 @@ fn rope_kv_and_attention_prefill_then_decode() {
             let got = ctx.read_f32(&out_gqa, 0, n * nh * d).unwrap();
             assert_close(&format!("GQA attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
             let got = ctx.read_f32(&out_gqa_split, 0, n * nh * d).unwrap();
-            assert_close(&format!("GQA attention, small splits, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            assert_close(&format!("GQA attention, small splits, prefetch, U 1, 2 heads a group, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
             assert!(ctx.read_u32(&counters, 0, attention::counter_words(n, nh)).unwrap().iter().all(|&c| c == 0), "split counters left at zero");
         }
         if attention::prefill_supports(d) {
@@ -301,7 +303,8 @@ fn rope_kv_and_attention_prefill_then_decode() {
             attention::attend_split_fused(&mut rec, &f).unwrap();
             if gqa {
                 let (kr3, vr3, og) = (BufRef::from(&kc3), BufRef::from(&vc3), BufRef::from(&out_gqa_fused));
-                attention::attend_gqa_split(&mut rec, &attention::Attend { k_cache: &kr3, v_cache: &vr3, out: &og, ..f }, true, 16).unwrap();
+                let sp = attention::GqaSplit { u: 3, prefetch: true, ..attention::GqaSplit::DEFAULT };
+                attention::attend_gqa_with(&mut rec, &attention::Attend { k_cache: &kr3, v_cache: &vr3, out: &og, ..f }, true, sp, Some(16)).unwrap();
             }
         } else {
             let q2 = poisoned(&ctx, n * nh * d);

@@ -159,27 +159,31 @@ struct GqaParams {
 }
 
 /// How `attention_gqa` splits the work: workgroups aimed at, fewest keys per split, keys per slot
-/// loaded at once, most query heads per workgroup. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU[xHG]` overrides
-/// the default (for tuning on a device).
+/// loaded at once, most query heads per workgroup, and whether each iteration loads the next one's
+/// keys before its own products. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU[xHG[xPF]]` overrides the default
+/// (for tuning on a device).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GqaSplit {
     pub target_groups: usize,
     pub min_keys: usize,
     pub u: usize,
     pub max_heads: usize,
+    pub prefetch: bool,
 }
 
 impl GqaSplit {
-    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 512, min_keys: 64, u: 4, max_heads: 4 };
+    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 512, min_keys: 64, u: 4, max_heads: 4, prefetch: false };
 
     pub fn parse(s: &str) -> Option<GqaSplit> {
         let v: Vec<usize> = s.split('x').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
-        let (g, k, u, h) = match v[..] {
-            [g, k, u] => (g, k, u, 4),
-            [g, k, u, h] => (g, k, u, h),
+        let (g, k, u, h, pf) = match v[..] {
+            [g, k, u] => (g, k, u, 4, 0),
+            [g, k, u, h] => (g, k, u, h, 0),
+            [g, k, u, h, pf] => (g, k, u, h, pf),
             _ => return None,
         };
-        (g > 0 && k > 0 && (1..=4).contains(&u) && (1..=4).contains(&h)).then_some(GqaSplit { target_groups: g, min_keys: k, u, max_heads: h })
+        let ok = g > 0 && k > 0 && (1..=4).contains(&u) && (1..=4).contains(&h) && pf <= 1;
+        ok.then_some(GqaSplit { target_groups: g, min_keys: k, u, max_heads: h, prefetch: pf == 1 })
     }
 
     fn current() -> GqaSplit {
@@ -194,9 +198,10 @@ pub fn attend_gqa(rec: &mut Recorder, a: &Attend, fused: bool) -> Result<()> {
     gqa_dispatch(rec, a, fused, GqaSplit::current(), None)
 }
 
-/// `attend_gqa` with the split forced to `split_len` keys (tests: many splits, empty ones).
-pub fn attend_gqa_split(rec: &mut Recorder, a: &Attend, fused: bool, split_len: usize) -> Result<()> {
-    gqa_dispatch(rec, a, fused, GqaSplit::current(), Some(split_len))
+/// `attend_gqa` with the shape `sp` and, if given, the split forced to `split_len` keys (tests:
+/// every variant, many splits, empty ones).
+pub fn attend_gqa_with(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, split_len: Option<usize>) -> Result<()> {
+    gqa_dispatch(rec, a, fused, sp, split_len)
 }
 
 fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force_len: Option<usize>) -> Result<()> {
@@ -245,9 +250,9 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     if cols as u32 > ctx.caps.max_workgroups_per_dim {
         return Err(crate::Error::arg("n_q", format!("attention grid of {cols} columns exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
     }
-    let u = sp.u;
-    let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u}]"), "main", &[], || {
-        Ok(format!("const D: u32 = {d}u;\nconst HG: u32 = {hg}u;\nconst U: u32 = {u}u;\n{}", super::src::ATTENTION_GQA))
+    let (u, pf) = (sp.u, sp.prefetch as u32);
+    let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u},PF{pf}]"), "main", &[], || {
+        Ok(format!("const D: u32 = {d}u;\nconst HG: u32 = {hg}u;\nconst U: u32 = {u}u;\nconst PF: u32 = {pf}u;\n{}", super::src::ATTENTION_GQA))
     })?;
     let p = GqaParams {
         n_q: a.n_q as u32,
@@ -501,8 +506,9 @@ mod tests {
     #[test]
     fn gqa_split_parses_three_or_four_fields() {
         assert_eq!(GqaSplit::parse("512x64x4"), Some(GqaSplit::DEFAULT));
-        assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2 }));
-        for bad in ["", "512x64", "0x64x2", "512x64x5", "512x64x2x0", "512x64x2x1x1", "ax64x2"] {
+        assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2, prefetch: false }));
+        assert_eq!(GqaSplit::parse("512x64x2x4x1"), Some(GqaSplit { u: 2, prefetch: true, ..GqaSplit::DEFAULT }));
+        for bad in ["", "512x64", "0x64x2", "512x64x5", "512x64x2x0", "512x64x2x1x2", "512x64x2x1x1x1", "ax64x2"] {
             assert_eq!(GqaSplit::parse(bad), None, "{bad}");
         }
     }
