@@ -46,6 +46,18 @@ struct Params {
     split_len: u32,
     scale: f32,
     fused: u32,
+    // ESA's long-distance part (a decode step; all 0 for dense attention): the first n_long splits
+    // of long_len virtual keys each cover [0, n_init + min(state[count_index], max_sel)): key e is
+    // cache row e for e < n_init, else sel[e - n_init], un-rotated, with the query at position w;
+    // the other splits cover rows [local_start, pos0 + 1) as dense attention does.
+    n_long: u32,
+    long_len: u32,
+    n_init: u32,
+    local_start: u32,
+    w: u32,
+    count_index: u32,
+    max_sel: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,6 +68,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> counters: array<atomic<u32>>;
+@group(0) @binding(8) var<storage, read> sel: array<u32>;
+@group(0) @binding(9) var<storage, read> state: array<u32>;
 
 const NEG: f32 = -3.0e38;
 const T: u32 = D / 16u;   // lanes per key
@@ -67,6 +81,8 @@ var<workgroup> slot_m: array<vec4<f32>, 64>;   // per slot: running max over key
 var<workgroup> slot_l: array<vec4<f32>, 64>;   // per slot: sum of exp(score - m), per head
 var<workgroup> og: array<vec4<f32>, 1024>;     // [slot][lane][head * 4 + piece], rescaled to the common max
 var<workgroup> last: u32;
+const LONG_MAX: u32 = 1024u;
+var<workgroup> long_rows: array<u32, LONG_MAX>; // an ESA long-distance split's cache rows
 
 // vec4 `i` of row `key`'s K (v = false) or V (v = true) for KV head kvh: the fused step's own row
 // from kv_now, every other from the cache. The cache is read either way and the choice made after
@@ -80,14 +96,16 @@ fn row_vec(key: u32, kvh: u32, i: u32, v: bool) -> vec4<u32> {
 
 // The words slot `slot`'s lane `lane` needs of iteration `it`'s U keys and values (keys past the
 // split re-read its last row; their scores are masked).
-fn load_iteration(it: u32, start: u32, end: u32, slot: u32, kvh: u32, lane: u32,
+// In a long-distance split (`is_long`) the keys are virtual indices whose cache rows are in long_rows.
+fn load_iteration(it: u32, start: u32, end: u32, is_long: bool, slot: u32, kvh: u32, lane: u32,
                   kw: ptr<function, array<vec4<u32>, 2 * U>>, vw: ptr<function, array<vec4<u32>, 2 * U>>) {
     for (var u = 0u; u < U; u++) {
         let key = min(start + (it * U + u) * NS + slot, end - 1u);
-        (*kw)[2u * u] = row_vec(key, kvh, lane, false);
-        (*kw)[2u * u + 1u] = row_vec(key, kvh, T + lane, false);
-        (*vw)[2u * u] = row_vec(key, kvh, lane, true);
-        (*vw)[2u * u + 1u] = row_vec(key, kvh, T + lane, true);
+        let row = select(key, long_rows[min(key - start, LONG_MAX - 1u)], is_long);
+        (*kw)[2u * u] = row_vec(row, kvh, lane, false);
+        (*kw)[2u * u + 1u] = row_vec(row, kvh, T + lane, false);
+        (*vw)[2u * u] = row_vec(row, kvh, lane, true);
+        (*vw)[2u * u + 1u] = row_vec(row, kvh, T + lane, true);
     }
 }
 
@@ -107,8 +125,19 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let split = wg.y;
     let lane = sl % T;
     let slot = sgid * (sgs / T) + sl / T;
-    let start = split * p.split_len;
-    let end = min(start + p.split_len, p.pos0 + t + 1u);
+    // this split's keys: virtual indices of the long-distance part, or cache rows (local part, dense)
+    let is_long = split < p.n_long;
+    var start = p.local_start + (split - p.n_long) * p.split_len;
+    var end = min(start + p.split_len, p.pos0 + t + 1u);
+    if (is_long) {
+        start = split * p.long_len;
+        end = min(start + p.long_len, p.n_init + min(state[p.count_index], p.max_sel));
+        for (var i = li; i < p.long_len; i += 64u) {
+            let e = start + i;
+            long_rows[i] = select(sel[min(e - p.n_init, max(p.max_sel, 1u) - 1u)], e, e < p.n_init);
+        }
+    }
+    let qpos = select(p.pos0 + t, p.w, is_long); // the queries' position
     let half = D / 2u;
     let e0 = 8u * lane; // this lane's first pair
 
@@ -121,7 +150,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var w: vec4<u32>;
             for (var j = 0u; j < 4u; j++) { w[j] = pack2x16float(vec2<f32>(q[b + 2u * j], q[b + 2u * j + 1u])); }
             kv_now[li] = w;
-            if (col % n_hg == 0u && p.pos0 >= start && p.pos0 < end) {
+            if (col % n_hg == 0u && !is_long && p.pos0 >= start && p.pos0 < end) {
                 let at = (p.pos0 * p.n_kv + kvh) * RV + li % RV;
                 if (li < RV) { k_cache[at] = w; } else { v_cache[at] = w; }
             }
@@ -142,7 +171,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let a = q[qb + e];
                 let b = q[qb + e + half];
                 if (p.fused == 1u) {
-                    let ang = f32(p.pos0) * inv_freq[e];
+                    let ang = f32(qpos) * inv_freq[e];
                     let cs = cos(ang);
                     let sn = sin(ang);
                     lo[j] = a * cs - b * sn;
@@ -162,9 +191,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var rs: array<vec4<f32>, 2>;
     var stc: array<vec4<f32>, 2>;
     var sts: array<vec4<f32>, 2>;
+    // (long-distance keys stay at position 0: the identity, and so is its step)
     let kpos = f32(start + slot);
     for (var c = 0u; c < 2u; c++) {
-        let f = vec4<f32>(inv_freq[e0 + 4u * c], inv_freq[e0 + 4u * c + 1u], inv_freq[e0 + 4u * c + 2u], inv_freq[e0 + 4u * c + 3u]);
+        let f = select(vec4<f32>(inv_freq[e0 + 4u * c], inv_freq[e0 + 4u * c + 1u], inv_freq[e0 + 4u * c + 2u], inv_freq[e0 + 4u * c + 3u]), vec4<f32>(0.0), is_long);
         rc[c] = cos(kpos * f);
         rs[c] = sin(kpos * f);
         stc[c] = cos(f32(NS) * f);
@@ -179,15 +209,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // registers for them; the last iteration's extra loads re-read row end - 1)
     var nk: array<vec4<u32>, 2 * U>;
     var nv: array<vec4<u32>, 2 * U>;
-    if (PF == 1u && n_it > 0u) { load_iteration(0u, start, end, slot, kvh, lane, &nk, &nv); }
+    if (PF == 1u && n_it > 0u) { load_iteration(0u, start, end, is_long, slot, kvh, lane, &nk, &nv); }
     for (var it = 0u; it < n_it; it++) {
         // every word of this iteration's U keys and values before any is used
         var kw = nk;
         var vw = nv;
         if (PF == 1u) {
-            load_iteration(it + 1u, start, end, slot, kvh, lane, &nk, &nv);
+            load_iteration(it + 1u, start, end, is_long, slot, kvh, lane, &nk, &nv);
         } else {
-            load_iteration(it, start, end, slot, kvh, lane, &kw, &vw);
+            load_iteration(it, start, end, is_long, slot, kvh, lane, &kw, &vw);
         }
         var s: array<vec4<f32>, U>;
         var mx = m;

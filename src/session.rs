@@ -687,8 +687,11 @@ impl Session {
                 rec.copy(&self.s.qkv, 0, cap, l as u64 * bytes, bytes);
             }
             let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
-            // A dense decode step on a GPU: the split attention rotates and appends itself.
-            let fused = n == 1 && self.esa.is_none() && !linear::cpu_variant(rec.ctx());
+            // A decode step on a GPU: the attention kernel rotates and appends itself (dense: either
+            // GPU kernel; ESA: where attention_gqa runs).
+            let fused = n == 1
+                && !linear::cpu_variant(rec.ctx())
+                && self.esa.as_ref().is_none_or(|_| EsaState::decode_fused_supported(rec.ctx(), c));
             if !fused {
                 rope_kv::rope_kv(rec, &rope_kv::RopeKv {
                     qkv: &qkv,
@@ -720,7 +723,10 @@ impl Session {
                 scale: self.attn_scale,
             };
             match &self.esa {
-                Some(esa) => esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos)?,
+                Some(esa) => {
+                    let counters = BufRef::from(&self.s.attn_counters);
+                    esa.attend(rec, l, c, &qkv, &kc, &vc, &self.inv_freq, self.attn_scale, &attn, n, self.pos, fused.then_some(&counters))?
+                }
                 None if fused => attention::attend_fused(rec, &dense)?,
                 None => attention::attend(rec, &dense)?,
             }

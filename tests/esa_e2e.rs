@@ -57,10 +57,24 @@ fn block_selection_matches_cpu_reference() {
     matches_reference(8, 4);
 }
 
+/// The same on a context that runs the GPUs' kernels even on a CPU adapter (lavapipe in CI), with
+/// a head size `attention_gqa.wgsl` takes (16): decode steps then go through its fused ESA path
+/// (the long-distance part gathered, the key and value appended by the attention kernel itself,
+/// no `rope_kv`) and the matvecs through `matvec_wide`.
+#[test]
+fn gpu_decode_path_matches_cpu_reference() {
+    let gpu_kernels = GpuContext::new(&GpuOptions { no_cpu_kernels: true, ..Default::default() }).expect("GPU context");
+    let spec = TinySpec { hidden: 96, head_dim: 16, ..TinySpec::llama_gqa_f16() };
+    matches_reference_on(gpu_kernels, &spec, 8, 0);
+}
+
 fn matches_reference(decode_key_bits: u32, select_block: usize) {
-    let spec = TinySpec::llama_gqa_f16();
-    let dir = tiny_model_dir(&spec);
-    let model = Engine::with_context(ctx()).load(dir.path()).unwrap();
+    matches_reference_on(ctx(), &TinySpec::llama_gqa_f16(), decode_key_bits, select_block);
+}
+
+fn matches_reference_on(ctx: Arc<GpuContext>, spec: &TinySpec, decode_key_bits: u32, select_block: usize) {
+    let dir = tiny_model_dir(spec);
+    let model = Engine::with_context(ctx.clone()).load(dir.path()).unwrap();
     let src = SafetensorsModel::open(dir.path()).unwrap();
     let reference = RefModel::load(&src).unwrap();
     let c = model.config().clone();
@@ -104,7 +118,7 @@ fn matches_reference(decode_key_bits: u32, select_block: usize) {
     for chunk in toks.chunks(cfg.chunk) {
         session.feed(chunk).unwrap();
         ref_logits = run_ref(&mut cache, chunk, &mut last_selected);
-        let gsel = session.esa().unwrap().read_selected(&ctx()).unwrap();
+        let gsel = session.esa().unwrap().read_selected(&ctx).unwrap();
         for (i, (g, w)) in session.chunk_logits().unwrap().iter().zip(&ref_logits).enumerate() {
             tally(cache.len - chunk.len() + i, g, w, &gsel, &last_selected);
         }
@@ -113,7 +127,7 @@ fn matches_reference(decode_key_bits: u32, select_block: usize) {
     for _ in 0..24 {
         session.step(&[tok], &Sampling::greedy()).unwrap();
         let l = run_ref(&mut cache, &[tok], &mut last_selected).pop().unwrap();
-        let gsel = session.esa().unwrap().read_selected(&ctx()).unwrap();
+        let gsel = session.esa().unwrap().read_selected(&ctx).unwrap();
         tally(cache.len - 1, &session.logits().unwrap(), &l, &gsel, &last_selected);
         tok = argmax(&l); // teacher-forced on the reference's tokens
     }

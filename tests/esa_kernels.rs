@@ -322,6 +322,40 @@ fn gpu_attend(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], 
     ctx.read_f32(&out, 0, n_q * shape.q_dim()).unwrap()
 }
 
+/// An ESA decode step's attention through `attention_gqa.wgsl` (`attention::attend_gqa_esa`): `qp`
+/// is the token's fused QKV row, whose key and value the kernel appends at row `layout.chunk.start`
+/// (the caller puts that row's cached values there, so the cache is unchanged). `split_len` forces
+/// the split (None: the op's choice); `prefetch` the variant that loads an iteration ahead.
+#[allow(clippy::too_many_arguments)]
+fn gpu_attend_gqa(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f32], layout: &r::EsaLayout, sel: Option<(&wgpu::Buffer, &wgpu::Buffer, usize, usize)>, w: usize, invb: &wgpu::Buffer, split_len: Option<usize>, prefetch: bool) -> Vec<f32> {
+    use esa_wgpu::gpu::ops::attention as at;
+    let qb = upload_f32(ctx, qp);
+    let part = poisoned_f32(ctx, at::scratch_floats(1, shape.num_heads, shape.head_dim));
+    let out = poisoned_f32(ctx, shape.q_dim());
+    let counters = ctx.storage("counters", (at::counter_words(1, shape.num_heads) * 4) as u64).unwrap();
+    let empty = ctx.upload("no selection", &[0u8; 16]).unwrap();
+    let (sel_b, state_b, count_index, max_sel) = sel.unwrap_or((&empty, &empty, 0, 0));
+    let mut rec = Recorder::new(ctx);
+    let (qr, kr, vr, pr, or, cr) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out), BufRef::from(&counters));
+    let (sr, str_) = (BufRef::from(sel_b), BufRef::from(state_b));
+    let a = at::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: invb, part: &pr, out: &or, counters: &cr, n_q: 1, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim, pos0: layout.chunk.start, scale: 1.0 / (shape.head_dim as f32).sqrt() };
+    let long = at::LongPart { sel: &sr, state: &str_, count_index, max_sel, n_init: layout.initial.len(), local_start: layout.local.start, w };
+    let sp = at::GqaSplit { prefetch, ..at::GqaSplit::DEFAULT };
+    at::attend_gqa_esa(&mut rec, &a, &long, Some(sp), split_len).unwrap();
+    rec.submit().unwrap();
+    assert!(ctx.read_u32(&counters, 0, at::counter_words(1, shape.num_heads)).unwrap().iter().all(|&c| c == 0), "split counters left at zero");
+    ctx.read_f32(&out, 0, shape.q_dim()).unwrap()
+}
+
+/// The fused QKV row of the token at cache row `row`: `qp`'s queries, the cache's key and value.
+fn qkv_row_with_cached_kv(qp: &[f32], cache: &Cache, row: usize, shape: r::HeadShape) -> Vec<f32> {
+    let (qd, kd) = (shape.q_dim(), shape.kv_dim());
+    let mut x = qp[..qd].to_vec();
+    x.extend_from_slice(&cache.k[row * kd..(row + 1) * kd]);
+    x.extend_from_slice(&cache.v[row * kd..(row + 1) * kd]);
+    x
+}
+
 /// Absolute and relative tolerance of the attention: 2e-3 for the f32 kernel; 5e-3 where chunks
 /// run on cooperative matrices (queries, keys, values and probabilities in f16), as the dense
 /// cooperative-matrix kernel's test.
@@ -338,6 +372,11 @@ fn coop_esa_attention_validates() {
     for d in [32usize, 64, 96, 128] {
         common::gpu::validate_wgsl(&format!("esa_attention_coop d={d}"), &esa_wgpu::gpu::ops::esa_attention::coop_source(d, 8));
     }
+}
+
+/// Whether `attention_gqa.wgsl` runs a decode step of this shape on the adapter.
+fn gqa_capable(ctx: &GpuContext, shape: r::HeadShape) -> bool {
+    esa_wgpu::gpu::ops::attention::gqa_shape_capable(ctx, shape.num_heads, shape.num_kv_heads, shape.head_dim)
 }
 
 #[test]
@@ -371,6 +410,15 @@ fn attention_gathered_and_dense() {
             let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &sel, 40, &inv, shape).unwrap();
             let tol = tolerance(&ctx, n_q, shape.head_dim);
             assert_close(&format!("esa attention {shape:?} n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, tol, tol);
+            // GPUs' decode kernel: its own split, splits of 8 keys (several long-distance and local
+            // ones), and the same with the next iteration's keys loaded ahead
+            if n_q == 1 && gqa_capable(&ctx, shape) {
+                let row = qkv_row_with_cached_kv(&qp, &cache, n_prev, shape);
+                for (split, pf) in [(None, false), (Some(8), false), (Some(8), true)] {
+                    let got = gpu_attend_gqa(&ctx, shape, &cache, &row, &layout, Some((&sel_b, &state_b, 3, cfg.top_k)), 40, &invb, split, pf);
+                    assert_close(&format!("GQA esa attention {shape:?} n_prev={n_prev} sel={} split {split:?} prefetch {pf}", sel.len()), &got, &want, 2e-3, 2e-3);
+                }
+            }
         }
         // Dense: everything local, no selection: plain causal attention.
         for &(n_prev, n_q) in &[(0usize, 7usize), (30, 1), (39, 16)] {
@@ -381,6 +429,11 @@ fn attention_gathered_and_dense() {
             let want = r::esa_attention(&q, &cache.k[..], &cache.v[..], &layout, &[], 40, &inv, shape).unwrap();
             let tol = tolerance(&ctx, n_q, shape.head_dim);
             assert_close(&format!("dense attention {shape:?} n_prev={n_prev} n_q={n_q}"), &got, &want, tol, tol);
+            if n_q == 1 && gqa_capable(&ctx, shape) {
+                let row = qkv_row_with_cached_kv(&qp, &cache, n_prev, shape);
+                let got = gpu_attend_gqa(&ctx, shape, &cache, &row, &layout, None, 40, &invb, Some(8), false);
+                assert_close(&format!("GQA dense-layout attention {shape:?} n_prev={n_prev}"), &got, &want, 2e-3, 2e-3);
+            }
         }
     }
 }

@@ -35,8 +35,12 @@ fn margin(l: &[f32]) -> f32 {
 }
 
 fn check_model(spec: TinySpec) {
+    check_model_on(ctx(), spec);
+}
+
+fn check_model_on(ctx: Arc<GpuContext>, spec: TinySpec) {
     let dir = tiny_model_dir(&spec);
-    let engine = Engine::with_context(ctx());
+    let engine = Engine::with_context(ctx);
     let model = engine.load(dir.path()).expect("load");
     let src = SafetensorsModel::open(dir.path()).unwrap();
     let reference = RefModel::load(&src).unwrap();
@@ -78,6 +82,15 @@ fn check_model(spec: TinySpec) {
 #[test]
 fn llama_gqa_f16_untied() {
     check_model(TinySpec::llama_gqa_f16());
+}
+
+/// The GPUs' decode path on any adapter (`no_cpu_kernels`: lavapipe runs it in CI): `matvec_wide`,
+/// the fused `attention_gqa` step (head_dim 16, so it applies; rotation, append and split merge in
+/// one dispatch) and the multi-workgroup `argmax`, against the reference.
+#[test]
+fn gpu_kernels_on_any_adapter() {
+    let gpu_kernels = GpuContext::new(&GpuOptions { no_cpu_kernels: true, ..Default::default() }).expect("GPU context");
+    check_model_on(gpu_kernels, TinySpec { hidden: 96, head_dim: 16, ..TinySpec::llama_gqa_f16() });
 }
 
 #[test]

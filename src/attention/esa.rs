@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::gpu::ops::linear::{self, Epilogue, LinearIo};
-use crate::gpu::ops::{esa_attention, esa_blocks, esa_pack, esa_pool, esa_query, esa_score, esa_topk};
+use crate::gpu::ops::{attention, esa_attention, esa_blocks, esa_pack, esa_pool, esa_query, esa_score, esa_topk};
 use crate::gpu::tensor::GpuMatrix;
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::model::config::Config;
@@ -222,7 +222,11 @@ impl EsaState {
     /// compressed keys, select middle tokens, attend. `qkv` holds the fused projection (un-rotated
     /// Q and K), the KV cache already holds the chunk.
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, scale: f32, out: &BufRef, n: usize, pos0: usize) -> Result<()> {
+    /// `fused`: a decode step whose attention (`attention_gqa.wgsl`, where
+    /// `decode_fused_supported`) also appends the token's key and value to the caches, so no
+    /// `rope_kv` ran before it; the buffer holds the split counters it needs (zero between steps).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, scale: f32, out: &BufRef, n: usize, pos0: usize, fused: Option<&BufRef>) -> Result<()> {
         let layer = &self.layers[l];
         let d = self.d;
         let qkv_rows = c.q_dim() + 2 * c.kv_dim();
@@ -287,6 +291,14 @@ impl EsaState {
             }
             Some(esa_attention::Selection { indices, state: count_ref, count_index, max_sel })
         };
+        if let Some(counters) = fused {
+            let part = BufRef::from(&self.part);
+            let a = attention::Attend { q: qkv, k_cache, v_cache, inv_freq, part: &part, out, counters, n_q: n, n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, pos0, scale };
+            let empty = (qkv.clone(), qkv.clone(), 0, 0);
+            let (sel, state, count_index, max_sel) = selection.map_or(empty, |s| (s.indices.clone(), s.state.clone(), s.count_index, s.max_sel));
+            let long = attention::LongPart { sel: &sel, state: &state, count_index, max_sel, n_init: layout.initial.len(), local_start: layout.local.start, w: self.cfg.long_distance_query_pos() };
+            return attention::attend_gqa_esa(rec, &a, &long, None, None);
+        }
         esa_attention::attend(rec, &esa_attention::EsaAttend {
             q: qkv,
             q_stride: qkv_rows,
@@ -306,6 +318,11 @@ impl EsaState {
             w: self.cfg.long_distance_query_pos(),
             scale,
         })
+    }
+
+    /// Whether a decode step of this model can take `attend`'s fused path on this adapter.
+    pub fn decode_fused_supported(ctx: &GpuContext, c: &Config) -> bool {
+        attention::gqa_shape_capable(ctx, c.num_heads, c.num_kv_heads, c.head_dim) && !crate::gpu::ops::linear::cpu_variant(ctx)
     }
 
     /// Cache rows selected by the last `attend` (tests compare them with the CPU reference).

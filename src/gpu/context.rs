@@ -26,6 +26,9 @@ pub struct GpuOptions {
     /// Do not use subgroup operations even if offered (tests the portable kernels; also
     /// `ESA_WGPU_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
+    /// On a CPU adapter (lavapipe), run the GPUs' kernels instead of the CPU adapters' own (tests
+    /// the GPU decode path end to end without a GPU; also `ESA_WGPU_NO_CPU_KERNELS=1`).
+    pub no_cpu_kernels: bool,
 }
 
 /// What the device offers; ops pick kernel variants from this, never from vendor names.
@@ -50,6 +53,9 @@ pub struct Caps {
     pub max_storage_buffers_per_stage: u32,
     /// Alignment of a storage binding's offset into its buffer (bytes).
     pub storage_offset_alignment: u64,
+    /// The adapter is a CPU (device type) and `GpuOptions::no_cpu_kernels` is off: the ops may
+    /// pick the CPU adapters' kernels (`linear::cpu_variant`).
+    pub cpu_kernels: bool,
 }
 
 pub struct GpuContext {
@@ -213,6 +219,8 @@ impl GpuContext {
             max_buffer: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            cpu_kernels: info.device_type == wgpu::DeviceType::Cpu
+                && !(opts.no_cpu_kernels || std::env::var("ESA_WGPU_NO_CPU_KERNELS").is_ok_and(|v| v == "1")),
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
             storage_offset_alignment: limits.min_storage_buffer_offset_alignment as u64,
         };

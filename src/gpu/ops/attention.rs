@@ -140,9 +140,13 @@ pub fn gqa_supports(ctx: &crate::gpu::GpuContext, a: &Attend) -> bool {
 /// Whether `attention_gqa.wgsl` can run this shape on the adapter at all (tests force it on CPU
 /// adapters too).
 pub fn gqa_capable(ctx: &crate::gpu::GpuContext, a: &Attend) -> bool {
-    let d = a.head_dim;
+    gqa_shape_capable(ctx, a.n_heads, a.n_kv, a.head_dim)
+}
+
+/// `gqa_capable` for a head shape.
+pub fn gqa_shape_capable(ctx: &crate::gpu::GpuContext, n_heads: usize, n_kv: usize, d: usize) -> bool {
     let c = &ctx.caps;
-    c.subgroups && d % 16 == 0 && d > 0 && d <= 256 && c.subgroup_min as usize >= d / 16 && c.subgroup_min <= 64 && a.n_kv > 0 && a.n_heads % a.n_kv == 0
+    c.subgroups && d % 16 == 0 && d > 0 && d <= 256 && c.subgroup_min as usize >= d / 16 && c.subgroup_min <= 64 && n_kv > 0 && n_heads % n_kv == 0
 }
 
 #[repr(C)]
@@ -156,6 +160,14 @@ struct GqaParams {
     split_len: u32,
     scale: f32,
     fused: u32,
+    n_long: u32,
+    long_len: u32,
+    n_init: u32,
+    local_start: u32,
+    w: u32,
+    count_index: u32,
+    max_sel: u32,
+    _pad: u32,
 }
 
 /// How `attention_gqa` splits the work: workgroups aimed at, fewest keys per split, keys per slot
@@ -195,16 +207,49 @@ impl GqaSplit {
 /// `attention_gqa.wgsl`: one workgroup per (query, KV head, head group, key split), the splits
 /// merged by the last of each column to finish (one dispatch). `fused` as in `attend_fused`.
 pub fn attend_gqa(rec: &mut Recorder, a: &Attend, fused: bool) -> Result<()> {
-    gqa_dispatch(rec, a, fused, GqaSplit::current(), None)
+    gqa_dispatch(rec, a, fused, GqaSplit::current(), None, None)
 }
 
 /// `attend_gqa` with the shape `sp` and, if given, the split forced to `split_len` keys (tests:
 /// every variant, many splits, empty ones).
 pub fn attend_gqa_with(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, split_len: Option<usize>) -> Result<()> {
-    gqa_dispatch(rec, a, fused, sp, split_len)
+    gqa_dispatch(rec, a, fused, sp, split_len, None)
 }
 
-fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force_len: Option<usize>) -> Result<()> {
+/// ESA's long-distance part of a decode step for `attend_gqa_esa`: the initial rows `[0, n_init)`
+/// and the selected rows `sel[0 .. min(state[count_index], max_sel))` (count on the GPU), all
+/// un-rotated with the query at position `w`; the local rows `[local_start, pos0]` follow.
+pub struct LongPart<'a> {
+    pub sel: &'a BufRef,
+    pub state: &'a BufRef,
+    pub count_index: usize,
+    pub max_sel: usize,
+    pub n_init: usize,
+    pub local_start: usize,
+    pub w: usize,
+}
+
+/// An ESA decode step's attention through `attention_gqa.wgsl` (`a.q` the token's fused
+/// projection row, un-rotated; the kernel appends the token's key and value, as `attend_fused`):
+/// the long-distance part's splits gather their rows, the local part's are contiguous, and all
+/// are merged by the last workgroup of each column. `sp` and `split_len` as in `attend_gqa_with`.
+pub fn attend_gqa_esa(rec: &mut Recorder, a: &Attend, long: &LongPart, sp: Option<GqaSplit>, split_len: Option<usize>) -> Result<()> {
+    if a.n_q != 1 {
+        return Err(crate::Error::arg("n_q", format!("the ESA decode attention takes one token, got {}", a.n_q)));
+    }
+    if long.n_init > long.local_start || long.local_start > a.pos0 {
+        return Err(crate::Error::arg("local_start", format!("need n_init {} <= local_start {} <= pos0 {}", long.n_init, long.local_start, a.pos0)));
+    }
+    use super::esa_common::check_words;
+    check_words("attention (ESA)", "sel", long.sel, long.max_sel)?;
+    check_words("attention (ESA)", "state", long.state, long.count_index + 1)?;
+    gqa_dispatch(rec, a, true, sp.unwrap_or_else(GqaSplit::current), split_len, Some(long))
+}
+
+/// Most rows one long-distance split gathers (`attention_gqa.wgsl`'s LONG_MAX).
+const GQA_LONG_MAX: usize = 1024;
+
+fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force_len: Option<usize>, long: Option<&LongPart>) -> Result<()> {
     let ctx = rec.ctx();
     if !gqa_capable(ctx, a) {
         return Err(crate::Error::arg("head_dim", format!("attention_gqa needs subgroups of at least head_dim / 16 lanes and head_dim % 16 == 0, <= 256 (got {}, subgroups {}..{}), n_heads a multiple of n_kv", a.head_dim, ctx.caps.subgroup_min, ctx.caps.subgroup_max)));
@@ -213,7 +258,7 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         return Ok(());
     }
     let d = a.head_dim;
-    use super::esa_common::check_words;
+    use super::esa_common::{binding_bytes, check_words};
     if fused {
         if a.n_q != 1 {
             return Err(crate::Error::arg("n_q", format!("the fused decode attention takes one token, got {}", a.n_q)));
@@ -229,23 +274,34 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     let g = a.n_heads / a.n_kv;
     let hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
     let cols = a.n_q * a.n_kv * (g / hg);
-    let n_keys = a.pos0 + a.n_q;
+    // keys of the long-distance part (ESA: at most n_init + max_sel) and of the local part
+    let (long_keys, local_start) = long.map_or((0, 0), |l| (l.n_init + l.max_sel, l.local_start));
+    let local_keys = a.pos0 + a.n_q - local_start;
+    let n_keys = long_keys + local_keys;
     let per_it = (64 / (d / 16)) * sp.u;
     // the partials scratch, and the merge's (m, l) of every split in workgroup memory (1024 vec4)
-    let cap = (scratch_floats(a.n_q, a.n_heads, d) / (a.n_q * a.n_heads * (d + 2))).min(1024 / hg);
+    let per_split = a.n_q * a.n_heads * (d + 2);
+    let cap = ((binding_bytes(a.part) / 4) as usize / per_split).min(1024 / hg).max(1);
+    let splits = |len: usize| long_keys.div_ceil(len.min(GQA_LONG_MAX)) + local_keys.div_ceil(len);
     let split_len = match force_len {
         Some(l) => l.max(1),
         None => {
-            let n_split = (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1)).min(cap);
-            n_keys.div_ceil(n_split).next_multiple_of(per_it)
+            let want = (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1)).min(cap);
+            let mut len = n_keys.div_ceil(want).next_multiple_of(per_it);
+            while splits(len) > cap {
+                len *= 2;
+            }
+            len
         }
     };
-    let n_split = n_keys.div_ceil(split_len);
+    let long_len = split_len.min(GQA_LONG_MAX);
+    let n_long = long_keys.div_ceil(long_len);
+    let n_split = splits(split_len);
     if n_split > cap {
         return Err(crate::Error::arg("split_len", format!("{n_split} key splits of {split_len} exceed the {cap} the partials scratch holds")));
     }
     if n_split > 1 {
-        check_words("attention", "part", a.part, a.n_q * a.n_heads * n_split * (d + 2))?;
+        check_words("attention", "part", a.part, n_split * per_split)?;
     }
     if cols as u32 > ctx.caps.max_workgroups_per_dim {
         return Err(crate::Error::arg("n_q", format!("attention grid of {cols} columns exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
@@ -263,8 +319,21 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         split_len: split_len as u32,
         scale: a.scale,
         fused: fused as u32,
+        n_long: n_long as u32,
+        long_len: long_len as u32,
+        n_init: long.map_or(0, |l| l.n_init) as u32,
+        local_start: local_start as u32,
+        w: long.map_or(0, |l| l.w) as u32,
+        count_index: long.map_or(0, |l| l.count_index) as u32,
+        max_sel: long.map_or(0, |l| l.max_sel) as u32,
+        _pad: 0,
     };
-    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone(), a.counters.clone()];
+    // dense attention binds any read-only buffer as `sel` and `state` (max_sel 0: never read past)
+    let (sel, state) = match long {
+        Some(l) => (l.sel.clone(), l.state.clone()),
+        None => (BufRef::from(a.inv_freq), BufRef::from(a.inv_freq)),
+    };
+    let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone(), a.counters.clone(), sel, state];
     rec.dispatch(&k, &p, &bufs, [cols as u32, n_split as u32, 1]);
     Ok(())
 }

@@ -99,9 +99,10 @@ pub const CPU_ROWS: u32 = 8;
 pub const CPU_PREFILL: (u32, u32) = (8, 8);
 
 /// Whether the adapter gets the CPU kernels (`matvec_cpu.wgsl` for every token count): device
-/// type CPU and one fixed subgroup size of at least 8 (the kernel broadcasts 8 lanes' loads).
+/// type CPU (unless `GpuOptions::no_cpu_kernels`) and one fixed subgroup size of at least 8 (the
+/// kernel broadcasts 8 lanes' loads).
 pub fn cpu_variant(ctx: &GpuContext) -> bool {
-    ctx.info.device_type == wgpu::DeviceType::Cpu && cpu_capable(ctx)
+    ctx.caps.cpu_kernels && cpu_capable(ctx)
 }
 
 /// Whether `matvec_cpu.wgsl` can run on the adapter at all (tests force it on GPUs too).
@@ -412,7 +413,7 @@ pub enum MatvecVariant {
 pub fn matvec_variant(ctx: &GpuContext) -> MatvecVariant {
     match fixed_subgroup(ctx) {
         None => MatvecVariant::Portable,
-        Some(_) if ctx.info.device_type == wgpu::DeviceType::Cpu => MatvecVariant::Subgroup,
+        Some(_) if ctx.caps.cpu_kernels => MatvecVariant::Subgroup,
         Some(_) => MatvecVariant::Wide,
     }
 }
