@@ -3,21 +3,25 @@
 // ties at the threshold go to the lower index; k >= (non-NaN count) selects every non-NaN score.
 //
 // Radix select, 8 bits per pass from the top (4 passes), then a stable compaction:
-//   init         : slot 0 <- (prefix 0, k_rem k, pass 0, ...), final slot likewise (n = 0), the
-//                  four histograms <- 0.                                           Dispatch (1).
 //   hist_pass    : pass j = p.pass_: first every workgroup applies histogram j - 1 to slot j - 1
 //                  (the digit that holds the k_rem-th largest: a suffix scan over the 256 bins),
-//                  giving slot j, which workgroup 0 also stores; then the histogram of digit j of
-//                  the keys whose higher digits equal slot j's prefix.
+//                  giving slot j, which workgroup 0 also stores (slot 0, (prefix 0, k_rem k, ...),
+//                  comes from the parameters); then the histogram of digit j of the keys whose
+//                  higher digits equal slot j's prefix.
 //                  Dispatch (n_hist_groups) x 256 threads, grid-stride over n.
 //   block_count  : apply histogram 3 to slot 3 (workgroup 0 stores the result as the final
 //                  state): threshold key T = prefix, take_eq = k_rem elements equal to T (lowest
 //                  indices), count = min(k, valid); then per block of 4096 scores, count
 //                  (key > T) and (key == T).                                       Dispatch (n_blocks).
-//   block_scan   : exclusive prefix over blocks of both counts, in place.      Dispatch (1).
-//   compact      : out[#selected before i] = i + offset for each selected i.   Dispatch (n_blocks).
+//   compact      : each workgroup sums the counts of the blocks before its own, then
+//                  out[#selected before i] = i + offset for each selected i.   Dispatch (n_blocks).
+//   init         : only for n = 0 (nothing to select): the final state (count 0), histograms 0.
+// The four histograms are zero when a selection starts: each is cleared by workgroup 0 of the
+// second dispatch after the last one that reads it (hist_pass 2 clears histogram 0, hist_pass 3
+// histogram 1, block_count 2, compact 3), and a new scratch buffer is zero.
 // (Before session 7 a one-workgroup `select_digit` dispatch followed each histogram: the selection
-// is now redone by the workgroups that need it, 8 dispatches instead of 11.)
+// is now redone by the workgroups that need it; since session 9 neither an `init` nor a
+// one-workgroup `block_scan` dispatch runs: 6 dispatches, 11 at first.)
 // Selected i: key > T, or key == T and fewer than take_eq keys equal to T precede it. Position =
 // gt_before(i) + min(eq_before(i), take_eq), so the output is already sorted by index.
 // Layout: scores [n] f32; state [8 + 8 * 4] u32: the final state, then slots 0-3 (the state after
@@ -75,29 +79,38 @@ fn slot_at(j: u32, w: u32) -> u32 {
     return select(8u + 8u * j + w, w, j == 4u);
 }
 
+// Word w of slot 0, the state before any pass: (prefix, k_rem, pass, done, count, valid, k, _);
+// k = 0: nothing selected, no key exceeds the largest and take_eq = 0.
+fn slot0(w: u32) -> u32 {
+    var v = array<u32, 8>(0u, p.k, 0u, 0u, 0u, 0u, p.k, 0u);
+    if (p.k == 0u) {
+        v[0] = 0xffffffffu;
+        v[3] = 1u;
+    }
+    return v[w];
+}
+
+// Workgroup 0 of a dispatch clears histogram j (every thread one bin).
+fn clear_hist(j: u32, li: u32, wg0: bool) {
+    if (wg0) { atomicStore(&hist[256u * j + li], 0u); }
+}
+
 @compute @workgroup_size(256)
 fn init(@builtin(local_invocation_index) li: u32) {
     touch();
     for (var j = 0u; j < 4u; j++) { atomicStore(&hist[256u * j + li], 0u); }
     if (li < 8u) {
-        // (prefix, k_rem, pass, done, count, valid, k, _); k = 0: nothing selected, no key
-        // exceeds the largest and take_eq = 0.
-        var v = array<u32, 8>(0u, p.k, 0u, 0u, 0u, 0u, p.k, 0u);
-        if (p.k == 0u) {
-            v[0] = 0xffffffffu;
-            v[3] = 1u;
-        }
-        state[slot_at(0u, li)] = v[li];
-        state[slot_at(4u, li)] = v[li];
+        state[slot_at(0u, li)] = slot0(li);
+        state[slot_at(4u, li)] = slot0(li);
     }
 }
 
-// ws <- slot j - 1 with histogram j - 1 applied (slot j); j = 0: slot 0 as init wrote it. Every
+// ws <- slot j - 1 with histogram j - 1 applied (slot j); j = 0: slot 0 (`slot0`). Every
 // thread of the workgroup calls it (it scans the 256 bins). For j > 0 workgroup 0 stores the
 // result in slot `dst` (the other workgroups read only earlier slots, from earlier dispatches).
 fn advance(j: u32, dst: u32, li: u32, wg0: bool) {
-    let src = select(j - 1u, 0u, j == 0u);
-    if (li < 8u) { ws[li] = state[slot_at(src, li)]; }
+    // the source slot j - 1, slot 0 coming from the parameters (no dispatch stores it)
+    if (li < 8u) { ws[li] = select(state[slot_at(max(j, 1u) - 1u, li)], slot0(li), j <= 1u); }
     workgroupBarrier();
     if (j > 0u) {
         let running = ws[3] == 0u;
@@ -142,6 +155,7 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let pass_ = p.pass_;
     atomicStore(&lh[li], 0u);
     advance(pass_, pass_, li, wg.x == 0u);
+    if (pass_ >= 2u) { clear_hist(pass_ - 2u, li, wg.x == 0u); }
     let running = ws[3] == 0u;
     let prefix = ws[0];
     let shift = 24u - 8u * pass_;
@@ -196,6 +210,7 @@ fn scan_inclusive(li: u32, v: vec2<u32>) -> vec2<u32> {
 fn block_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
     advance(4u, 4u, li, wg.x == 0u);
+    clear_hist(2u, li, wg.x == 0u);
     let c = thread_counts(wg.x, li, ws[0]);
     let total = scan_inclusive(li, c);
     if (li == 255u) {
@@ -205,32 +220,20 @@ fn block_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 }
 
 @compute @workgroup_size(256)
-fn block_scan(@builtin(local_invocation_index) li: u32) {
-    touch();
-    var carry = vec2<u32>(0u);
-    for (var b0 = 0u; b0 < p.n_blocks; b0 += 256u) {
-        let b = b0 + li;
-        var v = vec2<u32>(0u);
-        if (b < p.n_blocks) { v = vec2<u32>(blocks[2u * b], blocks[2u * b + 1u]); }
-        let inc = scan_inclusive(li, v);
-        if (b < p.n_blocks) {
-            let ex = carry + inc - v;
-            blocks[2u * b] = ex.x;
-            blocks[2u * b + 1u] = ex.y;
-        }
-        carry += scan[255];
-        workgroupBarrier();
-    }
-}
-
-@compute @workgroup_size(256)
 fn compact(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
+    clear_hist(3u, li, wg.x == 0u);
     let t = state[0];
     let take = state[1];
+    // the counts of the blocks before this one (block_count's totals)
+    var prior = vec2<u32>(0u);
+    for (var b = li; b < wg.x; b += 256u) { prior += vec2<u32>(blocks[2u * b], blocks[2u * b + 1u]); }
     let c = thread_counts(wg.x, li, t);
+    scan_inclusive(li, prior);
+    let before_block = scan[255];
+    workgroupBarrier(); // every thread has read the total before the next scan reuses `scan`
     let inc = scan_inclusive(li, c);
-    var before = vec2<u32>(blocks[2u * wg.x], blocks[2u * wg.x + 1u]) + inc - c;
+    var before = before_block + inc - c;
     let base = wg.x * BLOCK + li * ITEMS;
     for (var j = 0u; j < ITEMS; j++) {
         let i = base + j;

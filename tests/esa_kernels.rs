@@ -226,6 +226,38 @@ fn check_top_k(ctx: &GpuContext, what: &str, scores: &[f32], k: usize) {
     assert_eq!(got, r::top_k_indices(scores, k), "top-k {what} n={} k={k}", scores.len());
 }
 
+/// Selections one after another on one scratch, in one submission and across submissions, with
+/// n = 0 and k = 0 among them: the histograms each selection leaves zero for the next (no `init`
+/// dispatch clears them any more) give every selection the reference's answer.
+#[test]
+fn top_k_reuses_its_scratch() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(14);
+    let scratch = esa_topk::TopkScratch::new(&ctx, 9000).unwrap();
+    let cases: Vec<(Vec<f32>, usize)> = vec![(rand_vec(&mut rng, 9000, 5.0), 300), (vec![], 4), (rand_vec(&mut rng, 4097, 1.0), 0), (rand_vec(&mut rng, 333, 2.0), 17), (vec![2.0; 5000], 4999), (rand_vec(&mut rng, 8191, 9.0), 8191)];
+    for per_submission in [1, cases.len()] {
+        for group in cases.chunks(per_submission) {
+            let mut rec = Recorder::new(&ctx);
+            let mut outs = Vec::new();
+            for (scores, k) in group {
+                let n = scores.len();
+                let sb = upload_f32(&ctx, if n == 0 { &[0.0] } else { scores });
+                let out = poisoned_u32(&ctx, (*k).min(n).max(1));
+                let counts = ctx.storage("count", 4).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k: *k, offset: 0 }).unwrap();
+                rec.copy(&scratch.state, (esa_topk::STATE_COUNT * 4) as u64, &counts, 0, 4);
+                outs.push((out, counts));
+            }
+            rec.submit().unwrap();
+            for ((scores, k), (out, counts)) in group.iter().zip(&outs) {
+                let count = ctx.read_u32(counts, 0, 1).unwrap()[0] as usize;
+                let got = ctx.read_u32(out, 0, count).unwrap();
+                assert_eq!(got, r::top_k_indices(scores, *k), "n={} k={k}, {per_submission} per submission", scores.len());
+            }
+        }
+    }
+}
+
 #[test]
 fn top_k_cases() {
     let ctx = ctx();

@@ -5,9 +5,10 @@
 //! (-0.0 below +0.0), ties to the lower index, NaN never selected, k >= (non-NaN count) selects
 //! every non-NaN score. Each written index is `i + offset` (e.g. the cache row of middle token i).
 //!
-//! Cost: 4 histogram passes + 2 compaction passes over the scores, 8 dispatches in all (each
+//! Cost: 4 histogram passes + 2 compaction passes over the scores, 6 dispatches in all (each
 //! histogram pass first redoes the previous pass's digit selection, a 256-bin scan per workgroup,
-//! instead of a dispatch of its own).
+//! instead of a dispatch of its own; the compaction sums the block counts before its block itself;
+//! the histograms are cleared along the way instead of by an `init` dispatch).
 
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::{Error, Result};
@@ -34,6 +35,7 @@ const MAX_HIST_GROUPS: usize = 256;
 pub const STATE_WORDS: usize = 8 + 8 * 4;
 pub const STATE_COUNT: usize = 4;
 /// u32 words of the histogram scratch: one histogram of 256 bins per pass.
+/// Zero when a selection starts: a new buffer is, and every `top_k` leaves it so.
 pub const HIST_WORDS: usize = 256 * 4;
 
 /// u32 words of the `blocks` scratch for `n` scores.
@@ -97,16 +99,17 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
     };
     let s = a.scratch;
     let bufs = [a.scores.clone(), BufRef::from(&s.state), BufRef::from(&s.hist), BufRef::from(&s.blocks), a.out.clone()];
-    rec.dispatch(&kernel("init")?, &p, &bufs, [1, 1, 1]);
     if n_blocks == 0 {
+        // nothing to select: the final state (count 0) is all there is to write
+        rec.dispatch(&kernel("init")?, &p, &bufs, [1, 1, 1]);
         return Ok(());
     }
+    // (the histograms are zero here: each dispatch chain leaves them so, see esa_topk.wgsl)
     let hist = kernel("hist_pass")?;
     for pass in 0..4 {
         rec.dispatch(&hist, &Params { pass_: pass, ..p }, &bufs, [hist_groups as u32, 1, 1]);
     }
     rec.dispatch(&kernel("block_count")?, &p, &bufs, [n_blocks as u32, 1, 1]);
-    rec.dispatch(&kernel("block_scan")?, &p, &bufs, [1, 1, 1]);
     rec.dispatch(&kernel("compact")?, &p, &bufs, [n_blocks as u32, 1, 1]);
     Ok(())
 }
