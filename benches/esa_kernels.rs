@@ -105,7 +105,7 @@ fn bench_topk(c: &mut Criterion) {
         let (xr, outr) = (BufRef::from(&x), BufRef::from(&out));
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("n={n} k={k}"), |b| {
-            b.iter(|| run(&ctx, |rec| esa_topk::top_k(rec, &esa_topk::TopK { scores: &xr, out: &outr, scratch: &scratch, n, k, offset: 0 }).unwrap()))
+            b.iter(|| run(&ctx, |rec| esa_topk::top_k(rec, &esa_topk::TopK { scores: &xr, out: &outr, scratch: &scratch, n, k, offset: 0, pool: 0 }).unwrap()))
         });
     }
     g.finish();

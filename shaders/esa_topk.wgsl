@@ -1,5 +1,6 @@
 // esa_topk: indices of the k largest of n scores, ascending by index, all on the GPU.
-// Ranking key: the float bits mapped to a u32 in float order (see key_of); NaN never selected;
+// Ranking key: the float bits mapped to a u32 in float order (see key_of) of each score, or with
+// eps > 0 of its max-pool over |i' - i| <= eps (ESA's proximity pooling, done here); NaN never selected;
 // ties at the threshold go to the lower index; k >= (non-NaN count) selects every non-NaN score.
 //
 // Radix select, 8 bits per pass from the top (4 passes), then a stable compaction:
@@ -36,7 +37,7 @@ struct Params {
     n_blocks: u32,
     n_threads: u32, // hist: total threads of the grid-stride loop
     pass_: u32, // hist_pass: the digit (0 = top byte)
-    _pad1: u32,
+    eps: u32, // > 0: rank the scores max-pooled over |i' - i| <= eps (esa_pool.wgsl's values)
     _pad2: u32,
 }
 
@@ -62,6 +63,17 @@ fn touch() {
     _ = arrayLength(&hist);
     _ = arrayLength(&blocks);
     _ = arrayLength(&out);
+}
+
+// Score i as ranked: itself, or (eps > 0) the maximum of scores[i - eps ..= i + eps] clipped to
+// [0, n), exactly as esa_pool.wgsl writes it, so ESA's pooling needs no dispatch of its own.
+fn score(i: u32) -> f32 {
+    if (p.eps == 0u) { return scores[i]; }
+    let lo = i - min(i, p.eps);
+    let hi = i + min(p.eps, p.n - 1u - i);
+    var v = scores[lo];
+    for (var j = lo + 1u; j <= hi; j++) { v = max(v, scores[j]); }
+    return v;
 }
 
 // Float -> u32 in float order (same as reference::esa::sortable_key).
@@ -163,7 +175,7 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let high = select(0xffffffffu << (shift + 8u), 0u, pass_ == 0u);
     if (running) {
         for (var i = wg.x * 256u + li; i < p.n; i += p.n_threads) {
-            let x = scores[i];
+            let x = score(i);
             let key = key_of(x);
             if (is_valid(x) && (key & high) == (prefix & high)) {
                 atomicAdd(&lh[(key >> shift) & 0xffu], 1u);
@@ -182,7 +194,7 @@ fn thread_counts(b: u32, li: u32, t: u32) -> vec2<u32> {
     for (var j = 0u; j < ITEMS; j++) {
         let i = base + j;
         if (i < p.n) {
-            let x = scores[i];
+            let x = score(i);
             let key = key_of(x);
             if (is_valid(x)) {
                 c += vec2<u32>(select(0u, 1u, key > t), select(0u, 1u, key == t));
@@ -238,7 +250,7 @@ fn compact(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     for (var j = 0u; j < ITEMS; j++) {
         let i = base + j;
         if (i < p.n) {
-            let x = scores[i];
+            let x = score(i);
             let key = key_of(x);
             if (is_valid(x)) {
                 if (key > t) {

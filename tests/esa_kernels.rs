@@ -212,7 +212,7 @@ fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32) -> Vec<u32
     let out = poisoned_u32(ctx, k.min(n));
     let scratch = esa_topk::TopkScratch::new(ctx, n).unwrap();
     let mut rec = Recorder::new(ctx);
-    esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset }).unwrap();
+    esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset, pool: 0 }).unwrap();
     rec.submit().unwrap();
     let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
     let got = ctx.read_u32(&out, 0, k.min(n).max(1)).unwrap();
@@ -244,7 +244,7 @@ fn top_k_reuses_its_scratch() {
                 let sb = upload_f32(&ctx, if n == 0 { &[0.0] } else { scores });
                 let out = poisoned_u32(&ctx, (*k).min(n).max(1));
                 let counts = ctx.storage("count", 4).unwrap();
-                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k: *k, offset: 0 }).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k: *k, offset: 0, pool: 0 }).unwrap();
                 rec.copy(&scratch.state, (esa_topk::STATE_COUNT * 4) as u64, &counts, 0, 4);
                 outs.push((out, counts));
             }
@@ -288,6 +288,21 @@ fn top_k_cases() {
         check_top_k(&ctx, "random", &rand_vec(&mut rng, n, 1.0), k);
     }
     check_top_k(&ctx, "k=0", &random, 0);
+    // ranking max-pooled scores (ESA's proximity pooling folded into the top-k)
+    for eps in [1usize, 3] {
+        for (what, s) in [("random", &random), ("sorted", &sorted), ("ties", &coarse)] {
+            for k in [1, 100, n] {
+                let scratch = esa_topk::TopkScratch::new(&ctx, n).unwrap();
+                let (sb, out) = (upload_f32(&ctx, s), poisoned_u32(&ctx, k.min(n)));
+                let mut rec = Recorder::new(&ctx);
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset: 0, pool: eps }).unwrap();
+                rec.submit().unwrap();
+                let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
+                let got = ctx.read_u32(&out, 0, count).unwrap();
+                assert_eq!(got, r::top_k_indices(&r::proximity_pool(s, eps), k), "top-k of pooled {what} eps={eps} k={k}");
+            }
+        }
+    }
     // Offset is added to each index.
     let got = gpu_top_k(&ctx, &[3.0, 1.0, 2.0], 2, 100);
     assert_eq!(got, vec![100, 102]);
@@ -527,7 +542,7 @@ fn layer_step_case(decode_key_bits: u32) {
         if !layout.is_dense() {
             esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start, q8 }).unwrap();
             esa_pool::pool(&mut rec, &scr, &plr, n_m, cfg.eps).unwrap();
-            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32 }).unwrap();
+            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32, pool: 0 }).unwrap();
         }
         let selection = (!layout.is_dense()).then(|| ea::Selection { indices: &selr, state: &str_, count_index: esa_topk::STATE_COUNT, max_sel: cfg.top_k });
         let (qr, kr, vr, pr, or) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out));
@@ -582,8 +597,8 @@ fn undersized_buffers_are_errors() {
     let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0, q8: None }).unwrap_err().to_string();
     assert!(err.contains("ck_cache"), "{err}");
     let scratch = esa_topk::TopkScratch::new(&ctx, 64).unwrap();
-    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0 }).is_err());
-    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 64, k: 10, offset: 0 }).is_err());
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0, pool: 0 }).is_err());
+    assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 64, k: 10, offset: 0, pool: 0 }).is_err());
 }
 
 
@@ -702,7 +717,7 @@ fn int8_selection_recovers_f16_selection() {
                 let mut rec = Recorder::new(&ctx);
                 esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q: 1, n_m, d, m0: 0, q8 }).unwrap();
                 esa_pool::pool(&mut rec, &scr, &plr, n_m, eps).unwrap();
-                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &outr, scratch: &scratch, n: n_m, k, offset: 0 }).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &outr, scratch: &scratch, n: n_m, k, offset: 0, pool: 0 }).unwrap();
                 rec.submit().unwrap();
                 let s: std::collections::HashSet<u32> = ctx.read_u32(&out, 0, k).unwrap().into_iter().collect();
                 assert_eq!(s.len(), k);
@@ -773,7 +788,7 @@ fn block_selection_matches_reference() {
             let state = BufRef::from(&scratch.state);
             let mut rec = Recorder::new(&ctx);
             esa_blocks::block_max(&mut rec, &sr, &bsr, n, block).unwrap();
-            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &bsr, out: &br, scratch: &scratch, n: nb, k: max_blocks, offset: 0 }).unwrap();
+            esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &bsr, out: &br, scratch: &scratch, n: nb, k: max_blocks, offset: 0, pool: 0 }).unwrap();
             esa_blocks::expand(&mut rec, &esa_blocks::Expand { blocks: &br, state: &state, count_index: esa_topk::STATE_COUNT, tokens: &tr, count: &cr, n, block, offset, max_blocks }).unwrap();
             rec.submit().unwrap();
             let want: Vec<u32> = r::top_k_blocks(&scores, block, k).into_iter().map(|i| i + offset as u32).collect();

@@ -263,7 +263,12 @@ impl EsaState {
             let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
             let n_m = layout.middle.len();
             esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref() })?;
-            esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
+            // the top-k pools the scores itself as it ranks them, unless the pooled scores are
+            // wanted on their own (block selection, a probe that records them)
+            let pool_in_topk = self.blocks.is_none() && self.probe.as_ref().is_none_or(|p| p.scores.is_none());
+            if !pool_in_topk {
+                esa_pool::pool(rec, &scores, &pooled, n_m, self.cfg.eps)?;
+            }
             // the selection: (indices, the buffer and word of their count, most indices)
             let (indices, count_ref, count_index, max_sel) = match &self.blocks {
                 Some(bs) => {
@@ -271,13 +276,14 @@ impl EsaState {
                     let b = self.cfg.select_block;
                     let nb = esa_blocks::n_blocks(n_m, b);
                     esa_blocks::block_max(rec, &pooled, &bs.scores, n_m, b)?;
-                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &bs.scores, out: &sel_buf, scratch: &self.topk, n: nb, k: bs.max_blocks, offset: 0 })?;
+                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &bs.scores, out: &sel_buf, scratch: &self.topk, n: nb, k: bs.max_blocks, offset: 0, pool: 0 })?;
                     let max_blocks = bs.max_blocks.min(nb);
                     esa_blocks::expand(rec, &esa_blocks::Expand { blocks: &sel_buf, state: &state_buf, count_index: esa_topk::STATE_COUNT, tokens: &bs.tokens, count: &bs.count, n: n_m, block: b, offset: layout.middle.start, max_blocks })?;
                     (&bs.tokens, &bs.count, 0, (max_blocks * b).min(n_m))
                 }
                 None => {
-                    esa_topk::top_k(rec, &esa_topk::TopK { scores: &pooled, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32 })?;
+                    let (ranked, pool) = if pool_in_topk { (&scores, self.cfg.eps) } else { (&pooled, 0) };
+                    esa_topk::top_k(rec, &esa_topk::TopK { scores: ranked, out: &sel_buf, scratch: &self.topk, n: n_m, k: self.cfg.top_k, offset: layout.middle.start as u32, pool })?;
                     (&sel_buf, &state_buf, esa_topk::STATE_COUNT, self.cfg.top_k.min(n_m))
                 }
             };

@@ -22,7 +22,8 @@ struct Params {
     n_blocks: u32,
     n_threads: u32,
     pass_: u32,
-    _pad: [u32; 2],
+    eps: u32,
+    _pad: u32,
 }
 
 /// Scores per compaction block (256 threads x 16).
@@ -72,6 +73,9 @@ pub struct TopK<'a> {
     pub k: usize,
     /// Added to every written index.
     pub offset: u32,
+    /// > 0: rank the scores max-pooled over a radius of `pool` (`esa_pool::pool`'s values, without
+    /// its dispatch).
+    pub pool: usize,
 }
 
 /// Records the selection. `n = 0` (or k = 0) writes no index and a count of 0.
@@ -95,7 +99,8 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
         n_blocks: n_blocks as u32,
         n_threads: (hist_groups * 256) as u32,
         pass_: 0,
-        _pad: [0; 2],
+        eps: a.pool.min(u32::MAX as usize) as u32,
+        _pad: 0,
     };
     let s = a.scratch;
     let bufs = [a.scores.clone(), BufRef::from(&s.state), BufRef::from(&s.hist), BufRef::from(&s.blocks), a.out.clone()];
