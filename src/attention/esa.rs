@@ -220,11 +220,10 @@ impl EsaState {
 
     /// Record layer `l`'s attention for a chunk of `n` tokens at `pos0`: append the chunk's
     /// compressed keys, select middle tokens, attend. `qkv` holds the fused projection (un-rotated
-    /// Q and K), the KV cache already holds the chunk.
-    #[allow(clippy::too_many_arguments)]
-    /// `fused`: a decode step whose attention (`attention_gqa.wgsl`, where
-    /// `decode_fused_supported`) also appends the token's key and value to the caches, so no
-    /// `rope_kv` ran before it; the buffer holds the split counters it needs (zero between steps).
+    /// Q and K); the KV cache already holds the chunk, except with `fused`: a decode step whose
+    /// attention (`attention_gqa.wgsl`, where `decode_fused_supported`) appends the token's key and
+    /// value itself (no `rope_kv` ran before it; nothing before the attention reads that row); the
+    /// buffer holds the split counters it needs (zero between steps).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&self, rec: &mut Recorder, l: usize, c: &Config, qkv: &BufRef, k_cache: &BufRef, v_cache: &BufRef, inv_freq: &wgpu::Buffer, scale: f32, out: &BufRef, n: usize, pos0: usize, fused: Option<&BufRef>) -> Result<()> {
         let layer = &self.layers[l];
