@@ -190,9 +190,20 @@ fn reference_forward_matches_transformers() {
 /// margin is at least `2 * GPU_LOGIT_TOL`.
 #[test]
 fn gpu_engine_matches_transformers() {
+    gpu_engine_matches_transformers_with(&Default::default());
+}
+
+/// The same through the GPUs' kernels on any adapter (`no_cpu_kernels`: lavapipe in CI runs
+/// `matvec_blocks`, the fused `attention_gqa` decode step and `argmax` on the real model).
+#[test]
+fn gpu_kernels_match_transformers() {
+    gpu_engine_matches_transformers_with(&esa_wgpu::gpu::GpuOptions { no_cpu_kernels: true, ..Default::default() });
+}
+
+fn gpu_engine_matches_transformers_with(opts: &esa_wgpu::gpu::GpuOptions) {
     const GPU_LOGIT_TOL: f32 = 0.15;
     let Some(path) = model_path() else { return };
-    let engine = esa_wgpu::Engine::new(&Default::default()).unwrap();
+    let engine = esa_wgpu::Engine::new(opts).unwrap();
     let model = engine.load(&path).unwrap();
     let session = std::cell::RefCell::new(None::<esa_wgpu::Session>);
     check_against_fixture(
