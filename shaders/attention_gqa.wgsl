@@ -23,7 +23,10 @@
 // subgroup (the op checks the adapter's smallest subgroup size).
 // Dispatch: (n_q * n_kv * n_hg, n_split) workgroups of 64 threads (NS = 64 / T key slots).
 // Workgroup (c, s), c = (t * n_kv + kvh) * n_hg + j: query t, query heads kvh * G + j * HG .. + HG
-// (G = n_heads / n_kv), keys [s * split_len, min((s + 1) * split_len, pos0 + t + 1)). Slot k
+// (G = n_heads / n_kv), keys [s * split_len, min((s + 1) * split_len, pos0 + t + 1)); with ESA
+// (a fused decode step, n_long > 0) splits s < n_long take virtual keys [s * long_len, ..) of the
+// long-distance part instead (rows gathered into long_rows first) and the others start at
+// local_start (see Params). Slot k
 // takes keys start + k, start + k + NS, ...; lane i of a slot owns pairs 8i .. 8i + 7 (elements
 // 8i .. 8i + 7 and their partners D/2 + 8i .. D/2 + 8i + 7, two vec4<u32> of f16 pairs per row).
 // Layout: q [n_q][n_heads][D] f32 rotated, or (fused = 1, one decode token) the token's fused
