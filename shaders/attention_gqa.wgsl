@@ -68,7 +68,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> k_cache: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> v_cache: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> inv_freq: array<f32>;
-@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+@group(0) @binding(5) var<storage, read_write> part: array<atomic<u32>>; // f32 bits (see the merge)
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> counters: array<atomic<u32>>;
 @group(0) @binding(8) var<storage, read> sel: array<u32>;
@@ -88,13 +88,15 @@ const LONG_MAX: u32 = 1024u;
 var<workgroup> long_rows: array<u32, LONG_MAX>; // an ESA long-distance split's cache rows
 
 // vec4 `i` of row `key`'s K (v = false) or V (v = true) for KV head kvh: the fused step's own row
-// from kv_now, every other from the cache. The cache is read either way and the choice made after
+// from kv_now, every other from the cache. A cache row is read either way and the choice made after
 // (a select, not a branch around the load), so that every load of an iteration is in flight at once.
 fn row_vec(key: u32, kvh: u32, i: u32, v: bool) -> vec4<u32> {
-    let at = (key * p.n_kv + kvh) * RV + i;
+    let own = p.fused == 1u && key == p.pos0;
+    // (the own row is being appended by another workgroup: row 0 is read in its place, unused)
+    let at = (select(key, 0u, own) * p.n_kv + kvh) * RV + i;
     var w: vec4<u32>;
     if (v) { w = v_cache[at]; } else { w = k_cache[at]; }
-    return select(w, kv_now[select(0u, RV, v) + i], p.fused == 1u && key == p.pos0);
+    return select(w, kv_now[select(0u, RV, v) + i], own);
 }
 
 // The words slot `slot`'s lane `lane` needs of iteration `it`'s U keys and values (keys past the
@@ -111,6 +113,12 @@ fn load_iteration(it: u32, start: u32, end: u32, is_long: bool, slot: u32, kvh: 
         (*vw)[2u * u + 1u] = row_vec(row, kvh, T + lane, true);
     }
 }
+
+// The partials go through atomic stores and loads: the merging workgroup reads what others wrote
+// in the same dispatch, which plain loads may serve from a stale cache on some backends (Metal's
+// barrier orders device memory within a threadgroup only); there are D + 2 per split and head.
+fn part_put(i: u32, v: f32) { atomicStore(&part[i], bitcast<u32>(v)); }
+fn part_get(i: u32) -> f32 { return bitcast<f32>(atomicLoad(&part[i])); }
 
 fn f4(a: u32, b: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(a), unpack2x16float(b));
@@ -214,6 +222,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var nv: array<vec4<u32>, 2 * U>;
     if (PF == 1u && n_it > 0u) { load_iteration(0u, start, end, is_long, slot, kvh, lane, &nk, &nv); }
     for (var it = 0u; it < n_it; it++) {
+        // the rotation recomputed exactly every 64 iterations (256 steps at U = 4), so the angle
+        // addition's f32 error stays ~1e-5 however long a split is
+        if (it % 64u == 0u && it > 0u && !is_long) {
+            let kp = f32(start + it * U * NS + slot);
+            for (var c = 0u; c < 2u; c++) {
+                let f = vec4<f32>(inv_freq[e0 + 4u * c], inv_freq[e0 + 4u * c + 1u], inv_freq[e0 + 4u * c + 2u], inv_freq[e0 + 4u * c + 3u]);
+                rc[c] = cos(kp * f);
+                rs[c] = sin(kp * f);
+            }
+        }
         // every word of this iteration's U keys and values before any is used
         var kw = nk;
         var vw = nv;
@@ -297,15 +315,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 out[ob] = r.x; out[ob + 1u] = r.y; out[ob + 2u] = r.z; out[ob + 3u] = r.w;
             } else {
                 let pb = ((t * p.n_heads + h0 + h) * p.n_split + split) * (D + 2u) + 2u + e;
-                part[pb] = acc.x; part[pb + 1u] = acc.y; part[pb + 2u] = acc.z; part[pb + 3u] = acc.w;
+                part_put(pb, acc.x); part_put(pb + 1u, acc.y); part_put(pb + 2u, acc.z); part_put(pb + 3u, acc.w);
             }
         }
     }
     if (p.n_split == 1u) { return; }
     if (li < HG) {
         let pb = ((t * p.n_heads + h0 + li) * p.n_split + split) * (D + 2u);
-        part[pb] = gm[li];
-        part[pb + 1u] = gl[li];
+        part_put(pb, gm[li]);
+        part_put(pb + 1u, gl[li]);
     }
     // count this partial in (device-scope release of its stores first); the last one merges
     storageBarrier();
@@ -319,7 +337,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let hd = p.n_heads;
     for (var x = li; x < HG * p.n_split; x += 64u) {
         let r = ((t * hd + h0 + x / p.n_split) * p.n_split + x % p.n_split) * (D + 2u);
-        og[x] = vec4<f32>(part[r], part[r + 1u], 0.0, 0.0);
+        og[x] = vec4<f32>(part_get(r), part_get(r + 1u), 0.0, 0.0);
     }
     workgroupBarrier();
     for (var x = li; x < HG * D; x += 64u) {
@@ -334,7 +352,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let ml = og[h * p.n_split + s];
             let w = exp(ml.x - mm);
             ll += ml.y * w;
-            acc += part[base + s * (D + 2u) + 2u + e] * w;
+            acc += part_get(base + s * (D + 2u) + 2u + e) * w;
         }
         out[(t * hd + h0 + h) * D + e] = acc / ll;
     }

@@ -426,6 +426,39 @@ fn gqa_capable(ctx: &GpuContext, shape: r::HeadShape) -> bool {
     esa_wgpu::gpu::ops::attention::gqa_shape_capable(ctx, shape.num_heads, shape.num_kv_heads, shape.head_dim)
 }
 
+/// A long-distance part that needs more splits (of at most 1 024 gathered rows) than the partials
+/// scratch holds is an error naming it, not a panic; and head sizes whose D / 16 lanes per key are
+/// not a power of two (48, 80, 96) are not taken by `attention_gqa` (they fall back to the split
+/// kernel).
+#[test]
+fn gqa_esa_limits() {
+    use esa_wgpu::gpu::ops::attention as at;
+    let ctx = ctx();
+    for d in [48usize, 80, 96] {
+        assert!(!at::gqa_shape_capable(&ctx, 8, 2, d), "head_dim {d}");
+    }
+    let shape = r::HeadShape { num_heads: 8, num_kv_heads: 2, head_dim: 64 };
+    if !gqa_capable(&ctx, shape) {
+        eprintln!("skipped: attention_gqa does not run here");
+        return;
+    }
+    let rows = 3600;
+    let kv = ctx.storage("kv", (rows * shape.kv_dim() * 2) as u64).unwrap();
+    let q = ctx.storage("qkv", ((shape.q_dim() + 2 * shape.kv_dim()) * 4) as u64).unwrap();
+    let part = ctx.storage("part", (2 * shape.num_heads * (shape.head_dim + 2) * 4) as u64).unwrap(); // 2 partials
+    let out = ctx.storage("out", (shape.q_dim() * 4) as u64).unwrap();
+    let counters = ctx.storage("counters", 64).unwrap();
+    let sel = ctx.storage("sel", 2048 * 4).unwrap();
+    let state = ctx.storage("state", 64).unwrap();
+    let inv = upload_f32(&ctx, &inv_freq(shape.head_dim));
+    let (qr, kr, pr, or, cr, sr, str_) = (BufRef::from(&q), BufRef::from(&kv), BufRef::from(&part), BufRef::from(&out), BufRef::from(&counters), BufRef::from(&sel), BufRef::from(&state));
+    let a = at::Attend { q: &qr, k_cache: &kr, v_cache: &kr, inv_freq: &inv, part: &pr, out: &or, counters: &cr, n_q: 1, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim, pos0: rows - 1, scale: 0.125 };
+    let long = at::LongPart { sel: &sr, state: &str_, count_index: 3, max_sel: 2048, n_init: 128, local_start: 3000, w: 3000 };
+    let mut rec = Recorder::new(&ctx);
+    let e = at::attend_gqa_esa(&mut rec, &a, &long, None, None).unwrap_err().to_string();
+    assert!(e.contains("max_sel") && e.contains("long-distance"), "{e}");
+}
+
 #[test]
 fn attention_gathered_and_dense() {
     let ctx = ctx();

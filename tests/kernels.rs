@@ -206,8 +206,8 @@ impl History {
 fn rope_kv_and_attention_prefill_then_decode() {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(4);
-  // head sizes: odd half (split kernel only), small, SmolLM2's 64, Llama's 128, Gemma's 256 (split kernel only)
-  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 128), (4, 2, 256)] {
+  // head sizes: odd half (split kernel only), small, SmolLM2's 64, 96 (6 lanes a key: not attention_gqa's), Llama's 128, Gemma's 256 (split kernel only)
+  for (nh, nkv, d) in [(6usize, 2usize, 12usize), (4, 1, 14), (9, 3, 64), (8, 2, 96), (8, 2, 128), (4, 2, 256)] {
     let (inv, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), 300);
     // caches that decode steps fill through the fused split kernel (the others through rope_kv)
     let (_, _, kc2, vc2, _) = kv_cache(&ctx, (nh, nkv, d), 300);
@@ -340,6 +340,42 @@ fn rope_kv_and_attention_prefill_then_decode() {
         }
     }
   }
+}
+
+/// `attention_gqa` over one split of 1 500 keys one key per slot at a time (188 iterations): the
+/// rotation advanced by angle addition is recomputed exactly every 64 iterations, so the output
+/// stays with the split kernel's, which takes a sine and cosine per key.
+#[test]
+fn gqa_long_split_keeps_its_rotation() {
+    let ctx = ctx();
+    let (nh, nkv, d, n) = (8usize, 2usize, 128usize, 1500usize);
+    let probe = attention::gqa_shape_capable(&ctx, nh, nkv, d);
+    if !probe {
+        eprintln!("skipped: attention_gqa does not run here");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(41);
+    let (_, qkv_rows, kc, vc, invb) = kv_cache(&ctx, (nh, nkv, d), n);
+    let qkv = upload(&ctx, &rand_vec(&mut rng, n * qkv_rows, 1.0));
+    let qb = poisoned(&ctx, n * nh * d);
+    let (qr, kr, vr) = (BufRef::from(&qb), BufRef::from(&kc), BufRef::from(&vc));
+    let mut rec = Recorder::new(&ctx);
+    rope_kv::rope_kv(&mut rec, &rope_kv::RopeKv { qkv: &BufRef::from(&qkv), qkv_stride: qkv_rows, q_out: &qr, k_cache: &kr, v_cache: &vr, inv_freq: &invb, n_tok: n, n_heads: nh, n_kv: nkv, head_dim: d, pos0: 0 }).unwrap();
+    rec.submit().unwrap();
+    // the last token's query against all n keys
+    let last = BufRef { buf: qb.clone(), offset: ((n - 1) * nh * d * 4) as u64, size: Some((nh * d * 4) as u64) };
+    let part = poisoned(&ctx, attention::scratch_floats(1, nh, d));
+    let counters = ctx.storage("counters", (attention::counter_words(1, nh) * 4) as u64).unwrap();
+    let (want_b, got_b) = (poisoned(&ctx, nh * d), poisoned(&ctx, nh * d));
+    let (pr, cr, wr, gr) = (BufRef::from(&part), BufRef::from(&counters), BufRef::from(&want_b), BufRef::from(&got_b));
+    let a = |out| attention::Attend { q: &last, k_cache: &kr, v_cache: &vr, inv_freq: &invb, part: &pr, out, counters: &cr, n_q: 1, n_heads: nh, n_kv: nkv, head_dim: d, pos0: n - 1, scale: 1.0 / (d as f32).sqrt() };
+    let mut rec = Recorder::new(&ctx);
+    attention::attend_split(&mut rec, &a(&wr)).unwrap();
+    let sp = attention::GqaSplit { u: 1, ..attention::GqaSplit::DEFAULT };
+    attention::attend_gqa_with(&mut rec, &a(&gr), false, sp, Some(n)).unwrap();
+    rec.submit().unwrap();
+    let (want, got) = (ctx.read_f32(&want_b, 0, nh * d).unwrap(), ctx.read_f32(&got_b, 0, nh * d).unwrap());
+    assert_close("GQA attention in one long split", &got, &want, 2e-3, 2e-3);
 }
 
 /// An empty KV cache of `max_ctx` rows for heads `(n_heads, n_kv, head_dim)`: the RoPE frequencies

@@ -146,8 +146,24 @@ pub fn gqa_capable(ctx: &crate::gpu::GpuContext, a: &Attend) -> bool {
 /// `gqa_capable` for a head shape.
 pub fn gqa_shape_capable(ctx: &crate::gpu::GpuContext, n_heads: usize, n_kv: usize, d: usize) -> bool {
     let c = &ctx.caps;
-    c.subgroups && d % 16 == 0 && d > 0 && d <= 256 && c.subgroup_min as usize >= d / 16 && c.subgroup_min <= 64 && n_kv > 0 && n_heads % n_kv == 0
+    // D / 16 lanes per key: a power of two, so a key's lanes are one aligned group of a subgroup
+    // (its xor-shuffles stay inside) and 64 threads hold whole slots
+    let lanes = d / 16;
+    c.subgroups
+        && d % 16 == 0
+        && d > 0
+        && d <= 256
+        && lanes.is_power_of_two()
+        && c.subgroup_min as usize >= lanes
+        && c.subgroup_min <= 64
+        && c.max_workgroup_storage as usize >= GQA_WORKGROUP_BYTES
+        && n_kv > 0
+        && n_heads % n_kv == 0
 }
+
+/// Workgroup memory `attention_gqa.wgsl` declares (og 16 KiB, kv_now 1 KiB, slot_m and slot_l
+/// 2 KiB, long_rows 4 KiB, and a word), rounded up.
+const GQA_WORKGROUP_BYTES: usize = 24 * 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -283,13 +299,18 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     let per_split = a.n_q * a.n_heads * (d + 2);
     let cap = ((binding_bytes(a.part) / 4) as usize / per_split).min(1024 / hg).max(1);
     let splits = |len: usize| long_keys.div_ceil(len.min(GQA_LONG_MAX)) + local_keys.div_ceil(len);
+    // the fewest splits any length gives (long splits hold at most GQA_LONG_MAX keys)
+    let fewest = long_keys.div_ceil(GQA_LONG_MAX) + local_keys.min(1);
+    if fewest > cap {
+        return Err(crate::Error::arg("max_sel", format!("{long_keys} long-distance keys need {fewest} splits of at most {GQA_LONG_MAX}; the partials scratch holds {cap}")));
+    }
     let split_len = match force_len {
         Some(l) => l.max(1),
         None => {
             let want = (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1)).min(cap);
             let mut len = n_keys.div_ceil(want).next_multiple_of(per_it);
             while splits(len) > cap {
-                len *= 2;
+                len *= 2; // ends: at len >= max(n_keys, GQA_LONG_MAX) it gives `fewest` <= cap
             }
             len
         }
