@@ -52,7 +52,9 @@ pub struct SampleIo<'a> {
     /// recent.end]` (empty: no penalty whatever the settings).
     pub hist: &'a BufRef,
     pub recent: std::ops::Range<usize>,
-    /// At least `scratch_bytes(vocab)`; its last word must stay as `sample` leaves it (zero).
+    /// At least `scratch_bytes(vocab)`, for this one vocabulary size (word 2 vocab is the greedy
+    /// kernel's counter, zero between dispatches, which a penalised draw over a larger vocabulary
+    /// would overwrite).
     pub scratch: &'a BufRef,
     pub out: &'a BufRef,
 }
