@@ -670,6 +670,9 @@ impl Session {
         );
         let io = |x: &BufRef, xs: usize, y: &BufRef, ys: usize, row0: usize| LinearIo { x: x.clone(), x_off: 0, x_stride: xs, x_f16: false, y: y.clone(), y_stride: ys, y_row0: row0, n_tok: n };
         let x16 = self.s.x_f16.as_ref().map(BufRef::from);
+        // A decode step on a GPU: the attention kernel rotates and appends itself (dense: either
+        // GPU kernel; ESA: where attention_gqa runs).
+        let fused = n == 1 && !linear::cpu_variant(&m.ctx) && self.esa.as_ref().is_none_or(|_| EsaState::decode_fused_supported(&m.ctx, c));
         for (l, layer) in m.layers.iter().enumerate() {
             // Attention block: x += O(attn(rope(QKV(norm(x)))))
             if !small {
@@ -687,11 +690,6 @@ impl Session {
                 rec.copy(&self.s.qkv, 0, cap, l as u64 * bytes, bytes);
             }
             let (kc, vc) = (BufRef::from(&self.kv[l].0), BufRef::from(&self.kv[l].1));
-            // A decode step on a GPU: the attention kernel rotates and appends itself (dense: either
-            // GPU kernel; ESA: where attention_gqa runs).
-            let fused = n == 1
-                && !linear::cpu_variant(rec.ctx())
-                && self.esa.as_ref().is_none_or(|_| EsaState::decode_fused_supported(rec.ctx(), c));
             if !fused {
                 rope_kv::rope_kv(rec, &rope_kv::RopeKv {
                     qkv: &qkv,

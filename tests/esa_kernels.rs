@@ -380,13 +380,12 @@ fn gpu_attend_gqa(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f3
     let part = poisoned_f32(ctx, at::scratch_floats(1, shape.num_heads, shape.head_dim));
     let out = poisoned_f32(ctx, shape.q_dim());
     let counters = ctx.storage("counters", (at::counter_words(1, shape.num_heads) * 4) as u64).unwrap();
-    let empty = ctx.upload("no selection", &[0u8; 16]).unwrap();
-    let (sel_b, state_b, count_index, max_sel) = sel.unwrap_or((&empty, &empty, 0, 0));
     let mut rec = Recorder::new(ctx);
     let (qr, kr, vr, pr, or, cr) = (BufRef::from(&qb), BufRef::from(&cache.kb), BufRef::from(&cache.vb), BufRef::from(&part), BufRef::from(&out), BufRef::from(&counters));
-    let (sr, str_) = (BufRef::from(sel_b), BufRef::from(state_b));
+    let refs = sel.map(|(i, s, ci, m)| (BufRef::from(i), BufRef::from(s), ci, m));
+    let selection = refs.as_ref().map(|(i, s, ci, m)| esa_wgpu::gpu::ops::esa_attention::Selection { indices: i, state: s, count_index: *ci, max_sel: *m });
     let a = at::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: invb, part: &pr, out: &or, counters: &cr, n_q: 1, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim, pos0: layout.chunk.start, scale: 1.0 / (shape.head_dim as f32).sqrt() };
-    let long = at::LongPart { sel: &sr, state: &str_, count_index, max_sel, n_init: layout.initial.len(), local_start: layout.local.start, w };
+    let long = at::LongPart { selection, n_init: layout.initial.len(), local_start: layout.local.start, w };
     let sp = at::GqaSplit { prefetch, ..at::GqaSplit::DEFAULT };
     at::attend_gqa_esa(&mut rec, &a, &long, Some(sp), split_len).unwrap();
     rec.submit().unwrap();
@@ -452,8 +451,9 @@ fn gqa_esa_limits() {
     let state = ctx.storage("state", 64).unwrap();
     let inv = upload_f32(&ctx, &inv_freq(shape.head_dim));
     let (qr, kr, pr, or, cr, sr, str_) = (BufRef::from(&q), BufRef::from(&kv), BufRef::from(&part), BufRef::from(&out), BufRef::from(&counters), BufRef::from(&sel), BufRef::from(&state));
+    let selection = Some(esa_wgpu::gpu::ops::esa_attention::Selection { indices: &sr, state: &str_, count_index: 3, max_sel: 2048 });
     let a = at::Attend { q: &qr, k_cache: &kr, v_cache: &kr, inv_freq: &inv, part: &pr, out: &or, counters: &cr, n_q: 1, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim, pos0: rows - 1, scale: 0.125 };
-    let long = at::LongPart { sel: &sr, state: &str_, count_index: 3, max_sel: 2048, n_init: 128, local_start: 3000, w: 3000 };
+    let long = at::LongPart { selection, n_init: 128, local_start: 3000, w: 3000 };
     let mut rec = Recorder::new(&ctx);
     let e = at::attend_gqa_esa(&mut rec, &a, &long, None, None).unwrap_err().to_string();
     assert!(e.contains("max_sel") && e.contains("long-distance"), "{e}");

@@ -299,9 +299,7 @@ impl EsaState {
         if let Some(counters) = fused {
             let part = BufRef::from(&self.part);
             let a = attention::Attend { q: qkv, k_cache, v_cache, inv_freq, part: &part, out, counters, n_q: n, n_heads: c.num_heads, n_kv: c.num_kv_heads, head_dim: c.head_dim, pos0, scale };
-            let empty = (qkv.clone(), qkv.clone(), 0, 0);
-            let (sel, state, count_index, max_sel) = selection.map_or(empty, |s| (s.indices.clone(), s.state.clone(), s.count_index, s.max_sel));
-            let long = attention::LongPart { sel: &sel, state: &state, count_index, max_sel, n_init: layout.initial.len(), local_start: layout.local.start, w: self.cfg.long_distance_query_pos() };
+            let long = attention::LongPart { selection, n_init: layout.initial.len(), local_start: layout.local.start, w: self.cfg.long_distance_query_pos() };
             return attention::attend_gqa_esa(rec, &a, &long, None, None);
         }
         esa_attention::attend(rec, &esa_attention::EsaAttend {

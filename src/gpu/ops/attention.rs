@@ -233,13 +233,10 @@ pub fn attend_gqa_with(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit
 }
 
 /// ESA's long-distance part of a decode step for `attend_gqa_esa`: the initial rows `[0, n_init)`
-/// and the selected rows `sel[0 .. min(state[count_index], max_sel))` (count on the GPU), all
+/// and the selected rows (`selection`, its count on the GPU; None: nothing selected), all
 /// un-rotated with the query at position `w`; the local rows `[local_start, pos0]` follow.
 pub struct LongPart<'a> {
-    pub sel: &'a BufRef,
-    pub state: &'a BufRef,
-    pub count_index: usize,
-    pub max_sel: usize,
+    pub selection: Option<super::esa_attention::Selection<'a>>,
     pub n_init: usize,
     pub local_start: usize,
     pub w: usize,
@@ -256,9 +253,11 @@ pub fn attend_gqa_esa(rec: &mut Recorder, a: &Attend, long: &LongPart, sp: Optio
     if long.n_init > long.local_start || long.local_start > a.pos0 {
         return Err(crate::Error::arg("local_start", format!("need n_init {} <= local_start {} <= pos0 {}", long.n_init, long.local_start, a.pos0)));
     }
-    use super::esa_common::check_words;
-    check_words("attention (ESA)", "sel", long.sel, long.max_sel)?;
-    check_words("attention (ESA)", "state", long.state, long.count_index + 1)?;
+    if let Some(s) = &long.selection {
+        use super::esa_common::check_words;
+        check_words("attention (ESA)", "selection.indices", s.indices, s.max_sel)?;
+        check_words("attention (ESA)", "selection.state", s.state, s.count_index + 1)?;
+    }
     gqa_dispatch(rec, a, true, sp.unwrap_or_else(GqaSplit::current), split_len, Some(long))
 }
 
@@ -291,7 +290,8 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     let hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
     let cols = a.n_q * a.n_kv * (g / hg);
     // keys of the long-distance part (ESA: at most n_init + max_sel) and of the local part
-    let (long_keys, local_start) = long.map_or((0, 0), |l| (l.n_init + l.max_sel, l.local_start));
+    let max_sel = long.and_then(|l| l.selection.as_ref()).map_or(0, |s| s.max_sel);
+    let (long_keys, local_start) = long.map_or((0, 0), |l| (l.n_init + max_sel, l.local_start));
     let local_keys = a.pos0 + a.n_q - local_start;
     let n_keys = long_keys + local_keys;
     let per_it = (64 / (d / 16)) * sp.u;
@@ -345,13 +345,14 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         n_init: long.map_or(0, |l| l.n_init) as u32,
         local_start: local_start as u32,
         w: long.map_or(0, |l| l.w) as u32,
-        count_index: long.map_or(0, |l| l.count_index) as u32,
-        max_sel: long.map_or(0, |l| l.max_sel) as u32,
+        count_index: long.and_then(|l| l.selection.as_ref()).map_or(0, |s| s.count_index) as u32,
+        max_sel: max_sel as u32,
         _pad: 0,
     };
-    // dense attention binds any read-only buffer as `sel` and `state` (max_sel 0: never read past)
-    let (sel, state) = match long {
-        Some(l) => (l.sel.clone(), l.state.clone()),
+    // without a selection any read-only buffer stands in for `sel` and `state` (max_sel 0: the
+    // count is 0 and no index is used)
+    let (sel, state) = match long.and_then(|l| l.selection.as_ref()) {
+        Some(s) => (s.indices.clone(), s.state.clone()),
         None => (BufRef::from(a.inv_freq), BufRef::from(a.inv_freq)),
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone(), a.counters.clone(), sel, state];
@@ -594,7 +595,7 @@ mod tests {
     use super::GqaSplit;
 
     #[test]
-    fn gqa_split_parses_three_or_four_fields() {
+    fn gqa_split_parses_three_to_five_fields() {
         assert_eq!(GqaSplit::parse("512x64x4"), Some(GqaSplit::DEFAULT));
         assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2, prefetch: false }));
         assert_eq!(GqaSplit::parse("512x64x2x4x1"), Some(GqaSplit { u: 2, prefetch: true, ..GqaSplit::DEFAULT }));
