@@ -75,11 +75,13 @@ pub fn sample(rec: &mut Recorder, io: &SampleIo, s: &Sampling, uniform: f32) -> 
     check_words("sample", "out", io.out, 1)?;
     if penalty != 1.0 {
         check_words("sample", "hist", io.hist, io.recent.end)?;
+    }
+    // greedy without a penalty: the multi-workgroup argmax (the other filters cannot change it)
+    let argmax = s.temperature <= 0.0 && penalty == 1.0;
+    if penalty != 1.0 || argmax {
         check_words("sample", "scratch", io.scratch, 2 * io.vocab + 1)?;
     }
-    if s.temperature <= 0.0 && penalty == 1.0 {
-        // greedy without a penalty: the multi-workgroup argmax (the other filters cannot change it)
-        check_words("sample", "scratch", io.scratch, 2 * io.vocab + 1)?;
+    if argmax {
         let k = rec.ctx().kernel("argmax", super::src::ARGMAX, "main", &[])?;
         let n_wg = io.vocab.div_ceil(ARGMAX_CHUNK);
         let p = ArgmaxParams { vocab: io.vocab as u32, offset: io.offset as u32, n_wg: n_wg as u32, counter: (2 * io.vocab) as u32 };
