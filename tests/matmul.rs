@@ -190,9 +190,11 @@ fn coop_kernels_validate() {
 }
 
 /// Tile shapes of the cooperative-matrix matmul that the op may choose or the benches sweep.
-const TILES: [&str; 15] = [
+const TILES: [&str; 19] = [
     "2x4x2x2x32", "2x4x4x2x32", "2x2x4x4x32", "2x2x4x4x16", "2x4x4x4x16", "4x2x4x4x16", "2x4x4x2x16", "2x4x4x4x32x1", "4x2x4x4x32x1",
     "2x4x4x4x16x1", "4x4x4x2x32x1", "4x4x2x4x32x1", "2x4x4x2x32x1", "2x4x2x2x32x1", "2x2x1x2x32",
+    // loads two steps ahead
+    "4x2x4x4x32x1x2", "2x4x4x2x32x2x2", "4x2x4x4x16x2x2", "2x2x1x2x32x2x2",
 ];
 
 /// Every tile shape of `TILES` on an odd shape (a partial tile in every direction, two shards),

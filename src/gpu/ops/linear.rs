@@ -224,24 +224,28 @@ pub struct CoopTile {
     /// Workgroup staging buffers: 2 (one barrier per step) or 1 (two barriers, half the memory,
     /// which lets larger tiles fit).
     pub stages: u32,
+    /// Steps whose global loads are in flight in registers while a step multiplies: 1 or 2 (twice
+    /// the staging registers, twice the time for the loads to arrive).
+    pub depth: u32,
 }
 
 impl CoopTile {
     /// 64 tokens x 128 rows, 8 subgroups: for products with few tiles.
-    pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2 };
-    /// The op's choices, largest first (H200 sweep in docs/perf.md): 256 tokens x 128 rows and
-    /// 128 x 256 with one staging buffer of k = 32 (100 and 95 TFLOP/s on 4096 x 14336 x 4096),
-    /// 128 x 128 with two buffers of k = 16 (57 on 512 x 4096 x 4096), then `SMALL`, then `TINY`.
+    pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2, depth: 1 };
+    /// The op's choices, largest first (H200 sweeps in docs/perf.md, session 10): 256 tokens x
+    /// 128 rows and 128 x 256 with one staging buffer of k = 32 (150 TFLOP/s on 4096 x 14336 x
+    /// 4096), 128 x 128 with two buffers of k = 32 (102 on 512 x 4096 x 4096, where k = 16 made
+    /// 78; 48 KiB of workgroup memory, so adapters with less fall through), then `SMALL`, `TINY`.
     pub const BY_SIZE: [CoopTile; 5] = [
-        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1 },
-        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1 },
-        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 16, stages: 2 },
+        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
+        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
+        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 32, stages: 2, depth: 1 },
         CoopTile::SMALL,
         CoopTile::TINY,
     ];
     /// 32 tokens x 64 rows, 4 subgroups: small models' products over ESA's 512-token chunks
     /// (SmolLM2's 576 x 576 projection makes 40 `SMALL` tiles for 132 compute units, 144 of these).
-    pub const TINY: CoopTile = CoopTile { wm: 2, wn: 2, fm: 1, fn_: 2, bk: 32, stages: 2 };
+    pub const TINY: CoopTile = CoopTile { wm: 2, wn: 2, fm: 1, fn_: 2, bk: 32, stages: 2, depth: 1 };
 
     pub fn tokens(&self) -> u32 {
         16 * self.wm * self.fm
@@ -258,17 +262,18 @@ impl CoopTile {
         self.stages * (self.rows() + self.tokens()) * (self.bk + 8) * 2 + 1024 * self.wm * self.wn
     }
 
-    /// Parses `WMxWNxFMxFNxBK[xSTAGES]` (as `Display` writes it; 2 stages when left out); checks
-    /// that every thread stages whole octets and the accumulators fit in registers.
+    /// Parses `WMxWNxFMxFNxBK[xSTAGES[xDEPTH]]` (as `Display` writes it; 2 stages and depth 1 when
+    /// left out); checks that every thread stages whole octets and the accumulators fit in registers.
     pub fn parse(s: &str) -> Result<CoopTile> {
         let v: Vec<u32> = s.split('x').map(|t| t.trim().parse::<u32>()).collect::<std::result::Result<_, _>>()
-            .map_err(|_| crate::Error::arg("coop tile", format!("`{s}`: expected WMxWNxFMxFNxBK[xSTAGES], e.g. 2x4x4x2x32")))?;
-        let (wm, wn, fm, fn_, bk, stages) = match v[..] {
-            [wm, wn, fm, fn_, bk] => (wm, wn, fm, fn_, bk, 2),
-            [wm, wn, fm, fn_, bk, s] => (wm, wn, fm, fn_, bk, s),
-            _ => return Err(crate::Error::arg("coop tile", format!("`{s}`: expected five or six numbers WMxWNxFMxFNxBK[xSTAGES]"))),
+            .map_err(|_| crate::Error::arg("coop tile", format!("`{s}`: expected WMxWNxFMxFNxBK[xSTAGES[xDEPTH]], e.g. 2x4x4x2x32")))?;
+        let (wm, wn, fm, fn_, bk, stages, depth) = match v[..] {
+            [wm, wn, fm, fn_, bk] => (wm, wn, fm, fn_, bk, 2, 1),
+            [wm, wn, fm, fn_, bk, s] => (wm, wn, fm, fn_, bk, s, 1),
+            [wm, wn, fm, fn_, bk, s, d] => (wm, wn, fm, fn_, bk, s, d),
+            _ => return Err(crate::Error::arg("coop tile", format!("`{s}`: expected five to seven numbers WMxWNxFMxFNxBK[xSTAGES[xDEPTH]]"))),
         };
-        let t = CoopTile { wm, wn, fm, fn_, bk, stages };
+        let t = CoopTile { wm, wn, fm, fn_, bk, stages, depth };
         t.check()?;
         Ok(t)
     }
@@ -280,6 +285,9 @@ impl CoopTile {
         }
         if self.stages != 1 && self.stages != 2 {
             return bad("1 or 2 staging buffers");
+        }
+        if self.depth != 1 && self.depth != 2 {
+            return bad("loads 1 or 2 steps ahead");
         }
         if self.threads() > 1024 || self.fm * self.fn_ > 16 {
             return bad("at most 32 subgroups and 16 accumulator fragments per subgroup");
@@ -295,19 +303,24 @@ impl CoopTile {
 impl std::fmt::Display for CoopTile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}x{}x{}x{}x{}", self.wm, self.wn, self.fm, self.fn_, self.bk)?;
-        if self.stages != 2 {
+        if self.stages != 2 || self.depth != 1 {
             write!(f, "x{}", self.stages)?;
+        }
+        if self.depth != 1 {
+            write!(f, "x{}", self.depth)?;
         }
         Ok(())
     }
 }
 
 /// `matmul_coop.wgsl` for one tile shape and weight format: the `//@TILE` block gets the tile's
-/// constants and the `//@ACC`, `//@MMA`, `//@STORE` lines expand to the accumulators, the inner
-/// products and the epilogue of each fragment (WGSL has no arrays of cooperative matrices).
+/// constants and the `//@SETS`, `//@ACC`, `//@LOOP`, `//@STORE` lines expand to the register sets,
+/// the accumulators, the k loop (one copy of a step per register set) and the epilogue of each
+/// fragment (WGSL has no arrays of cooperative matrices, and arrays of registers stay registers
+/// only when indexed by constants).
 pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<String> {
     tile.check()?;
-    let (fm, fn_) = (tile.fm, tile.fn_);
+    let (fm, fn_, depth) = (tile.fm, tile.fn_, tile.depth);
     let mut acc = String::new();
     let mut mma = String::new();
     let mut store = String::new();
@@ -325,10 +338,63 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
             store += &format!("coopStoreT(c{i}_{j}, &cs[cbase], 16u);\nworkgroupBarrier();\nepilogue(sg, lane, t0 + {}u, r0 + {}u);\n", 16 * i, 16 * j);
         }
     }
+    let load = |set: u32, step: &str| {
+        format!(
+            "for (var i = 0u; i < WOCT; i++) {{ w{set}[i] = load_w(li + i * THREADS, row_base, ({step}) * BK); }}\n\
+             for (var i = 0u; i < XOCT; i++) {{ x{set}[i] = load_x(li + i * THREADS, tok_base, ({step}) * BK); }}\n"
+        )
+    };
+    let put = |set: u32, buf: &str| {
+        format!(
+            "for (var i = 0u; i < WOCT; i++) {{ put_w({buf} * WBUF + slot(li + i * THREADS), w{set}[i]); }}\n\
+             for (var i = 0u; i < XOCT; i++) {{ put_x({buf} * XBUF + slot(li + i * THREADS), x{set}[i]); }}\n"
+        )
+    };
+    let mut sets = String::new();
+    for j in 0..depth {
+        sets += &format!("var w{j}: array<vec4<u32>, WOCT>;\nvar x{j}: array<vec4<u32>, XOCT>;\n");
+        if j > 0 {
+            sets += &format!("if ({j}u < nk) {{\n{}}}\n", load(j, &format!("{j}u")));
+        }
+    }
+    let mut body = String::new();
+    for j in 0..depth {
+        let next = (j + 1) % depth;
+        body += &format!(
+            "{{\nlet k = kt + {j}u;\n\
+             if (STAGES == 1u && k > 0u) {{\nworkgroupBarrier();\n{put0}workgroupBarrier();\n}}\n\
+             if (k + DEPTH < nk) {{\n{ld}}}\n\
+             let cur = select(0u, k % 2u, STAGES == 2u);\n\
+             for (var kk = 0u; kk < BK; kk += 16u) {{\n\
+             // A = activations [token][k] (row-major), fragment i at tokens 16 (FM sm + i);\n\
+             // B(k, row) = W[row][k] (column-major), fragment j at rows 16 (FN sn + j).\n\
+             let ia = cur * XBUF + (sm * FM * 16u) * LD + kk / EH;\nlet ib = cur * WBUF + (sn * FN * 16u) * LD + kk / EH;\n{mma}}}\n\
+             if (STAGES == 2u) {{\nif (k + 1u < nk) {{\n{putn}}}\nworkgroupBarrier();\n}}\n}}\n",
+            put0 = put(j, "0u"),
+            ld = load(j, "k + DEPTH"),
+            putn = put(next, "(1u - cur)"),
+        );
+    }
+    let lp = format!("for (var kt = 0u; kt < nk; kt += DEPTH) {{\n{body}}}\n");
     let consts = format!(
-        "const WM: u32 = {}u;\nconst WN: u32 = {}u;\nconst FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst BK: u32 = {}u;\nconst STAGES: u32 = {}u;\n",
+        "const WM: u32 = {}u;\nconst WN: u32 = {}u;\nconst FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst BK: u32 = {}u;\nconst STAGES: u32 = {}u;\nconst DEPTH: u32 = {depth}u;\n",
         tile.wm, tile.wn, tile.bk, tile.stages
     );
+    let stage = coop_stage();
+    let (se, eh) = match stage {
+        2 => ("vec2<f16>", 2),
+        4 => ("vec4<f16>", 4),
+        _ => ("f16", 1),
+    };
+    let put = |buf: &str| -> String {
+        match eh {
+            1 => (0..8).map(|e| format!("{buf}[at + {e}u] = f16(unpack2x16float(q[{}u])[{}u]);\n", e / 2, e % 2)).collect(),
+            2 => (0..4).map(|e| format!("{buf}[at + {e}u] = vec2<f16>(unpack2x16float(q[{e}u]));\n")).collect(),
+            _ => (0..2)
+                .map(|e| format!("{buf}[at + {e}u] = vec4<f16>(vec4<f32>(unpack2x16float(q[{}u]), unpack2x16float(q[{}u])));\n", 2 * e, 2 * e + 1))
+                .collect(),
+        }
+    };
     let mut out = String::new();
     let mut skip = false; // inside a block that is replaced or not taken
     for line in src::MATMUL_COOP.lines() {
@@ -337,12 +403,19 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
                 skip = true;
                 out += &consts;
             }
+            "//@STAGE" => {
+                skip = true;
+                out += &format!("alias SE = {se};\nconst EH: u32 = {eh}u;\n");
+            }
+            "//@PUTW" => out += &put("ws"),
+            "//@PUTX" => out += &put("xs"),
             "//@X32" => skip = x_f16,
             "//@X16" => skip = !x_f16,
             "//@END" => skip = false,
             _ if skip => {}
+            "//@SETS" => out += &sets,
             "//@ACC" => out += &acc,
-            "//@MMA" => out += &mma,
+            "//@LOOP" => out += &lp,
             "//@STORE" => out += &store,
             _ => {
                 out += line;
@@ -351,12 +424,26 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
         }
     }
     let (_, fsrc, _, _) = format_shader(fmt)?;
-    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
+    // Formats without their own packed-halves load get the generic one: decode, then pack.
+    let load8h = if fsrc.contains("fn fmt_load8h(") {
+        ""
+    } else {
+        "\nfn fmt_load8h(row: u32, col: u32) -> vec4<u32> {\n    return pack_oct(fmt_load8(row, col));\n}\n"
+    };
+    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}{load8h}", src::LINEAR_PARAMS)))
+}
+
+/// Halves per element of `matmul_coop`'s staging buffers: 4 (`vec4<f16>`: two 8-byte workgroup
+/// stores per staged octet), or 2 or 1 from `ESA_WGPU_COOP_STAGE` for comparison. H200, 4096 x
+/// 14336 x 4096 f16: 1 -> 113, 2 -> 141, 4 -> 150 TFLOP/s (docs/perf.md, session 10). Octets of
+/// `vec4<u32>` as loaded, with no conversion at all, lost the device on the H200's driver.
+fn coop_stage() -> u32 {
+    std::env::var("ESA_WGPU_COOP_STAGE").ok().and_then(|v| v.parse().ok()).filter(|v| [1, 2, 4].contains(v)).unwrap_or(4)
 }
 
 fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, consts) = format_shader(fmt)?;
-    let name = format!("matmul_coop[{tile}{}]+{fname}", if x_f16 { ",x16" } else { "" });
+    let name = format!("matmul_coop[{tile}{},se{}]+{fname}", if x_f16 { ",x16" } else { "" }, coop_stage());
     Ok((ctx.kernel_with(&name, "main", &consts, || coop_kernel_source(tile, fmt, x_f16))?, unit))
 }
 
