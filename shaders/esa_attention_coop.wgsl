@@ -66,11 +66,14 @@ const HALF: u32 = D / 2u;
 const KOCT: u32 = D / 16u; // octet pairs (o, o + D/16) of a key row: 8 rotation pairs each
 const VOCT: u32 = D / 8u; // octets of a value row
 const LD: u32 = D + 8u; // halves per staged key / value row: 16-byte aligned, rows on different banks
+const LDV: u32 = LD / 4u; // the same in vec4<f16> elements (ks and vs, and their matrix loads)
 const LDP: u32 = BC + 8u; // halves per row of P (and of the query staging, 32 columns at a time)
 const NEG: f32 = -3.0e38;
 
-var<workgroup> ks: array<f16, BC * LD>; // rotated keys of the tile
-var<workgroup> vs: array<f16, BC * LD>;
+// Keys and values staged as vec4<f16>: two 8-byte workgroup stores per octet, not eight 2-byte
+// ones (as in matmul_coop.wgsl); their matrix loads count vec4 elements.
+var<workgroup> ks: array<vec4<f16>, BC * LDV>; // rotated keys of the tile
+var<workgroup> vs: array<vec4<f16>, BC * LDV>;
 var<workgroup> ps: array<f16, NSG * 16u * LDP>; // per subgroup P [16][LDP]
 var<workgroup> cs: array<f32, NSG * 16u * BC>; // per subgroup S [16][BC]
 // 16 bytes, not 4: a 4-byte workgroup variable can leave the f16 arrays that the matrix loads read
@@ -99,21 +102,23 @@ struct Raw {
     v: array<vec4<u32>, VPT>,
 }
 
+// Branch-free loads: keys past the split read its last key's row and are zeroed by a select, so
+// a thread's loads go out back to back.
 fn fetch(li: u32, kb: u32, n_keys: u32, kvh: u32, seg: u32, values: bool) -> Raw {
     var r: Raw;
+    let last = max(n_keys, 1u) - 1u;
     if (li < BC * KOCT) {
         let key = kb + li / KOCT;
-        if (key < n_keys) {
-            let base = (key_row(key, seg) * p.n_kv + kvh) * VOCT;
-            r.k[0] = k_cache[base + li % KOCT];
-            r.k[1] = k_cache[base + li % KOCT + KOCT];
-        }
+        let base = (key_row(min(key, last), seg) * p.n_kv + kvh) * VOCT;
+        r.k[0] = select(vec4<u32>(0u), k_cache[base + li % KOCT], key < n_keys);
+        r.k[1] = select(vec4<u32>(0u), k_cache[base + li % KOCT + KOCT], key < n_keys);
     }
     if (values) {
         for (var j = 0u; j < VPT; j++) {
-            let i = li + THREADS * j;
+            let i = min(li + THREADS * j, BC * VOCT - 1u);
             let key = kb + i / VOCT;
-            if (i < BC * VOCT && key < n_keys) { r.v[j] = v_cache[(key_row(key, seg) * p.n_kv + kvh) * VOCT + i % VOCT]; }
+            let v = v_cache[(key_row(min(key, last), seg) * p.n_kv + kvh) * VOCT + i % VOCT];
+            r.v[j] = select(vec4<u32>(0u), v, key < n_keys);
         }
     }
     return r;
@@ -130,24 +135,29 @@ fn put(li: u32, raw: Raw, seg: u32, rot: array<vec2<f32>, 8>, values: bool) {
         let o = li % KOCT;
         var a = unpack8(w.k[0]);
         var b = unpack8(w.k[1]);
-        for (var i = 0u; i < 8u; i++) {
-            var lo = a[i];
-            var hi = b[i];
-            if (seg == 1u) {
+        var lo = a;
+        var hi = b;
+        if (seg == 1u) {
+            for (var i = 0u; i < 8u; i++) {
                 let r = rv[i];
-                lo = a[i] * r.x - b[i] * r.y;
-                hi = b[i] * r.x + a[i] * r.y;
+                lo[i] = a[i] * r.x - b[i] * r.y;
+                hi[i] = b[i] * r.x + a[i] * r.y;
             }
-            ks[kj * LD + 8u * o + i] = f16(lo);
-            ks[kj * LD + HALF + 8u * o + i] = f16(hi);
         }
+        let at = kj * LDV + 2u * o;
+        ks[at] = vec4<f16>(vec4<f32>(lo[0], lo[1], lo[2], lo[3]));
+        ks[at + 1u] = vec4<f16>(vec4<f32>(lo[4], lo[5], lo[6], lo[7]));
+        ks[at + HALF / 4u] = vec4<f16>(vec4<f32>(hi[0], hi[1], hi[2], hi[3]));
+        ks[at + HALF / 4u + 1u] = vec4<f16>(vec4<f32>(hi[4], hi[5], hi[6], hi[7]));
     }
     if (values) {
         for (var j = 0u; j < VPT; j++) {
             let i = li + THREADS * j;
             if (i < BC * VOCT) {
-                var v = unpack8(w.v[j]);
-                for (var e = 0u; e < 8u; e++) { vs[(i / VOCT) * LD + 8u * (i % VOCT) + e] = f16(v[e]); }
+                let q = w.v[j];
+                let at = (i / VOCT) * LDV + 2u * (i % VOCT);
+                vs[at] = vec4<f16>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)));
+                vs[at + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
             }
         }
     }
@@ -253,7 +263,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let n_keys = workgroupUniformLoad(&wg_keys).x;
     let k_begin = split * p.split_len;
     let k_end = min(n_keys, k_begin + p.split_len);
-    let ld = LD;
+    let ld = LDV;
     let ldp = LDP;
     let bcs = BC;
     let s16 = 16u;
@@ -319,7 +329,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (kb + BC < k_end) { raw = fetch(li, kb + BC, k_end, kvh, seg, true); }
         for (var f = 0u; f < BC / 16u; f++) {
             var acc = coop_mat16x16<f32, C>();
-            let kf = f * 16u * LD;
+            let kf = f * 16u * LDV;
             //@SCORES
             let sf = cb + f * 16u;
             coopStoreT(acc, &cs[sf], bcs);
@@ -371,33 +381,33 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         for (var kk = 0u; kk < BC; kk += 16u) {
             let pk = pb + kk;
             let a = coopLoadT<coop_mat16x16<f16, A>>(&ps[pk], ldp);
-            let vb = kk * LD;
+            let vb = kk * LDV;
             let bv0 = coopLoadT<coop_mat16x16<f16, B>>(&vs[vb], ld);
             o0 = coopMultiplyAdd(a, bv0, o0);
-            let iv1 = vb + 16u;
+            let iv1 = vb + 4u;
             let bv1 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv1], ld);
             o1 = coopMultiplyAdd(a, bv1, o1);
             if (D >= 64u) {
-                let iv2 = vb + 32u;
+                let iv2 = vb + 8u;
                 let bv2 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv2], ld);
                 o2 = coopMultiplyAdd(a, bv2, o2);
-                let iv3 = vb + 48u;
+                let iv3 = vb + 12u;
                 let bv3 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv3], ld);
                 o3 = coopMultiplyAdd(a, bv3, o3);
             }
             if (D >= 96u) {
-                let iv4 = vb + 64u;
+                let iv4 = vb + 16u;
                 let bv4 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv4], ld);
                 o4 = coopMultiplyAdd(a, bv4, o4);
-                let iv5 = vb + 80u;
+                let iv5 = vb + 20u;
                 let bv5 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv5], ld);
                 o5 = coopMultiplyAdd(a, bv5, o5);
             }
             if (D >= 128u) {
-                let iv6 = vb + 96u;
+                let iv6 = vb + 24u;
                 let bv6 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv6], ld);
                 o6 = coopMultiplyAdd(a, bv6, o6);
-                let iv7 = vb + 112u;
+                let iv7 = vb + 28u;
                 let bv7 = coopLoadT<coop_mat16x16<f16, B>>(&vs[iv7], ld);
                 o7 = coopMultiplyAdd(a, bv7, o7);
             }

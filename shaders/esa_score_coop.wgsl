@@ -41,6 +41,7 @@ enable wgpu_cooperative_matrix;
 
 const D: u32 = 64u;
 const LD: u32 = D + 8u; // halves per staged row: 16-byte aligned, rows on different banks
+const LDV: u32 = LD / 4u; // the same in vec4<f16> elements (the staging buffer's and the matrix loads' unit)
 const OCT: u32 = D / 8u; // octets (8 halves, one vec4<u32> of keys) per row
 //@SHAPE
 const RF: u32 = 2u; // resident fragments per subgroup
@@ -52,37 +53,50 @@ const RES: u32 = 16u * RF * SR;
 const STR: u32 = 16u * SS;
 const NEG: f32 = -3.0e38;
 
-var<workgroup> buf: array<f16, ROWS * LD>; // the resident tile, then each step's streamed rows
+// The resident tile, then each step's streamed rows, as vec4<f16>: two 8-byte workgroup stores per
+// staged octet rather than eight 2-byte ones (the matmul's staging gained 33% from this on the
+// H200, docs/perf.md session 10); the matrix loads count vec4 elements.
+var<workgroup> buf: array<vec4<f16>, ROWS * LDV>;
 var<workgroup> cs: array<f32, 256u * RF * SR * SS>; // per subgroup RF x [16][16] fragment scratch
 var<workgroup> srm: array<f32, STR>; // pass 2: rowmax of the streamed queries
 
-// Octet o of query c as eight floats (zero past n_q).
-fn q_oct(c: u32, o: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
-    if (c < p.n_q) {
-        let a = cq[c * (D / 4u) + 2u * o];
-        let b = cq[c * (D / 4u) + 2u * o + 1u];
-        v = array<f32, 8>(a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
-    }
-    return v;
+// Every staging load below is branch-free: a clamped (valid) address, then a select of zero past
+// the rows, so a thread's loads go out back to back.
+
+// Octet o of query c (zero past n_q), as two vec4 of floats.
+fn q_oct(c: u32, o: u32) -> array<vec4<f32>, 2> {
+    let at = min(c, p.n_q - 1u) * (D / 4u) + 2u * o;
+    let ok = c < p.n_q;
+    return array<vec4<f32>, 2>(select(vec4<f32>(0.0), cq[at], ok), select(vec4<f32>(0.0), cq[at + 1u], ok));
 }
 
-// Octet o of middle token m as eight floats (zero past n_m).
-fn k_oct(m: u32, o: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
-    if (m < p.n_m) { v = unpack8(ck[(p.m0 + m) * OCT + o]); }
-    return v;
+// Octet o of middle token m (zero past n_m), as eight packed halves.
+fn k_oct(m: u32, o: u32) -> vec4<u32> {
+    return select(vec4<u32>(0u), ck[(p.m0 + min(m, p.n_m - 1u)) * OCT + o], m < p.n_m);
 }
 
-// fn unpack8: shaders/unpack_f16x8.wgsl (prepended by the op).
+// Staged octet at element `at` of buf: two vec4<f16>.
+fn put_halves(at: u32, q: vec4<u32>) {
+    buf[at] = vec4<f16>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)));
+    buf[at + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+}
+
+fn put_floats(at: u32, a: vec4<f32>, b: vec4<f32>) {
+    buf[at] = vec4<f16>(a);
+    buf[at + 1u] = vec4<f16>(b);
+}
 
 fn stage_resident(li: u32, base: u32, queries: bool) {
     for (var i = li; i < RES * OCT; i += 256u) {
         let r = i / OCT;
         let o = i % OCT;
-        var v: array<f32, 8>;
-        if (queries) { v = q_oct(base + r, o); } else { v = k_oct(base + r, o); }
-        for (var j = 0u; j < 8u; j++) { buf[r * LD + 8u * o + j] = f16(v[j]); }
+        let at = r * LDV + 2u * o;
+        if (queries) {
+            let v = q_oct(base + r, o);
+            put_floats(at, v[0], v[1]);
+        } else {
+            put_halves(at, k_oct(base + r, o));
+        }
     }
 }
 
@@ -91,12 +105,13 @@ fn stage_resident(li: u32, base: u32, queries: bool) {
 // li holds octets li + 256 j, j < SPT, of the STR x D tile.
 const SPT: u32 = (STR * OCT + 255u) / 256u;
 
+// (Octet indices past the tile, i >= STR * OCT, occur only when 256 does not divide the tile's
+// octets: they load row 0 of the step's rows and are never put.)
 fn fetch_k(li: u32, base: u32) -> array<vec4<u32>, SPT> {
     var r: array<vec4<u32>, SPT>;
     for (var j = 0u; j < SPT; j++) {
-        let i = li + 256u * j;
-        let m = base + i / OCT;
-        if (i < STR * OCT && m < p.n_m) { r[j] = ck[(p.m0 + m) * OCT + i % OCT]; }
+        let i = min(li + 256u * j, STR * OCT - 1u);
+        r[j] = k_oct(base + i / OCT, i % OCT);
     }
     return r;
 }
@@ -105,22 +120,17 @@ fn put_k(li: u32, raw: array<vec4<u32>, SPT>) {
     var w = raw; // (a var: naga's SPIR-V writer wants dynamically indexed arrays in memory)
     for (var j = 0u; j < SPT; j++) {
         let i = li + 256u * j;
-        if (i < STR * OCT) {
-            var v = unpack8(w[j]);
-            for (var e = 0u; e < 8u; e++) { buf[(i / OCT) * LD + 8u * (i % OCT) + e] = f16(v[e]); }
-        }
+        if (i < STR * OCT) { put_halves((i / OCT) * LDV + 2u * (i % OCT), w[j]); }
     }
 }
 
 fn fetch_q(li: u32, base: u32) -> array<vec4<f32>, 2u * SPT> {
     var r: array<vec4<f32>, 2u * SPT>;
     for (var j = 0u; j < SPT; j++) {
-        let i = li + 256u * j;
-        let c = base + i / OCT;
-        if (i < STR * OCT && c < p.n_q) {
-            r[2u * j] = cq[c * (D / 4u) + 2u * (i % OCT)];
-            r[2u * j + 1u] = cq[c * (D / 4u) + 2u * (i % OCT) + 1u];
-        }
+        let i = min(li + 256u * j, STR * OCT - 1u);
+        let v = q_oct(base + i / OCT, i % OCT);
+        r[2u * j] = v[0];
+        r[2u * j + 1u] = v[1];
     }
     return r;
 }
@@ -129,19 +139,7 @@ fn put_q(li: u32, raw: array<vec4<f32>, 2u * SPT>) {
     var w = raw;
     for (var j = 0u; j < SPT; j++) {
         let i = li + 256u * j;
-        if (i < STR * OCT) {
-            let at = (i / OCT) * LD + 8u * (i % OCT);
-            let a = w[2u * j];
-            let b = w[2u * j + 1u];
-            buf[at] = f16(a.x);
-            buf[at + 1u] = f16(a.y);
-            buf[at + 2u] = f16(a.z);
-            buf[at + 3u] = f16(a.w);
-            buf[at + 4u] = f16(b.x);
-            buf[at + 5u] = f16(b.y);
-            buf[at + 6u] = f16(b.z);
-            buf[at + 7u] = f16(b.w);
-        }
+        if (i < STR * OCT) { put_floats((i / OCT) * LDV + 2u * (i % OCT), w[2u * j], w[2u * j + 1u]); }
     }
 }
 
@@ -185,7 +183,7 @@ fn rowmax_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     workgroupBarrier(); // the fragments are in registers: buf may take streamed rows
     var best: array<f32, 8u * RF>;
     for (var e = 0u; e < 8u * RF; e++) { best[e] = NEG; }
-    let ib = sn * 16u * LD;
+    let ib = sn * 16u * LDV;
     var raw = fetch_k(li, t0 * STR);
     for (var t = t0; t < t1; t++) {
         put_k(li, raw);
@@ -229,7 +227,7 @@ fn chunk_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     workgroupBarrier();
     var best: array<f32, 8u * RF>;
     for (var e = 0u; e < 8u * RF; e++) { best[e] = NEG; }
-    let ib = sn * 16u * LD;
+    let ib = sn * 16u * LDV;
     var raw = fetch_q(li, 0u);
     var rm_next = 0.0;
     if (li < STR && li < p.n_q) { rm_next = float_of(atomicLoad(&rowmax[li])); }

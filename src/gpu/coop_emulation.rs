@@ -140,8 +140,17 @@ pub fn emulate(src: &str) -> Result<String> {
     }
     let mut helpers = String::from(PRELUDE);
     for name in &loads {
+        // Arrays of vec2<f16> or vec4<f16> hold 2 or 4 halves per element: `at` and `stride`
+        // count elements, the fragment's entries are halves.
+        let decl = format!("var<workgroup> {name}: array<");
+        let w = match s.find(&decl).map(|i| &s[i + decl.len()..]) {
+            Some(t) if t.starts_with("vec4<") => 4,
+            Some(t) if t.starts_with("vec2<") => 2,
+            _ => 1,
+        };
+        let read = if w == 1 { format!("{name}[i]") } else { format!("{name}[i / {w}u][i % {w}u]") };
         helpers.push_str(&format!(
-            "fn emu_load_{name}(at: u32, stride: u32, row_major: bool) -> EmuFrag {{\n    var f: EmuFrag;\n    for (var r = 0u; r < 16u; r++) {{\n        for (var c = 0u; c < 16u; c++) {{\n            let i = select(at + c * stride + r, at + r * stride + c, row_major);\n            f[r * 16u + c] = f32({name}[i]);\n        }}\n    }}\n    return f;\n}}\n"
+            "fn emu_load_{name}(at: u32, stride: u32, row_major: bool) -> EmuFrag {{\n    var f: EmuFrag;\n    for (var r = 0u; r < 16u; r++) {{\n        for (var c = 0u; c < 16u; c++) {{\n            let i = select(at * {w}u + c * stride * {w}u + r, at * {w}u + r * stride * {w}u + c, row_major);\n            f[r * 16u + c] = f32({read});\n        }}\n    }}\n    return f;\n}}\n"
         ));
     }
     for name in &stores {

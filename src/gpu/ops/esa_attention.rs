@@ -104,7 +104,7 @@ pub fn coop_source(head_dim: usize, nsg: usize) -> String {
         .map(|j| {
             format!(
                 "            let ik{j} = kf + {}u;\n            let bk{j} = coopLoad<coop_mat16x16<f16, B>>(&ks[ik{j}], ld);\n            acc = coopMultiplyAdd(q{j}, bk{j}, acc);\n",
-                16 * j
+                4 * j
             )
         })
         .collect();

@@ -104,11 +104,11 @@ pub fn coop_source(d: usize) -> String {
     for i in 0..COOP_RF {
         mma += &format!("var c{i} = coop_mat16x16<f32, C>();\n");
         for k in 0..ks {
-            aload += &format!("let a{i}_{k} = coopLoadT<coop_mat16x16<f16, A>>(&buf[(sr * RF + {i}u) * 16u * LD + {}u], LD);\n", 16 * k);
+            aload += &format!("let a{i}_{k} = coopLoadT<coop_mat16x16<f16, A>>(&buf[(sr * RF + {i}u) * 16u * LDV + {}u], LDV);\n", 4 * k);
         }
     }
     for k in 0..ks {
-        mma += &format!("let b{k} = coopLoad<coop_mat16x16<f16, B>>(&buf[ib + {}u], LD);\n", 16 * k);
+        mma += &format!("let b{k} = coopLoad<coop_mat16x16<f16, B>>(&buf[ib + {}u], LDV);\n", 4 * k);
         for i in 0..COOP_RF {
             mma += &format!("c{i} = coopMultiplyAdd(a{i}_{k}, b{k}, c{i});\n");
         }
