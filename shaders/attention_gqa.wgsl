@@ -84,7 +84,9 @@ var<workgroup> slot_m: array<vec4<f32>, 64>;   // per slot: running max over key
 var<workgroup> slot_l: array<vec4<f32>, 64>;   // per slot: sum of exp(score - m), per head
 var<workgroup> og: array<vec4<f32>, 1024>;     // [slot][lane][head * 4 + piece], rescaled to the common max
 var<workgroup> last: u32;
-const LONG_MAX: u32 = 1024u;
+// LONG_MAX (prepended by the op): 1024 where the kernel serves ESA's long-distance part, else 1, so
+// that dense attention's workgroups keep 4 KiB less workgroup memory (more of them fit on a
+// compute unit: the H200's 32k decode lost 27% to it) and no long-row lookup per key.
 var<workgroup> long_rows: array<u32, LONG_MAX>; // an ESA long-distance split's cache rows
 
 // vec4 `i` of row `key`'s K (v = false) or V (v = true) for KV head kvh: the fused step's own row
@@ -137,7 +139,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let lane = sl % T;
     let slot = sgid * (sgs / T) + sl / T;
     // this split's keys: virtual indices of the long-distance part, or cache rows (local part, dense)
-    let is_long = split < p.n_long;
+    let is_long = LONG_MAX > 1u && split < p.n_long;
     var start = p.local_start + (split - p.n_long) * p.split_len;
     var end = min(start + p.split_len, p.pos0 + t + 1u);
     if (is_long) {

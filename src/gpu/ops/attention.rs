@@ -328,8 +328,10 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         return Err(crate::Error::arg("n_q", format!("attention grid of {cols} columns exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
     }
     let (u, pf) = (sp.u, sp.prefetch as u32);
-    let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u},PF{pf}]"), "main", &[], || {
-        Ok(format!("const D: u32 = {d}u;\nconst HG: u32 = {hg}u;\nconst U: u32 = {u}u;\nconst PF: u32 = {pf}u;\n{}", super::src::ATTENTION_GQA))
+    // the long-row table only in kernels that gather a long-distance part (see LONG_MAX)
+    let lm = if long.is_some() { GQA_LONG_MAX } else { 1 };
+    let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u},PF{pf},L{lm}]"), "main", &[], || {
+        Ok(format!("const D: u32 = {d}u;\nconst HG: u32 = {hg}u;\nconst U: u32 = {u}u;\nconst PF: u32 = {pf}u;\nconst LONG_MAX: u32 = {lm}u;\n{}", super::src::ATTENTION_GQA))
     })?;
     let p = GqaParams {
         n_q: a.n_q as u32,
