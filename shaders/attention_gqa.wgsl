@@ -342,21 +342,40 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         og[x] = vec4<f32>(part_get(r), part_get(r + 1u), 0.0, 0.0);
     }
     workgroupBarrier();
+    // per head: the common max (slot_m), each split's weight exp(m - max) (og's z), the weighted
+    // sum of the l (slot_l); slot_m and slot_l are free once the slots are combined
+    if (li < HG) {
+        var mm = NEG;
+        for (var s = 0u; s < p.n_split; s++) { mm = max(mm, og[li * p.n_split + s].x); }
+        slot_m[li] = vec4<f32>(mm);
+    }
+    workgroupBarrier();
+    for (var x = li; x < HG * p.n_split; x += 64u) {
+        og[x].z = exp(og[x].x - slot_m[x / p.n_split].x);
+    }
+    workgroupBarrier();
+    if (li < HG) {
+        var ll = 0.0;
+        for (var s = 0u; s < p.n_split; s++) { ll += og[li * p.n_split + s].y * og[li * p.n_split + s].z; }
+        slot_l[li] = vec4<f32>(ll);
+    }
+    workgroupBarrier();
+    // Each output element's sum over the splits, eight partials loaded before any is used: the
+    // atomic loads are not reordered or batched by the compiler, so a loop that used each as it
+    // came made one round trip per split (the H200's 32k decode spent ~100 us a layer here).
     for (var x = li; x < HG * D; x += 64u) {
         let h = x / D;
         let e = x % D;
-        let base = (t * hd + h0 + h) * p.n_split * (D + 2u);
-        var mm = NEG;
-        for (var s = 0u; s < p.n_split; s++) { mm = max(mm, og[h * p.n_split + s].x); }
-        var ll = 0.0;
+        let base = (t * hd + h0 + h) * p.n_split * (D + 2u) + 2u + e;
         var acc = 0.0;
-        for (var s = 0u; s < p.n_split; s++) {
-            let ml = og[h * p.n_split + s];
-            let w = exp(ml.x - mm);
-            ll += ml.y * w;
-            acc += part_get(base + s * (D + 2u) + 2u + e) * w;
+        for (var s0 = 0u; s0 < p.n_split; s0 += 8u) {
+            var v: array<f32, 8>;
+            for (var j = 0u; j < 8u; j++) { v[j] = part_get(base + min(s0 + j, p.n_split - 1u) * (D + 2u)); }
+            for (var j = 0u; j < 8u; j++) {
+                if (s0 + j < p.n_split) { acc += v[j] * og[h * p.n_split + s0 + j].z; }
+            }
         }
-        out[(t * hd + h0 + h) * D + e] = acc / ll;
+        out[(t * hd + h0 + h) * D + e] = acc / slot_l[h].x;
     }
     if (li == 0u) { atomicStore(&counters[col], 0u); }
 }
