@@ -232,13 +232,14 @@ pub struct CoopTile {
 impl CoopTile {
     /// 64 tokens x 128 rows, 8 subgroups: for products with few tiles.
     pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2, depth: 1 };
-    /// The op's choices, largest first (H200 sweeps in docs/perf.md, session 10): 256 tokens x
-    /// 128 rows and 128 x 256 with one staging buffer of k = 32 (150 TFLOP/s on 4096 x 14336 x
-    /// 4096), 128 x 128 with two buffers of k = 32 (102 on 512 x 4096 x 4096, where k = 16 made
-    /// 78; 48 KiB of workgroup memory, so adapters with less fall through), then `SMALL`, `TINY`.
+    /// The op's choices, largest first (H200 sweeps in docs/perf.md, session 10): 128 tokens x
+    /// 256 rows and 256 x 128 with one staging buffer of k = 32 (152 and 148 TFLOP/s on 4096 x
+    /// 14336 x 4096; 130 and 118 on 512 x 28672 x 4096), 128 x 128 with two buffers of k = 32
+    /// (92-102 on 512 x 4096 x 4096, where k = 16 made 78; 48 KiB of workgroup memory, so
+    /// adapters with less fall through), then `SMALL`, `TINY`.
     pub const BY_SIZE: [CoopTile; 5] = [
-        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
         CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
+        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
         CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 32, stages: 2, depth: 1 },
         CoopTile::SMALL,
         CoopTile::TINY,
