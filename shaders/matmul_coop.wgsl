@@ -45,21 +45,18 @@ const SUBGROUPS: u32 = WM * WN;
 const THREADS: u32 = 32u * SUBGROUPS;
 const BT: u32 = 16u * WM * FM; // tokens per tile
 const BR: u32 = 16u * WN * FN; // weight rows per tile
-//@STAGE
-alias SE = f16; // element of the staging buffers: f16, vec2<f16> or vec4<f16>
-const EH: u32 = 1u; // halves per element
-//@END
-const LD: u32 = (BK + 8u) / EH; // elements per staged row (eight halves of padding)
+const LD: u32 = (BK + 8u) / 4u; // vec4<f16> per staged row (eight halves of padding)
 const OPR: u32 = BK / 8u; // octets per staged row
 const WOCT: u32 = BR * OPR / THREADS; // weight octets each thread stages per step
 const XOCT: u32 = BT * OPR / THREADS; // activation octets each thread stages per step
 const WBUF: u32 = BR * LD;
 const XBUF: u32 = BT * LD;
 
-// Staging buffers of halves, as scalars or as vectors of two or four (fewer, wider workgroup
-// stores); coopLoad's offsets and strides count elements.
-var<workgroup> ws: array<SE, STAGES * WBUF>; // STAGES x [BR][LD]
-var<workgroup> xs: array<SE, STAGES * XBUF>; // STAGES x [BT][LD]
+// Staging buffers of vec4<f16>: a staged octet is two 8-byte workgroup stores (eight 2-byte ones
+// as f16 scalars: 113 against 150 TFLOP/s on the H200, docs/perf.md session 10); coopLoad's offsets
+// and strides count vec4 elements.
+var<workgroup> ws: array<vec4<f16>, STAGES * WBUF>; // STAGES x [BR][LD]
+var<workgroup> xs: array<vec4<f16>, STAGES * XBUF>; // STAGES x [BT][LD]
 var<workgroup> cs: array<f32, 256u * SUBGROUPS>; // per subgroup [16][16]
 
 // Staged data travels as octets of packed halves (vec4<u32>, four registers for eight values): a
@@ -126,15 +123,21 @@ fn load_x(o: u32, tok_base: u32, k0: u32) -> vec4<u32> {
 
 // Workgroup-memory offset (elements) of octet o inside one buffer.
 fn slot(o: u32) -> u32 {
-    return (o / OPR) * LD + (o % OPR) * (8u / EH);
+    return (o / OPR) * LD + (o % OPR) * 2u;
+}
+
+fn halves(q: vec4<u32>, i: u32) -> vec4<f16> {
+    return vec4<f16>(vec4<f32>(unpack2x16float(q[2u * i]), unpack2x16float(q[2u * i + 1u])));
 }
 
 fn put_w(at: u32, q: vec4<u32>) {
-    //@PUTW
+    ws[at] = halves(q, 0u);
+    ws[at + 1u] = halves(q, 1u);
 }
 
 fn put_x(at: u32, q: vec4<u32>) {
-    //@PUTX
+    xs[at] = halves(q, 0u);
+    xs[at + 1u] = halves(q, 1u);
 }
 
 // Apply the epilogue to one 16x16 fragment that subgroup `sg` stored at cs[sg * 256 ..]

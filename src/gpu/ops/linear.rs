@@ -369,7 +369,7 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
              for (var kk = 0u; kk < BK; kk += 16u) {{\n\
              // A = activations [token][k] (row-major), fragment i at tokens 16 (FM sm + i);\n\
              // B(k, row) = W[row][k] (column-major), fragment j at rows 16 (FN sn + j).\n\
-             let ia = cur * XBUF + (sm * FM * 16u) * LD + kk / EH;\nlet ib = cur * WBUF + (sn * FN * 16u) * LD + kk / EH;\n{mma}}}\n\
+             let ia = cur * XBUF + (sm * FM * 16u) * LD + kk / 4u;\nlet ib = cur * WBUF + (sn * FN * 16u) * LD + kk / 4u;\n{mma}}}\n\
              if (STAGES == 2u) {{\nif (k + 1u < nk) {{\n{putn}}}\nworkgroupBarrier();\n}}\n}}\n",
             put0 = put(j, "0u"),
             ld = load(j, "k + DEPTH"),
@@ -381,21 +381,6 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
         "const WM: u32 = {}u;\nconst WN: u32 = {}u;\nconst FM: u32 = {fm}u;\nconst FN: u32 = {fn_}u;\nconst BK: u32 = {}u;\nconst STAGES: u32 = {}u;\nconst DEPTH: u32 = {depth}u;\n",
         tile.wm, tile.wn, tile.bk, tile.stages
     );
-    let stage = coop_stage();
-    let (se, eh) = match stage {
-        2 => ("vec2<f16>", 2),
-        4 => ("vec4<f16>", 4),
-        _ => ("f16", 1),
-    };
-    let put = |buf: &str| -> String {
-        match eh {
-            1 => (0..8).map(|e| format!("{buf}[at + {e}u] = f16(unpack2x16float(q[{}u])[{}u]);\n", e / 2, e % 2)).collect(),
-            2 => (0..4).map(|e| format!("{buf}[at + {e}u] = vec2<f16>(unpack2x16float(q[{e}u]));\n")).collect(),
-            _ => (0..2)
-                .map(|e| format!("{buf}[at + {e}u] = vec4<f16>(vec4<f32>(unpack2x16float(q[{}u]), unpack2x16float(q[{}u])));\n", 2 * e, 2 * e + 1))
-                .collect(),
-        }
-    };
     let mut out = String::new();
     let mut skip = false; // inside a block that is replaced or not taken
     for line in src::MATMUL_COOP.lines() {
@@ -404,12 +389,6 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
                 skip = true;
                 out += &consts;
             }
-            "//@STAGE" => {
-                skip = true;
-                out += &format!("alias SE = {se};\nconst EH: u32 = {eh}u;\n");
-            }
-            "//@PUTW" => out += &put("ws"),
-            "//@PUTX" => out += &put("xs"),
             "//@X32" => skip = x_f16,
             "//@X16" => skip = !x_f16,
             "//@END" => skip = false,
@@ -434,17 +413,9 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}{load8h}", src::LINEAR_PARAMS)))
 }
 
-/// Halves per element of `matmul_coop`'s staging buffers: 4 (`vec4<f16>`: two 8-byte workgroup
-/// stores per staged octet), or 2 or 1 from `ESA_WGPU_COOP_STAGE` for comparison. H200, 4096 x
-/// 14336 x 4096 f16: 1 -> 113, 2 -> 141, 4 -> 150 TFLOP/s (docs/perf.md, session 10). Octets of
-/// `vec4<u32>` as loaded, with no conversion at all, lost the device on the H200's driver.
-fn coop_stage() -> u32 {
-    std::env::var("ESA_WGPU_COOP_STAGE").ok().and_then(|v| v.parse().ok()).filter(|v| [1, 2, 4].contains(v)).unwrap_or(4)
-}
-
 fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, consts) = format_shader(fmt)?;
-    let name = format!("matmul_coop[{tile}{},se{}]+{fname}", if x_f16 { ",x16" } else { "" }, coop_stage());
+    let name = format!("matmul_coop[{tile}{}]+{fname}", if x_f16 { ",x16" } else { "" });
     Ok((ctx.kernel_with(&name, "main", &consts, || coop_kernel_source(tile, fmt, x_f16))?, unit))
 }
 
