@@ -81,7 +81,7 @@ var<workgroup> cs: array<f32, NSG * 16u * BC>; // per subgroup S [16][BC]
 var<workgroup> wg_keys: vec4<u32>;
 var<workgroup> wg_flag: u32; // 1 when some row of the current tile moved its reference maximum
 
-// fn unpack8: shaders/unpack_f16x8.wgsl (prepended by the op).
+// fn unpack8, halves4: shaders/unpack_f16x8.wgsl (prepended by the op).
 
 // Cache row of virtual key `key` of segment `seg`.
 fn key_row(key: u32, seg: u32) -> u32 {
@@ -156,8 +156,8 @@ fn put(li: u32, raw: Raw, seg: u32, rot: array<vec2<f32>, 8>, values: bool) {
             if (i < BC * VOCT) {
                 let q = w.v[j];
                 let at = (i / VOCT) * LDV + 2u * (i % VOCT);
-                vs[at] = vec4<f16>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)));
-                vs[at + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+                vs[at] = halves4(q, 0u);
+                vs[at + 1u] = halves4(q, 1u);
             }
         }
     }

@@ -76,9 +76,10 @@ fn k_oct(m: u32, o: u32) -> vec4<u32> {
 }
 
 // Staged octet at element `at` of buf: two vec4<f16>.
+// (halves4: shaders/unpack_f16x8.wgsl, prepended by the op)
 fn put_halves(at: u32, q: vec4<u32>) {
-    buf[at] = vec4<f16>(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)));
-    buf[at + 1u] = vec4<f16>(vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+    buf[at] = halves4(q, 0u);
+    buf[at + 1u] = halves4(q, 1u);
 }
 
 fn put_floats(at: u32, a: vec4<f32>, b: vec4<f32>) {

@@ -27,6 +27,11 @@ struct Oct {
     hi: vec4<f32>,
 }
 
+// An octet as eight packed halves (two per u32, the even value low): matmul_coop's staging unit.
+fn pack_oct(v: Oct) -> vec4<u32> {
+    return vec4<u32>(pack2x16float(v.lo.xy), pack2x16float(v.lo.zw), pack2x16float(v.hi.xy), pack2x16float(v.hi.zw));
+}
+
 // The four bytes of q, each masked with `mask`, as floats minus `off - 8388608`, without an
 // int-to-float conversion: 0x4b000000 | b is the float 2^23 + b exactly (b < 2^23), so an AND/OR
 // and a subtraction replace a conversion, which NVIDIA GPUs issue at an eighth of the FMA rate

@@ -26,7 +26,7 @@ enable wgpu_cooperative_matrix;
 // SwiGLU stay fused (modes as in matvec: 0 store, 1 accumulate, 2 SwiGLU over (gate, up) pairs).
 // Layout: x [n_tok][x_stride] f32 from float x_off; y [n_tok][y_stride] f32.
 
-// struct Params, struct Oct: shaders/linear_params.wgsl (prepended by the op).
+// struct Params, struct Oct, pack_oct: shaders/linear_params.wgsl (prepended by the op).
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
@@ -77,10 +77,6 @@ fn load_w(o: u32, row_base: u32, k0: u32) -> vec4<u32> {
     return select(vec4<u32>(0u), v, row < p.rows && col < p.cols);
 }
 
-fn pack_oct(v: Oct) -> vec4<u32> {
-    return vec4<u32>(pack2x16float(v.lo.xy), pack2x16float(v.lo.zw), pack2x16float(v.hi.xy), pack2x16float(v.hi.zw));
-}
-
 //@X32
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 
@@ -126,18 +122,16 @@ fn slot(o: u32) -> u32 {
     return (o / OPR) * LD + (o % OPR) * 2u;
 }
 
-fn halves(q: vec4<u32>, i: u32) -> vec4<f16> {
-    return vec4<f16>(vec4<f32>(unpack2x16float(q[2u * i]), unpack2x16float(q[2u * i + 1u])));
-}
+// fn halves4: shaders/unpack_f16x8.wgsl (prepended by the op).
 
 fn put_w(at: u32, q: vec4<u32>) {
-    ws[at] = halves(q, 0u);
-    ws[at + 1u] = halves(q, 1u);
+    ws[at] = halves4(q, 0u);
+    ws[at + 1u] = halves4(q, 1u);
 }
 
 fn put_x(at: u32, q: vec4<u32>) {
-    xs[at] = halves(q, 0u);
-    xs[at + 1u] = halves(q, 1u);
+    xs[at] = halves4(q, 0u);
+    xs[at + 1u] = halves4(q, 1u);
 }
 
 // Apply the epilogue to one 16x16 fragment that subgroup `sg` stored at cs[sg * 256 ..]

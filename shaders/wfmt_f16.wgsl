@@ -49,15 +49,8 @@ fn fmt_load8(row: u32, col: u32) -> Oct {
 // Values col .. col + 7 as packed halves, for matmul_coop's staging: f16 as stored (no decode, so
 // nothing waits for the load until the halves are written to workgroup memory); bf16 converted.
 fn fmt_load8h(row: u32, col: u32) -> vec4<u32> {
-    let q = w[row * p.w_stride + col / 8u];
-    if (BF16) {
-        let a = unpack2(q.x);
-        let b = unpack2(q.y);
-        let c = unpack2(q.z);
-        let d = unpack2(q.w);
-        return vec4<u32>(pack2x16float(a), pack2x16float(b), pack2x16float(c), pack2x16float(d));
-    }
-    return q;
+    if (BF16) { return pack_oct(fmt_load8(row, col)); }
+    return w[row * p.w_stride + col / 8u];
 }
 
 // Values col .. col + 31 (col a multiple of 32) for matvec_cpu: four 16-byte loads. Rows are padded

@@ -290,7 +290,8 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     let hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
     let cols = a.n_q * a.n_kv * (g / hg);
     // keys of the long-distance part (ESA: at most n_init + max_sel) and of the local part
-    let max_sel = long.and_then(|l| l.selection.as_ref()).map_or(0, |s| s.max_sel);
+    let selection = long.and_then(|l| l.selection.as_ref());
+    let max_sel = selection.map_or(0, |s| s.max_sel);
     let (long_keys, local_start) = long.map_or((0, 0), |l| (l.n_init + max_sel, l.local_start));
     let local_keys = a.pos0 + a.n_q - local_start;
     let n_keys = long_keys + local_keys;
@@ -347,13 +348,13 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         n_init: long.map_or(0, |l| l.n_init) as u32,
         local_start: local_start as u32,
         w: long.map_or(0, |l| l.w) as u32,
-        count_index: long.and_then(|l| l.selection.as_ref()).map_or(0, |s| s.count_index) as u32,
+        count_index: selection.map_or(0, |s| s.count_index) as u32,
         max_sel: max_sel as u32,
         _pad: 0,
     };
     // without a selection any read-only buffer stands in for `sel` and `state` (max_sel 0: the
     // count is 0 and no index is used)
-    let (sel, state) = match long.and_then(|l| l.selection.as_ref()) {
+    let (sel, state) = match selection {
         Some(s) => (s.indices.clone(), s.state.clone()),
         None => (BufRef::from(a.inv_freq), BufRef::from(a.inv_freq)),
     };

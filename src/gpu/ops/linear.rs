@@ -410,7 +410,7 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
     } else {
         "\nfn fmt_load8h(row: u32, col: u32) -> vec4<u32> {\n    return pack_oct(fmt_load8(row, col));\n}\n"
     };
-    Ok(super::with_prelude(&out, &format!("{}\n{fsrc}{load8h}", src::LINEAR_PARAMS)))
+    Ok(super::with_prelude(&out, &format!("{}\n{}\n{fsrc}{load8h}", src::LINEAR_PARAMS, src::UNPACK_F16X8)))
 }
 
 fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {
