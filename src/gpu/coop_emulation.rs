@@ -87,7 +87,9 @@ pub fn emulate(src: &str) -> Result<String> {
     if !src.contains("enable wgpu_cooperative_matrix;") {
         return Ok(src.to_string());
     }
-    let mut s = src.replace("enable wgpu_cooperative_matrix;", "");
+    // Comments may name the operations (WGSL has no string literals, so `//` always starts one).
+    let uncommented: String = src.lines().map(|l| l.find("//").map_or(l, |i| &l[..i])).collect::<Vec<_>>().join("\n");
+    let mut s = uncommented.replace("enable wgpu_cooperative_matrix;", "");
     s = s.replace("coop_mat16x16<f32, C>()", "EmuFrag()");
     // Loads: coopLoad[T]<coop_mat16x16<f16, R>>(&NAME[INDEX], STRIDE)
     let mut loads: Vec<String> = Vec::new();

@@ -598,17 +598,22 @@ impl std::fmt::Display for WideShape {
     }
 }
 
+/// Rows from which f16 products take two rows per lane group in `matvec_wide` (`wide_shape`).
+const WIDE_F16_TALL: usize = 16384;
+
 /// The op's `matvec_wide` shape for a product: T gives each thread about four octets of a row, at
 /// most 128 threads (H200 sweep in docs/perf.md: 128x4x2 streams 4096 x 14336 f16 at 3.0 TB/s, 256
 /// threads at 2.6); NR (4, else 2, else 1) is lowered while the product would have fewer than 256
 /// workgroups, so small models still spread over a large GPU. (U, V): one run of two consecutive
 /// octets for Q4_0, Q4_1 and Q6_K, two runs of one octet for the other formats (the best of each
 /// format in the same H200 sweep; whole 32-value blocks per thread, 1 x 4, were slower for all).
+/// F16 products of at least `WIDE_F16_TALL` rows start at NR = 2 (H200, session 11: 28672 x 4096
+/// at 3.72 against 3.58 TB/s with 4; the 4096- and 6144-row products were best at 4).
 pub fn wide_shape(sg: u32, rows: usize, cols: usize, swiglu: bool, fmt: TensorFormat) -> WideShape {
     let octets = (cols / 8).max(1) as u32;
     let t = (octets / 4).next_power_of_two().clamp(sg.max(16), 128);
     let groups = 256 / t;
-    let mut nr = 4;
+    let mut nr = if fmt == TensorFormat::F16 && rows >= WIDE_F16_TALL { 2 } else { 4 };
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 256 {
         nr /= 2;
     }
