@@ -287,14 +287,25 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     check_words("attention", "out", a.out, a.n_q * a.n_heads * d)?;
     check_words("attention", "counters", a.counters, counter_words(a.n_q, a.n_heads))?;
     let g = a.n_heads / a.n_kv;
-    let hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
-    let cols = a.n_q * a.n_kv * (g / hg);
     // keys of the long-distance part (ESA: at most n_init + max_sel) and of the local part
     let selection = long.and_then(|l| l.selection.as_ref());
     let max_sel = selection.map_or(0, |s| s.max_sel);
     let (long_keys, local_start) = long.map_or((0, 0), |l| (l.n_init + max_sel, l.local_start));
     let local_keys = a.pos0 + a.n_q - local_start;
     let n_keys = long_keys + local_keys;
+    // Query heads per workgroup: as many as `max_heads` allows (each key rotated and read once for
+    // them), unless the step would make fewer than a quarter of `target_groups` workgroups (few KV
+    // heads, few keys: a small model early in its context), where one head per workgroup spreads
+    // it wider (H200, SmolLM2 after 512 tokens: 1 038 against 977 tok/s; docs/perf.md, session 11).
+    let mut hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
+    if force_len.is_none() {
+        let cols = a.n_q * a.n_kv * (g / hg);
+        let splits = n_keys.div_ceil(sp.min_keys).clamp(1, (sp.target_groups / cols).max(1));
+        if cols * splits < sp.target_groups / 4 {
+            hg = 1;
+        }
+    }
+    let cols = a.n_q * a.n_kv * (g / hg);
     let per_it = (64 / (d / 16)) * sp.u;
     // the partials scratch, and the merge's (m, l) of every split in workgroup memory (1024 vec4)
     let per_split = a.n_q * a.n_heads * (d + 2);
