@@ -297,11 +297,13 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     // them), unless the step would make fewer than a quarter of `target_groups` workgroups (few KV
     // heads, few keys: a small model early in its context), where one head per workgroup spreads
     // it wider (H200, SmolLM2 after 512 tokens: 1 038 against 977 tok/s; docs/perf.md, session 11).
+    // Key splits wanted for `cols` columns: enough for `target_groups` workgroups, at least
+    // `min_keys` keys each (before the scratch's cap).
+    let want_splits = |cols: usize| (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1));
     let mut hg = (1..=sp.max_heads).rev().find(|h| g % h == 0).unwrap_or(1);
     if force_len.is_none() {
         let cols = a.n_q * a.n_kv * (g / hg);
-        let splits = n_keys.div_ceil(sp.min_keys).clamp(1, (sp.target_groups / cols).max(1));
-        if cols * splits < sp.target_groups / 4 {
+        if cols * want_splits(cols) < sp.target_groups / 4 {
             hg = 1;
         }
     }
@@ -319,7 +321,7 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     let split_len = match force_len {
         Some(l) => l.max(1),
         None => {
-            let want = (sp.target_groups / cols).clamp(1, n_keys.div_ceil(sp.min_keys).max(1)).min(cap);
+            let want = want_splits(cols).min(cap);
             let mut len = n_keys.div_ceil(want).next_multiple_of(per_it);
             while splits(len) > cap {
                 len *= 2; // ends: at len >= max(n_keys, GQA_LONG_MAX) it gives `fewest` <= cap
