@@ -47,19 +47,21 @@ fn u2f(v: u32) -> f32 {
     return bitcast<f32>(v | 0x4b000000u) - 8388608.0;
 }
 
-// The dot product of a Q4_0 or Q4_1 block's 32 nibbles with xs (element i = values 4i .. 4i + 3):
-// b is the block as matvec_blocks loads it (`fmt_bload`), words 1..4 its 16 bytes, byte j holding
-// value j in its low nibble and value j + 16 in its high one.
-fn q4_nibble_dot(b: array<u32, 5>, xs: array<vec4<f32>, 8>) -> f32 {
-    var qx = bytes4f(b[1], 0xfu, 8388608.0) * xs[0];
-    qx = fma(bytes4f(b[1] >> 4u, 0xfu, 8388608.0), xs[4], qx);
-    qx = fma(bytes4f(b[2], 0xfu, 8388608.0), xs[1], qx);
-    qx = fma(bytes4f(b[2] >> 4u, 0xfu, 8388608.0), xs[5], qx);
-    qx = fma(bytes4f(b[3], 0xfu, 8388608.0), xs[2], qx);
-    qx = fma(bytes4f(b[3] >> 4u, 0xfu, 8388608.0), xs[6], qx);
-    qx = fma(bytes4f(b[4], 0xfu, 8388608.0), xs[3], qx);
-    qx = fma(bytes4f(b[4] >> 4u, 0xfu, 8388608.0), xs[7], qx);
-    return (qx.x + qx.y) + (qx.z + qx.w);
+// matvec_blocks' integer dot product of one 32-value block, both input levels (`XBlock`): the
+// block's four nibble words (b[1..4] as `fmt_bload` returns them, byte j holding value j in its
+// low nibble and value j + 16 in its high one) against the input's quantised words. Nibbles 0..15
+// are valid signed bytes, so each word of four products is one dot4I8Packed (one instruction where
+// the adapter has integer dot products). Returns 256 * (high level's sum) + (low level's sum),
+// exact in i32 (at most 32 * 15 * 127 * 257).
+fn q4_idot(b: array<u32, 5>, x: array<vec4<u32>, 4>) -> i32 {
+    let m = 0x0f0f0f0fu;
+    let l0 = b[1] & m; let l1 = b[2] & m; let l2 = b[3] & m; let l3 = b[4] & m;
+    let h0 = (b[1] >> 4u) & m; let h1 = (b[2] >> 4u) & m; let h2 = (b[3] >> 4u) & m; let h3 = (b[4] >> 4u) & m;
+    let s_hi = (dot4I8Packed(l0, x[0].x) + dot4I8Packed(l1, x[0].y)) + (dot4I8Packed(l2, x[1].x) + dot4I8Packed(l3, x[1].y))
+        + (dot4I8Packed(h0, x[2].x) + dot4I8Packed(h1, x[2].y)) + (dot4I8Packed(h2, x[3].x) + dot4I8Packed(h3, x[3].y));
+    let s_lo = (dot4I8Packed(l0, x[0].z) + dot4I8Packed(l1, x[0].w)) + (dot4I8Packed(l2, x[1].z) + dot4I8Packed(l3, x[1].w))
+        + (dot4I8Packed(h0, x[2].z) + dot4I8Packed(h1, x[2].w)) + (dot4I8Packed(h2, x[3].z) + dot4I8Packed(h3, x[3].w));
+    return s_hi * 256 + s_lo;
 }
 
 // The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).

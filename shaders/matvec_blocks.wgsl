@@ -1,16 +1,21 @@
 // matvec_blocks: y = W x for one token (decode) over 32-value block formats (Q4_0, Q4_1; Q8_0
 // runs here when forced), each thread taking whole blocks: it loads all of a block's words
 // before decoding any, NR rows' blocks in flight at once, the next iteration's blocks before this
-// iteration's products and the first ones before the input is staged. The input is staged once
-// per workgroup in workgroup memory as f16 (scaled by the fused RMSNorm), where a block's 32 values
-// per lane read without bank conflicts (the XOR swizzle of `slot`); read from storage, lanes 128
-// bytes apart would each touch their own cache line. Workgroups are persistent: each takes every
-// n-th row tile and stages the input once. On the H200 a 4096 x 14336 Q4_0 product takes 26.5 us
-// here against 32.9 us in `matvec_wide` (docs/perf.md, session 8).
+// iteration's products and the first ones before the input is staged.
+//
+// The products are integer: the input (scaled by the fused RMSNorm) is quantised once per
+// workgroup, block by block, to two levels of signed bytes (`XBlock`: x ~ dx (q1 + q2 / 256) with
+// dx = max|x| / 127, so each value within dx / 512 of its f32, finer than an f16), and each word of
+// four weight values meets a word of four inputs in one dot4I8Packed: a Q4_0 block costs 16 of
+// them and 12 bit operations, where decoding its nibbles to floats cost ~160 instructions and
+// bounded the kernel by arithmetic, not by its bytes (docs/perf.md, session 12). Staged in
+// workgroup memory, a block's 32 bytes per level are read by lanes without bank conflicts (the XOR
+// swizzle of `slot`); read from storage, lanes 128 bytes apart would each touch their own cache
+// line. Workgroups are persistent: each takes every n-th row tile and stages the input once.
 //
 // Composed after a weight-format file providing `w`, `FMT_BW` (words per block),
 // `fmt_bload(row, blk) -> array<u32, FMT_BW>` (the block's words) and
-// `fmt_bdot(b, xs, xsum) -> f32` (its dot product with 32 inputs held as 8 vec4, xsum their sum).
+// `fmt_bidot(b, x, xq) -> f32` (its dot product with one `XBlock`'s words, in the block's steps).
 // Written out per (NR, U, max columns) by the op (`linear::blocks_kernel_source`): the //@ markers.
 //
 // Dispatch: n_wg = min(tiles, N_WG) workgroups of 256 threads (flat wg.x + wg.y * grid_x);
@@ -39,10 +44,18 @@ const MAX_COLS: u32 = 16384u; // input width the workgroup memory holds
 //@END
 override N_WG: u32 = 128u; // workgroups dispatched (the op's `blocks_workgroups`)
 
-// The input as f16, 8 values per vec4<u32> chunk, chunk c at slot(c).
+// Chunks of 8 input values each thread stages (MAX_COLS is written per product, a multiple of 256).
+const CPT: u32 = (MAX_COLS + 2047u) / 2048u;
+
+// The quantised input: chunk c (values 8c .. 8c + 7) at slot(c) as (high level of values 8c ..
+// 8c + 3, of 8c + 4 .. 8c + 7, low level of the same two), so block b is slots 4b .. 4b + 3; the
+// block's step dx / 256 at xstep[b].
 var<workgroup> xs: array<vec4<u32>, MAX_COLS / 8u>;
-// One f32 per (subgroup, row): the subgroup partial sums (first the norm's sums).
+var<workgroup> xstep: array<f32, MAX_COLS / 32u>;
+// One f32 per (subgroup, row): the subgroup partial sums.
 var<workgroup> red: array<f32, 256>; // 256 / 4 subgroups at most x NR <= 4
+// The RMSNorm's sums of squares, one per subgroup.
+var<workgroup> nred: array<f32, 64>;
 
 // fmt_block_dot (matvec_sg's entry point, unused here) reads the input through xin.
 fn xin(i: u32) -> f32 { return 0.0; }
@@ -54,22 +67,29 @@ fn slot(c: u32) -> u32 {
     return c ^ ((c >> 3u) & 7u);
 }
 
-// The 32 staged inputs of block b as 8 vec4 (values 4i .. 4i + 3 in element i).
-fn xblock(b: u32) -> array<vec4<f32>, 8> {
-    var o: array<vec4<f32>, 8>;
-    let c0 = xs[slot(4u * b)];
-    let c1 = xs[slot(4u * b + 1u)];
-    let c2 = xs[slot(4u * b + 2u)];
-    let c3 = xs[slot(4u * b + 3u)];
-    o[0] = vec4<f32>(unpack2x16float(c0.x), unpack2x16float(c0.y));
-    o[1] = vec4<f32>(unpack2x16float(c0.z), unpack2x16float(c0.w));
-    o[2] = vec4<f32>(unpack2x16float(c1.x), unpack2x16float(c1.y));
-    o[3] = vec4<f32>(unpack2x16float(c1.z), unpack2x16float(c1.w));
-    o[4] = vec4<f32>(unpack2x16float(c2.x), unpack2x16float(c2.y));
-    o[5] = vec4<f32>(unpack2x16float(c2.z), unpack2x16float(c2.w));
-    o[6] = vec4<f32>(unpack2x16float(c3.x), unpack2x16float(c3.y));
-    o[7] = vec4<f32>(unpack2x16float(c3.z), unpack2x16float(c3.w));
-    return o;
+// Block b of the quantised input: its four chunks, vec4 k = (high level of values 8k .. 8k + 3,
+// 8k + 4 .. 8k + 7, low level of the same), four signed bytes per word (value 4i + j in byte j).
+fn xqblock(b: u32) -> array<vec4<u32>, 4> {
+    return array<vec4<u32>, 4>(xs[slot(4u * b)], xs[slot(4u * b + 1u)], xs[slot(4u * b + 2u)], xs[slot(4u * b + 3u)]);
+}
+
+// 256 * the sum of the block's values in steps of dx (what Q4_0's zero point and Q4_1's offset
+// multiply): one dot4I8Packed with ones per word.
+fn xqsum(x: array<vec4<u32>, 4>) -> i32 {
+    let one = 0x01010101u;
+    let hi = (dot4I8Packed(x[0].x, one) + dot4I8Packed(x[0].y, one)) + (dot4I8Packed(x[1].x, one) + dot4I8Packed(x[1].y, one))
+        + (dot4I8Packed(x[2].x, one) + dot4I8Packed(x[2].y, one)) + (dot4I8Packed(x[3].x, one) + dot4I8Packed(x[3].y, one));
+    let lo = (dot4I8Packed(x[0].z, one) + dot4I8Packed(x[0].w, one)) + (dot4I8Packed(x[1].z, one) + dot4I8Packed(x[1].w, one))
+        + (dot4I8Packed(x[2].z, one) + dot4I8Packed(x[2].w, one)) + (dot4I8Packed(x[3].z, one) + dot4I8Packed(x[3].w, one));
+    return hi * 256 + lo;
+}
+
+// Four values in steps of dx (|v| <= 127) as two levels of signed bytes: round(v), then the
+// remainder in 256ths of a step.
+fn quant2(v: vec4<f32>) -> vec2<u32> {
+    let q1 = round(v);
+    let q2 = clamp(round((v - q1) * 256.0), vec4<f32>(-127.0), vec4<f32>(127.0));
+    return vec2<u32>(pack4xI8(vec4<i32>(q1)), pack4xI8(vec4<i32>(q2)));
 }
 
 @compute @workgroup_size(256)
@@ -96,34 +116,60 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var first = (tile * rg + group) * NR;
     //@LOAD0
 
-    // Stage x (times gamma and the RMSNorm scale) as f16.
+    // Stage the input quantised: chunk c (values 8c .. 8c + 7) is thread c % 256's, all of its
+    // chunks' loads issued at once (clamped addresses, zeroed past the input: no branch around a
+    // load), so the staging costs one round trip to memory rather than one per loop iteration.
+    // The four threads of a block (adjacent lanes) share its largest magnitude by shuffles. The
+    // RMSNorm's scale multiplies whole rows' sums (`scale` at the reduction), so the blocks are
+    // quantised from gamma * x and the norm's sum of squares is reduced alongside.
     let xb = p.x_off / 4u;
     let nch = p.cols / 8u;
+    var xv: array<vec4<f32>, 2u * CPT>;
+    var gv: array<vec4<f32>, 2u * CPT>;
+    for (var j = 0u; j < CPT; j++) {
+        let c = min(li + 256u * j, nch - 1u);
+        xv[2u * j] = x[xb + 2u * c];
+        xv[2u * j + 1u] = x[xb + 2u * c + 1u];
+        gv[2u * j] = gamma[2u * c];
+        gv[2u * j + 1u] = gamma[2u * c + 1u];
+    }
+    var ss = 0.0;
+    for (var j = 0u; j < CPT; j++) {
+        let c = li + 256u * j;
+        let ok = c < nch;
+        let a = select(vec4<f32>(0.0), xv[2u * j], ok);
+        let b = select(vec4<f32>(0.0), xv[2u * j + 1u], ok);
+        ss += dot(a, a) + dot(b, b);
+        var va = a;
+        var vb = b;
+        if (p.norm == 1u) {
+            va *= gv[2u * j];
+            vb *= gv[2u * j + 1u];
+        }
+        let am = max(abs(va), abs(vb));
+        var m = max(max(am.x, am.y), max(am.z, am.w));
+        m = max(m, subgroupShuffleXor(m, 1u));
+        m = max(m, subgroupShuffleXor(m, 2u));
+        let inv = select(0.0, 127.0 / m, m > 0.0);
+        let qa = quant2(va * inv);
+        let qb = quant2(vb * inv);
+        if (ok) {
+            // chunk k of block c / 4 holds both levels of its 8 values (`xqblock`)
+            xs[slot(c)] = vec4<u32>(qa.x, qb.x, qa.y, qb.y);
+            if (c % 4u == 0u) { xstep[c / 4u] = m / (127.0 * 256.0); }
+        }
+    }
     var scale = 1.0;
     if (p.norm == 1u) {
-        var ss = 0.0;
-        for (var c = li; c < nch; c += 256u) {
-            let a = x[xb + 2u * c];
-            let b = x[xb + 2u * c + 1u];
-            ss += dot(a, a) + dot(b, b);
-        }
         ss = subgroupAdd(ss);
-        if (li % SG == 0u) { red[sub] = ss; }
-        workgroupBarrier();
-        var t = 0.0;
-        for (var s = 0u; s < 256u / SG; s++) { t += red[s]; }
-        scale = inverseSqrt(t / f32(p.cols) + p.eps);
-    }
-    for (var c = li; c < nch; c += 256u) {
-        var a = x[xb + 2u * c] * scale;
-        var b = x[xb + 2u * c + 1u] * scale;
-        if (p.norm == 1u) {
-            a *= gamma[2u * c];
-            b *= gamma[2u * c + 1u];
-        }
-        xs[slot(c)] = vec4<u32>(pack2x16float(a.xy), pack2x16float(a.zw), pack2x16float(b.xy), pack2x16float(b.zw));
+        if (li % SG == 0u) { nred[sub] = ss; }
     }
     workgroupBarrier();
+    if (p.norm == 1u) {
+        var t = 0.0;
+        for (var s = 0u; s < 256u / SG; s++) { t += nred[s]; }
+        scale = inverseSqrt(t / f32(p.cols) + p.eps);
+    }
 
     //@ACC
     let per_group = TPR / SG;
@@ -149,12 +195,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (gk < rg && row < p.rows) {
                 var s = 0.0;
                 for (var j = 0u; j < per_group; j++) { s += red[(gk * per_group + j) * NR + r]; }
+                s *= scale;
                 if (p.mode == 2u) {
                     // the gate row's thread writes silu(gate) * up; the up row's sum comes from
                     // its neighbour
                     if (r % 2u == 0u && row + 1u < p.rows) {
                         var u = 0.0;
                         for (var j = 0u; j < per_group; j++) { u += red[(gk * per_group + j) * NR + r + 1u]; }
+                        u *= scale;
                         y[(p.row0 + row) / 2u] = s / (1.0 + exp(-s)) * u;
                     }
                 } else {

@@ -77,7 +77,8 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
 }
 
 // matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
-// with 32 inputs xs (element i = values 4i .. 4i + 3; xsum = their sum): d * (sum(q x) - 8 sum(x)).
+// with a block of the quantised input (`XBlock` in matvec_blocks.wgsl; xq = 256 * the sum of its
+// values in quantisation steps), in the input's steps: d * (sum(q x) - 8 sum(x)).
 const FMT_BW: u32 = 5u;
 
 fn fmt_bload(row: u32, blk: u32) -> array<u32, 5> {
@@ -85,6 +86,6 @@ fn fmt_bload(row: u32, blk: u32) -> array<u32, 5> {
     return array<u32, 5>(w[base], w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u]);
 }
 
-fn fmt_bdot(b: array<u32, 5>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
-    return unpack2x16float(b[0]).x * (q4_nibble_dot(b, xs) - 8.0 * xsum);
+fn fmt_bidot(b: array<u32, 5>, x: array<vec4<u32>, 4>, xq: i32) -> f32 {
+    return unpack2x16float(b[0]).x * f32(q4_idot(b, x) - 8 * xq);
 }

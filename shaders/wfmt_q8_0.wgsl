@@ -58,7 +58,8 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
 }
 
 // matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
-// with 32 inputs xs (element i = values 4i .. 4i + 3): d * sum(q x).
+// with a block of the quantised input (`XBlock` in matvec_blocks.wgsl), in the input's steps:
+// d * sum(q x), 8 dot4I8Packed per level (exact in i32: at most 32 * 127 * 127 * 257).
 const FMT_BW: u32 = 9u;
 
 fn fmt_bload(row: u32, blk: u32) -> array<u32, 9> {
@@ -66,14 +67,10 @@ fn fmt_bload(row: u32, blk: u32) -> array<u32, 9> {
     return array<u32, 9>(w[base], w[base + 1u], w[base + 2u], w[base + 3u], w[base + 4u], w[base + 5u], w[base + 6u], w[base + 7u], w[base + 8u]);
 }
 
-fn fmt_bdot(b: array<u32, 9>, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
-    var qx = i8x4(b[1]) * xs[0];
-    qx = fma(i8x4(b[2]), xs[1], qx);
-    qx = fma(i8x4(b[3]), xs[2], qx);
-    qx = fma(i8x4(b[4]), xs[3], qx);
-    qx = fma(i8x4(b[5]), xs[4], qx);
-    qx = fma(i8x4(b[6]), xs[5], qx);
-    qx = fma(i8x4(b[7]), xs[6], qx);
-    qx = fma(i8x4(b[8]), xs[7], qx);
-    return unpack2x16float(b[0]).x * ((qx.x + qx.y) + (qx.z + qx.w));
+fn fmt_bidot(b: array<u32, 9>, x: array<vec4<u32>, 4>, xq: i32) -> f32 {
+    let s_hi = (dot4I8Packed(b[1], x[0].x) + dot4I8Packed(b[2], x[0].y)) + (dot4I8Packed(b[3], x[1].x) + dot4I8Packed(b[4], x[1].y))
+        + (dot4I8Packed(b[5], x[2].x) + dot4I8Packed(b[6], x[2].y)) + (dot4I8Packed(b[7], x[3].x) + dot4I8Packed(b[8], x[3].y));
+    let s_lo = (dot4I8Packed(b[1], x[0].z) + dot4I8Packed(b[2], x[0].w)) + (dot4I8Packed(b[3], x[1].z) + dot4I8Packed(b[4], x[1].w))
+        + (dot4I8Packed(b[5], x[2].z) + dot4I8Packed(b[6], x[2].w)) + (dot4I8Packed(b[7], x[3].z) + dot4I8Packed(b[8], x[3].w));
+    return unpack2x16float(b[0]).x * f32(s_hi * 256 + s_lo);
 }

@@ -463,7 +463,7 @@ pub enum MatvecVariant {
     /// vec4-aligned input (others take `Subgroup`).
     Wide,
     /// `matvec_blocks.wgsl`: whole 32-value blocks per thread, loaded an iteration ahead, the
-    /// input staged in workgroup memory as f16; one token of Q4_0, Q4_1 or Q8_0 weights on GPUs
+    /// input quantised to bytes in workgroup memory, integer dot products; one token of Q4_0, Q4_1 or Q8_0 weights on GPUs
     /// with fixed-size subgroups (`blocks_supported`; other products take `Wide`).
     Blocks,
 }
@@ -485,10 +485,11 @@ pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
     }
 }
 
-/// Widest input `matvec_blocks` stages (f16 in workgroup memory: 32 KiB), lowered to what the
-/// adapter's workgroup memory holds beside the 1 KiB of partial sums.
+/// Widest input `matvec_blocks` stages (two levels of bytes and an f32 step per 32 values: 2.125
+/// bytes a value, 34 KiB at 16 384), lowered to what the adapter's workgroup memory holds beside
+/// the 1 KiB of partial sums.
 fn blocks_max_cols(ctx: &GpuContext) -> usize {
-    let fits = (ctx.caps.max_workgroup_storage as usize).saturating_sub(1024) / 2;
+    let fits = (ctx.caps.max_workgroup_storage as usize).saturating_sub(1024) * 8 / 17;
     fits.min(16384) / 256 * 256
 }
 
@@ -631,9 +632,10 @@ pub fn matvec(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, n
         let shape = if io.n_tok == 1 { (CPU_ROWS, 1) } else { CPU_PREFILL };
         return linear_cpu(rec, w, io, epi, norm, shape);
     }
-    // Q8_0 stays on `Wide`, which ran it 5% faster on the H200 (docs/perf.md, session 8)
+    // Q8_0 too since its integer products (H200, session 12: 4096 x 4096 13.6 us against 14.2
+    // in `Wide`, 28672 x 4096 55.5 against 57.9)
     let v = match matvec_variant(rec.ctx()) {
-        MatvecVariant::Wide if w.format != TensorFormat::Q8_0 && blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) => MatvecVariant::Blocks,
+        MatvecVariant::Wide if blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) => MatvecVariant::Blocks,
         v => v,
     };
     matvec_with(rec, w, io, epi, norm, v)
@@ -703,7 +705,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             }
             MatvecVariant::Blocks => {
                 let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, swiglu));
-                (blocks_kernel(ctx, w.format, sh)?, (s.rows as u32).div_ceil(256 / sh.tpr * sh.nr).min(sh.wgs))
+                (blocks_kernel(ctx, w.format, sh, w.cols)?, (s.rows as u32).div_ceil(256 / sh.tpr * sh.nr).min(sh.wgs))
             }
         };
         let g = grid(ctx, groups);
@@ -785,9 +787,9 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
             next += &format!("let n{k}_{r} = fmt_bload(min(nfirst + {r}u, last_row), min(nb0 + {k}u * TPR, last_blk));\n");
             rotate += &format!("c{k}_{r} = n{k}_{r};\n");
         }
-        dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xblock(b);\nlet s4 = ((xv[0] + xv[1]) + (xv[2] + xv[3])) + ((xv[4] + xv[5]) + (xv[6] + xv[7]));\nlet xsum = (s4.x + s4.y) + (s4.z + s4.w);\n");
+        dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xqblock(b);\nlet xq = xqsum(xv);\nlet st = xstep[b];\n");
         for r in 0..nr {
-            dots += &format!("a{r} += fmt_bdot(c{k}_{r}, xv, xsum);\n");
+            dots += &format!("a{r} = fma(st, fmt_bidot(c{k}_{r}, xv, xq), a{r});\n");
         }
         dots += "}\n}\n";
     }
@@ -798,10 +800,13 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
     Ok(super::with_prelude(&out, &format!("{}\n{fsrc}", src::LINEAR_PARAMS)))
 }
 
-fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape) -> Result<(Arc<Kernel>, usize)> {
+/// The kernel for inputs of `cols` values: its workgroup memory and staging registers sized for
+/// `cols` rounded up to 2048 (one chunk of 8 values per thread), so narrow products keep more
+/// workgroups per compute unit and stage in fewer registers.
+fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape, cols: usize) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, mut consts) = format_shader(fmt)?;
     consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", sh.wgs as f64)]);
-    let max_cols = blocks_max_cols(ctx);
+    let max_cols = cols.div_ceil(2048).max(1).saturating_mul(2048).min(blocks_max_cols(ctx));
     let name = format!("matvec_blocks[{}x{}x{max_cols}]+{fname}", sh.nr, sh.u);
     Ok((ctx.kernel_with(&name, "main", &consts, || blocks_kernel_source(fmt, sh.nr as usize, sh.u as usize, max_cols))?, unit))
 }
