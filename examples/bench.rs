@@ -277,6 +277,9 @@ fn bench_bandwidth(ctx: &GpuContext, repeats: usize) -> esa_wgpu::Result<f64> {
 
 /// One-token matvec at ROWSxCOLS for each format and variant: ms, GB/s of weights (bytes as
 /// stored on the GPU) and the share of the streaming-read bandwidth.
+/// Bytes of weight copies `--matvec` cycles through: several times a large GPU's L2 cache.
+const COLD_BYTES: f64 = 256e6;
+
 fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: Option<&str>, blocks_shapes: Option<&str>, repeats: usize) -> esa_wgpu::Result<()> {
     let dims: Vec<usize> = spec.split('x').map(|v| v.parse().map_err(|_| esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS")))).collect::<Result<_, _>>()?;
     let [rows, cols] = dims[..] else { return Err(esa_wgpu::Error::arg("matvec", format!("`{spec}`: want ROWSxCOLS"))) };
@@ -297,16 +300,29 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
     println!();
     // `kernel_seconds`: GPU time where the adapter has timestamp queries
     let clock = if ctx.caps.timestamps { "GPU ms" } else { "ms" };
-    println!("| matvec {rows} x {cols}, 1 token, fused norm | variant | {clock} | weight GB/s | of read |");
+    println!("| matvec {rows} x {cols}, 1 token, fused norm, weights cold | variant | {clock} | weight GB/s | of read |");
     println!("|---|---|---|---|---|");
     for f in formats.split(',') {
         let fmt = parse_format(f.trim())?;
         let host = HostTensor { name: format!("w {f}"), shape: vec![rows, cols], format: fmt, data: random_weights(fmt, rows, cols, &mut next).into() };
-        let m = GpuMatrix::upload(ctx, &host, true)?;
-        let bytes = (m.row_bytes * rows) as f64;
+        let first = GpuMatrix::upload(ctx, &host, true)?;
+        let bytes = (first.row_bytes * rows) as f64;
+        // Consecutive calls take consecutive copies of the weights, at least COLD_BYTES of them, so
+        // each call reads its weights from memory as a decode step does (one copy would stay in a
+        // large GPU's L2 cache: 4096 x 14336 Q4_0 is 37 MB against the H200's 50 MB).
+        let copies = (COLD_BYTES / bytes).ceil().clamp(1.0, 64.0) as usize;
+        let mut ms = vec![first];
+        for _ in 1..copies {
+            ms.push(GpuMatrix::upload(ctx, &host, true)?);
+        }
+        let mut turn = 0usize;
+        let mut m = move || {
+            turn += 1;
+            ms[turn % ms.len()].clone()
+        };
         let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: rows, y_row0: 0, n_tok: 1 };
         for v in linear::matvec_variants(ctx) {
-            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_with(rec, &m(), &io, Epilogue::Store, Some((&gamma, 1e-5)), v))?;
             let gbs = bytes / secs / 1e9;
             let sg = linear::fixed_subgroup(ctx).unwrap_or(32);
             let shape = match v {
@@ -324,13 +340,13 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
             if !linear::blocks_supported(ctx, fmt, cols, 1, 0) {
                 continue;
             }
-            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m(), &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;
             let gbs = bytes / secs / 1e9;
             println!("| {f} | Blocks {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }
         for sh in wide_shapes.into_iter().flat_map(|s| s.split(',')) {
             let sh = linear::WideShape::parse(sh)?;
-            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m, &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
+            let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_wide(rec, &m(), &io, Epilogue::Store, Some((&gamma, 1e-5)), sh))?;
             let gbs = bytes / secs / 1e9;
             println!("| {f} | Wide {sh} | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
         }

@@ -49,9 +49,10 @@ const CPT: u32 = (MAX_COLS + 2047u) / 2048u;
 
 // The quantised input: chunk c (values 8c .. 8c + 7) at slot(c) as (high level of values 8c ..
 // 8c + 3, of 8c + 4 .. 8c + 7, low level of the same two), so block b is slots 4b .. 4b + 3; the
-// block's step dx / 256 at xstep[b].
+// block's step dx / 256 and 256 * the sum of its values in steps of dx (exact in f32: at most
+// 32 * 127 * 257; what Q4_0's zero point and Q4_1's offset multiply) at xmeta[b].
 var<workgroup> xs: array<vec4<u32>, MAX_COLS / 8u>;
-var<workgroup> xstep: array<f32, MAX_COLS / 32u>;
+var<workgroup> xmeta: array<vec2<f32>, MAX_COLS / 32u>;
 // One f32 per (subgroup, row): the subgroup partial sums.
 var<workgroup> red: array<f32, 256>; // 256 / 4 subgroups at most x NR <= 4
 // The RMSNorm's sums of squares, one per subgroup.
@@ -73,23 +74,14 @@ fn xqblock(b: u32) -> array<vec4<u32>, 4> {
     return array<vec4<u32>, 4>(xs[slot(4u * b)], xs[slot(4u * b + 1u)], xs[slot(4u * b + 2u)], xs[slot(4u * b + 3u)]);
 }
 
-// 256 * the sum of the block's values in steps of dx (what Q4_0's zero point and Q4_1's offset
-// multiply): one dot4I8Packed with ones per word.
-fn xqsum(x: array<vec4<u32>, 4>) -> i32 {
-    let one = 0x01010101u;
-    let hi = (dot4I8Packed(x[0].x, one) + dot4I8Packed(x[0].y, one)) + (dot4I8Packed(x[1].x, one) + dot4I8Packed(x[1].y, one))
-        + (dot4I8Packed(x[2].x, one) + dot4I8Packed(x[2].y, one)) + (dot4I8Packed(x[3].x, one) + dot4I8Packed(x[3].y, one));
-    let lo = (dot4I8Packed(x[0].z, one) + dot4I8Packed(x[0].w, one)) + (dot4I8Packed(x[1].z, one) + dot4I8Packed(x[1].w, one))
-        + (dot4I8Packed(x[2].z, one) + dot4I8Packed(x[2].w, one)) + (dot4I8Packed(x[3].z, one) + dot4I8Packed(x[3].w, one));
-    return hi * 256 + lo;
-}
-
 // Four values in steps of dx (|v| <= 127) as two levels of signed bytes: round(v), then the
 // remainder in 256ths of a step.
-fn quant2(v: vec4<f32>) -> vec2<u32> {
+// The third element is their sum in 256ths of a step.
+fn quant2(v: vec4<f32>) -> vec3<u32> {
     let q1 = round(v);
     let q2 = clamp(round((v - q1) * 256.0), vec4<f32>(-127.0), vec4<f32>(127.0));
-    return vec2<u32>(pack4xI8(vec4<i32>(q1)), pack4xI8(vec4<i32>(q2)));
+    let s = q1 * 256.0 + q2;
+    return vec3<u32>(pack4xI8(vec4<i32>(q1)), pack4xI8(vec4<i32>(q2)), bitcast<u32>((s.x + s.y) + (s.z + s.w)));
 }
 
 @compute @workgroup_size(256)
@@ -107,14 +99,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let last_blk = nb - 1u;
     let n_it = (nb + TPR * U - 1u) / (TPR * U);
 
-    // This thread's first blocks, in flight while the input is staged. Registers c{u}_{r} (block
+    // This thread's first blocks, in flight while the input is staged (issued after the input's
+    // loads, which hit in L2 and so return first). Registers c{u}_{r} (block
     // ti + TPR * (U * it + u) of row first + r) and their successors n{u}_{r}, written out by the
     // op; rows and blocks past the shard are clamped (loaded, never used) so every thread reaches
     // the barriers and subgroup operations.
     var tile = wgi;
     var it = 0u;
     var first = (tile * rg + group) * NR;
-    //@LOAD0
 
     // Stage the input quantised: chunk c (values 8c .. 8c + 7) is thread c % 256's, all of its
     // chunks' loads issued at once (clamped addresses, zeroed past the input: no branch around a
@@ -133,6 +125,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         gv[2u * j] = gamma[2u * c];
         gv[2u * j + 1u] = gamma[2u * c + 1u];
     }
+    //@LOAD0
     var ss = 0.0;
     for (var j = 0u; j < CPT; j++) {
         let c = li + 256u * j;
@@ -153,10 +146,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let inv = select(0.0, 127.0 / m, m > 0.0);
         let qa = quant2(va * inv);
         let qb = quant2(vb * inv);
+        var qs = bitcast<f32>(qa.z) + bitcast<f32>(qb.z);
+        qs += subgroupShuffleXor(qs, 1u);
+        qs += subgroupShuffleXor(qs, 2u);
         if (ok) {
             // chunk k of block c / 4 holds both levels of its 8 values (`xqblock`)
             xs[slot(c)] = vec4<u32>(qa.x, qb.x, qa.y, qb.y);
-            if (c % 4u == 0u) { xstep[c / 4u] = m / (127.0 * 256.0); }
+            if (c % 4u == 0u) { xmeta[c / 4u] = vec2<f32>(m / (127.0 * 256.0), qs); }
         }
     }
     var scale = 1.0;

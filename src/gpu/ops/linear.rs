@@ -485,11 +485,11 @@ pub fn matvec_variants(ctx: &GpuContext) -> Vec<MatvecVariant> {
     }
 }
 
-/// Widest input `matvec_blocks` stages (two levels of bytes and an f32 step per 32 values: 2.125
-/// bytes a value, 34 KiB at 16 384), lowered to what the adapter's workgroup memory holds beside
-/// the 1 KiB of partial sums.
+/// Widest input `matvec_blocks` stages (two levels of bytes, and an f32 step and sum per 32
+/// values: 2.25 bytes a value, 36 KiB at 16 384), lowered to what the adapter's workgroup memory
+/// holds beside the 1.25 KiB of partial sums.
 fn blocks_max_cols(ctx: &GpuContext) -> usize {
-    let fits = (ctx.caps.max_workgroup_storage as usize).saturating_sub(1024) * 8 / 17;
+    let fits = (ctx.caps.max_workgroup_storage as usize).saturating_sub(1280) * 4 / 9;
     fits.min(16384) / 256 * 256
 }
 
@@ -534,15 +534,23 @@ impl std::fmt::Display for BlocksShape {
 }
 
 /// Workgroups `matvec_blocks` dispatches at most: persistent ones, a few per compute unit of a
-/// large GPU (wgpu does not report the count).
-pub const BLOCKS_WORKGROUPS: u32 = 256;
+/// large GPU (wgpu does not report the count). H200, session 12, 28672 x 4096 Q4_0: 128 41.9 us,
+/// 256 33.3, 512 29.9, 1024 31.9.
+pub const BLOCKS_WORKGROUPS: u32 = 512;
 
 /// `matvec_blocks`' default shape: one subgroup per row group (at least 16 threads), one block of
 /// each of NR rows per iteration (H200 sweep, docs/perf.md: 32x4x1 beat 64 threads and two blocks
 /// per iteration on 4096 x 14336 Q4_0, 26.5 against 33.8 us, and 2 rows per thread, 36.3 us); NR
 /// (4, else 2, else 1) is lowered only while the product would have fewer than 128 row tiles
 /// (small models, whose products are too small to keep a large GPU's units busy otherwise).
+/// `ESA_WGPU_BLOCKS=TPRxNRxU[xWGS]` overrides it (for tuning on a device; NR still at least 2 for
+/// SwiGLU).
 pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
+    static KNOB: std::sync::OnceLock<Option<BlocksShape>> = std::sync::OnceLock::new();
+    let knob = *KNOB.get_or_init(|| std::env::var("ESA_WGPU_BLOCKS").ok().and_then(|s| BlocksShape::parse(&s).ok()));
+    if let Some(k) = knob.filter(|k| k.tpr >= sg && k.tpr.is_power_of_two() && k.tpr <= 256 && matches!(k.nr, 1 | 2 | 4) && (1..=4).contains(&k.u) && k.wgs > 0) {
+        return BlocksShape { nr: if swiglu { k.nr.max(2) } else { k.nr }, ..k };
+    }
     let tpr = sg.max(16);
     let groups = 256 / tpr;
     let mut nr = 4;
@@ -787,7 +795,7 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
             next += &format!("let n{k}_{r} = fmt_bload(min(nfirst + {r}u, last_row), min(nb0 + {k}u * TPR, last_blk));\n");
             rotate += &format!("c{k}_{r} = n{k}_{r};\n");
         }
-        dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xqblock(b);\nlet xq = xqsum(xv);\nlet st = xstep[b];\n");
+        dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xqblock(b);\nlet xm = xmeta[b];\nlet xq = i32(xm.y);\nlet st = xm.x;\n");
         for r in 0..nr {
             dots += &format!("a{r} = fma(st, fmt_bidot(c{k}_{r}, xv, xq), a{r});\n");
         }
