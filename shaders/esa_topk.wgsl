@@ -264,3 +264,103 @@ fn compact(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
     }
 }
+
+// select_one: the whole selection in one workgroup (one dispatch) for a decode step's few scores,
+// where the six dispatches above cost more in their dependent launches (a few us each, per layer)
+// than their work. The same four digit passes (histograms in workgroup memory, each pass's digit
+// found as `advance` finds it) and the same compaction, walked block by block; the final state as
+// block_count stores it. The histograms in `hist` are not touched (they stay zero).
+// Dispatch (1). Thread li takes scores li, li + 256, ... in the passes and ITEMS consecutive ones
+// per block in the compaction.
+@compute @workgroup_size(256)
+fn select_one(@builtin(local_invocation_index) li: u32) {
+    touch();
+    if (li < 8u) { ws[li] = slot0(li); }
+    workgroupBarrier();
+    for (var pass_ = 0u; pass_ < 4u; pass_++) {
+        atomicStore(&lh[li], 0u);
+        let running = ws[3] == 0u;
+        let prefix = ws[0];
+        workgroupBarrier();
+        let shift = 24u - 8u * pass_;
+        let high = select(0xffffffffu << (shift + 8u), 0u, pass_ == 0u);
+        if (running) {
+            // Runs of one digit are counted in a register and added once: in the first passes most
+            // keys share their top digits, and a workgroup-memory atomic per key would serialise.
+            var digit = 0xffffffffu;
+            var run = 0u;
+            for (var i = li; i < p.n; i += 256u) {
+                let x = score(i);
+                let key = key_of(x);
+                if (is_valid(x) && (key & high) == (prefix & high)) {
+                    let d = (key >> shift) & 0xffu;
+                    if (d != digit) {
+                        if (run != 0u) { atomicAdd(&lh[digit], run); }
+                        digit = d;
+                        run = 0u;
+                    }
+                    run += 1u;
+                }
+            }
+            if (run != 0u) { atomicAdd(&lh[digit], run); }
+        }
+        workgroupBarrier();
+        // as `advance` with this pass's histogram
+        let k_rem = ws[1];
+        let b = 255u - li;
+        let c = atomicLoad(&lh[b]);
+        let incl = scan_inclusive(li, vec2<u32>(c, 0u)).x;
+        let total = scan[255].x;
+        workgroupBarrier(); // every thread has read ws and the total
+        if (running) {
+            let all = pass_ == 0u && total <= k_rem;
+            if (li == 0u) {
+                if (pass_ == 0u) { ws[5] = total; }
+                if (all) {
+                    ws[0] = 0u;
+                    ws[1] = 0u;
+                    ws[3] = 1u;
+                    ws[4] = total;
+                } else {
+                    if (pass_ == 0u) { ws[4] = k_rem; }
+                    ws[2] = pass_ + 1u;
+                    if (pass_ == 3u) { ws[3] = 1u; }
+                }
+            }
+            if (!all && incl - c < k_rem && incl >= k_rem) {
+                ws[0] = ws[0] | (b << shift);
+                ws[1] = k_rem - (incl - c);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (li < 8u) { state[slot_at(4u, li)] = ws[li]; }
+    let t = ws[0];
+    let take = ws[1];
+    var done = vec2<u32>(0u); // (key > T, key == T) in the blocks before this one
+    for (var blk = 0u; blk < p.n_blocks; blk++) {
+        let c = thread_counts(blk, li, t);
+        let inc = scan_inclusive(li, c);
+        let block_total = scan[255];
+        var before = done + inc - c;
+        let base = blk * BLOCK + li * ITEMS;
+        for (var j = 0u; j < ITEMS; j++) {
+            let i = base + j;
+            if (i < p.n) {
+                let x = score(i);
+                let key = key_of(x);
+                if (is_valid(x)) {
+                    if (key > t) {
+                        out[before.x + min(before.y, take)] = i + p.offset;
+                        before.x += 1u;
+                    } else if (key == t) {
+                        if (before.y < take) { out[before.x + before.y] = i + p.offset; }
+                        before.y += 1u;
+                    }
+                }
+            }
+        }
+        done += block_total;
+        workgroupBarrier(); // every thread has read the total before the next scan
+    }
+}
