@@ -206,13 +206,13 @@ fn pool_windows() {
     }
 }
 
-fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32, path: esa_topk::TopkPath) -> Vec<u32> {
+fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32) -> Vec<u32> {
     let n = scores.len();
     let sb = upload_f32(ctx, scores);
     let out = poisoned_u32(ctx, k.min(n));
     let scratch = esa_topk::TopkScratch::new(ctx, n).unwrap();
     let mut rec = Recorder::new(ctx);
-    esa_topk::top_k_with(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset, pool: 0 }, path).unwrap();
+    esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset, pool: 0 }).unwrap();
     rec.submit().unwrap();
     let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
     let got = ctx.read_u32(&out, 0, k.min(n).max(1)).unwrap();
@@ -221,20 +221,14 @@ fn gpu_top_k(ctx: &GpuContext, scores: &[f32], k: usize, offset: u32, path: esa_
     got[..count].to_vec()
 }
 
-const TOPK_PATHS: [esa_topk::TopkPath; 2] = [esa_topk::TopkPath::Radix, esa_topk::TopkPath::OneWorkgroup];
-
-/// Both paths (the radix select over many workgroups, and one workgroup) against the reference.
 fn check_top_k(ctx: &GpuContext, what: &str, scores: &[f32], k: usize) {
-    for path in TOPK_PATHS {
-        let got = gpu_top_k(ctx, scores, k, 0, path);
-        assert_eq!(got, r::top_k_indices(scores, k), "top-k {what} n={} k={k} {path:?}", scores.len());
-    }
+    let got = gpu_top_k(ctx, scores, k, 0);
+    assert_eq!(got, r::top_k_indices(scores, k), "top-k {what} n={} k={k}", scores.len());
 }
 
 /// Selections one after another on one scratch, in one submission and across submissions, with
-/// n = 0 and k = 0 among them and the two paths alternating: the histograms each selection leaves
-/// zero for the next (no `init` dispatch clears them any more) give every selection the
-/// reference's answer.
+/// n = 0 and k = 0 among them: the histograms each selection leaves zero for the next (no `init`
+/// dispatch clears them any more) give every selection the reference's answer.
 #[test]
 fn top_k_reuses_its_scratch() {
     let ctx = ctx();
@@ -245,13 +239,12 @@ fn top_k_reuses_its_scratch() {
         for group in cases.chunks(per_submission) {
             let mut rec = Recorder::new(&ctx);
             let mut outs = Vec::new();
-            for (ci, (scores, k)) in group.iter().enumerate() {
+            for (scores, k) in group {
                 let n = scores.len();
                 let sb = upload_f32(&ctx, if n == 0 { &[0.0] } else { scores });
                 let out = poisoned_u32(&ctx, (*k).min(n).max(1));
                 let counts = ctx.storage("count", 4).unwrap();
-                let path = TOPK_PATHS[ci % 2];
-                esa_topk::top_k_with(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k: *k, offset: 0, pool: 0 }, path).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k: *k, offset: 0, pool: 0 }).unwrap();
                 rec.copy(&scratch.state, (esa_topk::STATE_COUNT * 4) as u64, &counts, 0, 4);
                 outs.push((out, counts));
             }
@@ -299,23 +292,20 @@ fn top_k_cases() {
     for eps in [1usize, 3] {
         for (what, s) in [("random", &random), ("sorted", &sorted), ("ties", &coarse)] {
             for k in [1, 100, n] {
-              for path in TOPK_PATHS {
                 let scratch = esa_topk::TopkScratch::new(&ctx, n).unwrap();
                 let (sb, out) = (upload_f32(&ctx, s), poisoned_u32(&ctx, k.min(n)));
                 let mut rec = Recorder::new(&ctx);
-                esa_topk::top_k_with(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset: 0, pool: eps }, path).unwrap();
+                esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &BufRef::from(&sb), out: &BufRef::from(&out), scratch: &scratch, n, k, offset: 0, pool: eps }).unwrap();
                 rec.submit().unwrap();
                 let count = ctx.read_u32(&scratch.state, esa_topk::STATE_COUNT, 1).unwrap()[0] as usize;
                 let got = ctx.read_u32(&out, 0, count).unwrap();
-                assert_eq!(got, r::top_k_indices(&r::proximity_pool(s, eps), k), "top-k of pooled {what} eps={eps} k={k} {path:?}");
-              }
+                assert_eq!(got, r::top_k_indices(&r::proximity_pool(s, eps), k), "top-k of pooled {what} eps={eps} k={k}");
             }
         }
     }
     // Offset is added to each index.
-    for path in TOPK_PATHS {
-        assert_eq!(gpu_top_k(&ctx, &[3.0, 1.0, 2.0], 2, 100, path), vec![100, 102], "{path:?}");
-    }
+    let got = gpu_top_k(&ctx, &[3.0, 1.0, 2.0], 2, 100);
+    assert_eq!(got, vec![100, 102]);
 }
 
 #[test]
@@ -325,11 +315,8 @@ fn top_k_large() {
     let n = 1 << 20;
     // Quantised values: many exact ties at the threshold.
     let s: Vec<f32> = (0..n).map(|_| (rng.random::<f32>() * 5000.0).floor()).collect();
-    // the path `top_k` picks for 1M scores (the radix select)
-    for k in [8192, 2048] {
-        let got = gpu_top_k(&ctx, &s, k, 0, esa_topk::TopkPath::Radix);
-        assert_eq!(got, r::top_k_indices(&s, k), "top-k 1M k={k}");
-    }
+    check_top_k(&ctx, "1M", &s, 8192);
+    check_top_k(&ctx, "1M", &s, 2048);
 }
 
 const SHAPE: r::HeadShape = r::HeadShape { num_heads: 6, num_kv_heads: 2, head_dim: 12 };

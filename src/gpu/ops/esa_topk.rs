@@ -8,9 +8,7 @@
 //! Cost: 4 histogram passes + 2 compaction passes over the scores, 6 dispatches in all (each
 //! histogram pass first redoes the previous pass's digit selection, a 256-bin scan per workgroup,
 //! instead of a dispatch of its own; the compaction sums the block counts before its block itself;
-//! the histograms are cleared along the way instead of by an `init` dispatch). Up to
-//! `ONE_WORKGROUP_MAX` scores (a decode step's, per layer) the same passes run in one workgroup,
-//! one dispatch (`select_one`): there the dependent launches cost more than the work.
+//! the histograms are cleared along the way instead of by an `init` dispatch).
 
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::{Error, Result};
@@ -80,31 +78,8 @@ pub struct TopK<'a> {
     pub pool: usize,
 }
 
-/// How the selection runs: the six dispatches of the radix select spread over many workgroups,
-/// or all of it in one workgroup (`select_one`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TopkPath {
-    Radix,
-    OneWorkgroup,
-}
-
-/// Scores up to which `top_k` selects in one workgroup (a decode step's middle tokens; prefill
-/// chunks of long prompts take the radix select). `ESA_WGPU_TOPK_ONE=N` overrides it (tuning).
-pub const ONE_WORKGROUP_MAX: usize = 1 << 16;
-
-fn one_workgroup_max() -> usize {
-    static M: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *M.get_or_init(|| std::env::var("ESA_WGPU_TOPK_ONE").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(ONE_WORKGROUP_MAX))
-}
-
 /// Records the selection. `n = 0` (or k = 0) writes no index and a count of 0.
 pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
-    let path = if a.n <= one_workgroup_max() { TopkPath::OneWorkgroup } else { TopkPath::Radix };
-    top_k_with(rec, a, path)
-}
-
-/// `top_k` by the given path (tests run both).
-pub fn top_k_with(rec: &mut Recorder, a: &TopK, path: TopkPath) -> Result<()> {
     if a.n > a.scratch.max_n {
         return Err(Error::arg("esa_topk n", format!("{} scores exceed the scratch's {}", a.n, a.scratch.max_n)));
     }
@@ -132,10 +107,6 @@ pub fn top_k_with(rec: &mut Recorder, a: &TopK, path: TopkPath) -> Result<()> {
     if n_blocks == 0 {
         // nothing to select: the final state (count 0) is all there is to write
         rec.dispatch(&kernel("init")?, &p, &bufs, [1, 1, 1]);
-        return Ok(());
-    }
-    if path == TopkPath::OneWorkgroup {
-        rec.dispatch(&kernel("select_one")?, &p, &bufs, [1, 1, 1]);
         return Ok(());
     }
     // (the histograms are zero here: each dispatch chain leaves them so, see esa_topk.wgsl)
