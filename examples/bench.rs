@@ -93,8 +93,10 @@ struct Args {
     #[arg(long)]
     wide_shapes: Option<String>,
     /// With --matvec: also time these matvec_blocks shapes (Q4_0, Q4_1, Q8_0), comma-separated
-    /// TPRxNRxU[xWORKGROUPS] (threads per row group, rows per thread, blocks per iteration, most
-    /// workgroups dispatched), e.g. 64x4x2x128.
+    /// TPRxNRxU[xWORKGROUPS[xKSPLIT]] (threads per row group, rows per thread, blocks per
+    /// iteration, most workgroups dispatched, splits of the columns), e.g. 64x4x2x128; a shape
+    /// with KSPLIT > 1 is timed as the products it applies to run (accumulate, no norm), beside
+    /// the same shape unsplit.
     #[arg(long)]
     blocks_shapes: Option<String>,
     /// Write the --synthetic model (random weights of a real shape, in --format) to this path as
@@ -338,6 +340,16 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
         for sh in blocks_shapes.into_iter().flat_map(|s| s.split(',')) {
             let shape = linear::BlocksShape::parse(sh)?;
             if !linear::blocks_supported(ctx, fmt, cols, 1, 0) {
+                continue;
+            }
+            if shape.ksplit > 1 {
+                // split columns apply to accumulate-mode products without the norm (O, down):
+                // timed so, unsplit first
+                for sh in [linear::BlocksShape { ksplit: 1, ..shape }, shape] {
+                    let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m(), &io, Epilogue::Accumulate, None, sh))?;
+                    let gbs = bytes / secs / 1e9;
+                    println!("| {f} | Blocks {sh}, accumulate, no norm | {:.4} | {gbs:.1} | {:.0}% |", secs * 1e3, 100.0 * gbs / floor);
+                }
                 continue;
             }
             let secs = kernel_seconds(ctx, 50, repeats, &mut |rec| linear::matvec_blocks(rec, &m(), &io, Epilogue::Store, Some((&gamma, 1e-5)), shape))?;

@@ -32,7 +32,6 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> gamma: array<vec4<f32>>;
 
 override SG: u32 = 32u;
@@ -40,7 +39,15 @@ override TPR: u32 = 64u;
 //@CONSTS (the op writes this pipeline's values)
 const NR: u32 = 4u; // rows per thread: 1, 2 or 4
 const U: u32 = 2u; // blocks of each row per iteration
-const MAX_COLS: u32 = 16384u; // input width the workgroup memory holds
+const MAX_COLS: u32 = 16384u; // input width the workgroup memory holds (of one split)
+// Splits of the columns (K): with KSPLIT > 1 (accumulate mode without the norm only) each row
+// tile is KSPLIT workgroups' work, each over its own columns, and each adds its sums to y with a
+// compare-and-swap (y bound as atomic words), so a product with fewer row tiles than the GPU has
+// compute units still fills it.
+const KSPLIT: u32 = 1u;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+fn y_add(o: u32, v: f32) { y[o] = y[o] + v; }
+fn y_store(o: u32, v: f32) { y[o] = v; }
 //@END
 override N_WG: u32 = 128u; // workgroups dispatched (the op's `blocks_workgroups`)
 
@@ -92,11 +99,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let wgi = wg.x + wg.y * p.grid_x;
     let rg = 256u / TPR;
     let n_tiles = (p.rows + rg * NR - 1u) / (rg * NR);
-    if (wgi >= n_tiles) { return; }
-    let n_wg = min(n_tiles, N_WG);
+    if (wgi >= n_tiles * KSPLIT) { return; }
+    // workgroup w takes split w % KSPLIT of row tiles w / KSPLIT, + n_wg / KSPLIT, ...
+    // (N_WG is a multiple of KSPLIT)
+    let n_wg = min(n_tiles * KSPLIT, N_WG) / KSPLIT;
+    let split = wgi % KSPLIT;
     let last_row = p.rows - 1u;
-    let nb = p.cols / 32u;
-    let last_blk = nb - 1u;
+    let last_blk = p.cols / 32u - 1u;
+    // this split's blocks kb0 .. kb0 + nb (the op keeps every split non-empty)
+    let per_split = (p.cols / 32u + KSPLIT - 1u) / KSPLIT;
+    let kb0 = split * per_split;
+    let nb = min(per_split, p.cols / 32u - kb0);
     let n_it = (nb + TPR * U - 1u) / (TPR * U);
 
     // This thread's first blocks, in flight while the input is staged (issued after the input's
@@ -104,7 +117,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // ti + TPR * (U * it + u) of row first + r) and their successors n{u}_{r}, written out by the
     // op; rows and blocks past the shard are clamped (loaded, never used) so every thread reaches
     // the barriers and subgroup operations.
-    var tile = wgi;
+    var tile = wgi / KSPLIT;
     var it = 0u;
     var first = (tile * rg + group) * NR;
 
@@ -114,16 +127,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // The four threads of a block (adjacent lanes) share its largest magnitude by shuffles. The
     // RMSNorm's scale multiplies whole rows' sums (`scale` at the reduction), so the blocks are
     // quantised from gamma * x and the norm's sum of squares is reduced alongside.
-    let xb = p.x_off / 4u;
-    let nch = p.cols / 8u;
+    let xb = p.x_off / 4u + 8u * kb0; // this split's first chunk, in vec4
+    let gb = 8u * kb0;
+    let nch = nb * 4u;
     var xv: array<vec4<f32>, 2u * CPT>;
     var gv: array<vec4<f32>, 2u * CPT>;
     for (var j = 0u; j < CPT; j++) {
         let c = min(li + 256u * j, nch - 1u);
         xv[2u * j] = x[xb + 2u * c];
         xv[2u * j + 1u] = x[xb + 2u * c + 1u];
-        gv[2u * j] = gamma[2u * c];
-        gv[2u * j + 1u] = gamma[2u * c + 1u];
+        gv[2u * j] = gamma[gb + 2u * c];
+        gv[2u * j + 1u] = gamma[gb + 2u * c + 1u];
     }
     //@LOAD0
     var ss = 0.0;
@@ -199,11 +213,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                         var u = 0.0;
                         for (var j = 0u; j < per_group; j++) { u += red[(gk * per_group + j) * NR + r + 1u]; }
                         u *= scale;
-                        y[(p.row0 + row) / 2u] = s / (1.0 + exp(-s)) * u;
+                        y_store((p.row0 + row) / 2u, s / (1.0 + exp(-s)) * u);
                     }
                 } else {
                     let o = p.row0 + row;
-                    if (p.mode == 0u) { y[o] = s; } else { y[o] = y[o] + s; }
+                    if (p.mode == 0u) { y_store(o, s); } else { y_add(o, s); }
                 }
             }
             workgroupBarrier(); // `red` is rewritten by the next tile

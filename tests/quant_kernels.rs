@@ -291,7 +291,8 @@ fn embed_rows_gathers_every_format() {
 }
 
 /// `matvec_blocks` over rows of several iterations (TPR 64 threads x 2 blocks take 128 blocks per
-/// iteration; 129, 300 and 511 blocks leave every kind of remainder) in one shard, each epilogue,
+/// iteration; 129, 300 and 511 blocks leave every kind of remainder) in one shard, inputs with a
+/// zero block, an outlier and a block of tiny values, each epilogue,
 /// with and without the fused norm, against the reference within the quantised input's bound; at the
 /// op's shape and at shapes whose few workgroups each take several row tiles in turn.
 #[test]
@@ -308,7 +309,14 @@ fn matvec_blocks_long_rows() {
             let (host, wq) = weights(fmt, rows, cols, (rows * 7 + blocks) as u64);
             let wq_abs: Vec<f32> = wq.iter().map(|v| v.abs()).collect();
             let m = GpuMatrix::upload(&ctx, &host, true).unwrap();
-            let x = rand_vec(&mut rng, cols, 1.0);
+            // The input is quantised per block of 32 by its largest magnitude: one block all zero
+            // (a zero step), one with an outlier 1000 times the rest, one of values far below 1.
+            let mut x = rand_vec(&mut rng, cols, 1.0);
+            x[32..64].fill(0.0);
+            x[64 + 7] = 1000.0;
+            for v in &mut x[96..128] {
+                *v *= 1e-6;
+            }
             let gamma = rand_vec(&mut rng, cols, 1.0);
             let (xb, gb) = (upload(&ctx, &x), upload(&ctx, &gamma));
             for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
@@ -318,7 +326,15 @@ fn matvec_blocks_long_rows() {
                     let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, out_rows) };
                     let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride: out_rows, y_row0: 0, n_tok: 1 };
                     let sg = linear::fixed_subgroup(&ctx).unwrap();
-                    let shapes = [None, Some(linear::BlocksShape { tpr: sg.max(16), nr: 2, u: 3, wgs: 1 }), Some(linear::BlocksShape { tpr: sg.max(16), nr: 4, u: 1, wgs: 2 })];
+                    // the last two split the columns (taken by the accumulate epilogue without the
+                    // norm; the others run them unsplit): 2 and 3 splits, few and many workgroups
+                    let shapes = [
+                        None,
+                        Some(linear::BlocksShape { tpr: sg.max(16), nr: 2, u: 3, wgs: 1, ksplit: 1 }),
+                        Some(linear::BlocksShape { tpr: sg.max(16), nr: 4, u: 1, wgs: 2, ksplit: 1 }),
+                        Some(linear::BlocksShape { tpr: sg.max(16), nr: 4, u: 1, wgs: 4, ksplit: 2 }),
+                        Some(linear::BlocksShape { tpr: sg.max(16), nr: 2, u: 2, wgs: 512, ksplit: 3 }),
+                    ];
                     for shape in shapes {
                         let yb = if epi == Epilogue::Accumulate { upload(&ctx, &y0) } else { poisoned(&ctx, out_rows) };
                         let io = LinearIo { y: BufRef::from(&yb), ..io.clone() };

@@ -504,32 +504,56 @@ pub fn blocks_supported(ctx: &GpuContext, fmt: TensorFormat, cols: usize, n_tok:
         && fixed_subgroup(ctx).is_some()
 }
 
-/// `matvec_blocks`' shape: threads per row group, rows per thread, blocks per row and iteration, and
-/// the most workgroups dispatched (each then takes every n-th row tile).
+/// `matvec_blocks`' shape: threads per row group, rows per thread, blocks per row and iteration,
+/// the most workgroups dispatched (each then takes every n-th row tile) and the most splits of the
+/// columns (`ksplit`; taken only by accumulate-mode products without the norm, lowered so every
+/// split has columns; 1 = none, the default until measured: session 12 built it, no device time
+/// was left to time it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlocksShape {
     pub tpr: u32,
     pub nr: u32,
     pub u: u32,
     pub wgs: u32,
+    pub ksplit: u32,
 }
 
 impl BlocksShape {
-    /// `TPRxNRxU` or `TPRxNRxUxWGS`, e.g. `64x4x2x128` (the bench's `--blocks-shapes`).
+    /// `TPRxNRxU`, `TPRxNRxUxWGS` or `TPRxNRxUxWGSxKSPLIT`, e.g. `64x4x2x128` (the bench's
+    /// `--blocks-shapes`).
     pub fn parse(s: &str) -> Result<BlocksShape> {
-        let bad = || crate::Error::arg("matvec_blocks shape", format!("`{s}`: expected TPRxNRxU[xWORKGROUPS], e.g. 64x4x2x128"));
+        let bad = || crate::Error::arg("matvec_blocks shape", format!("`{s}`: expected TPRxNRxU[xWORKGROUPS[xKSPLIT]], e.g. 64x4x2x128"));
         let v: Vec<u32> = s.split('x').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_>>()?;
         match v[..] {
-            [tpr, nr, u] => Ok(BlocksShape { tpr, nr, u, wgs: BLOCKS_WORKGROUPS }),
-            [tpr, nr, u, wgs] => Ok(BlocksShape { tpr, nr, u, wgs }),
+            [tpr, nr, u] => Ok(BlocksShape { tpr, nr, u, wgs: BLOCKS_WORKGROUPS, ksplit: 1 }),
+            [tpr, nr, u, wgs] => Ok(BlocksShape { tpr, nr, u, wgs, ksplit: 1 }),
+            [tpr, nr, u, wgs, ksplit] => Ok(BlocksShape { tpr, nr, u, wgs, ksplit }),
             _ => Err(bad()),
         }
+    }
+
+    /// The splits a product of `cols` columns takes: `ksplit` for accumulate-mode products without
+    /// the norm, lowered until every split has blocks; 1 otherwise.
+    fn splits(&self, cols: usize, epi: Epilogue, norm: bool) -> u32 {
+        if epi != Epilogue::Accumulate || norm {
+            return 1;
+        }
+        let nb = (cols / 32) as u32;
+        let mut s = self.ksplit.clamp(1, self.wgs.max(1)).min(nb.max(1));
+        while s > 1 && (s - 1) * nb.div_ceil(s) >= nb {
+            s -= 1;
+        }
+        s
     }
 }
 
 impl std::fmt::Display for BlocksShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}x{}", self.tpr, self.nr, self.u, self.wgs)
+        write!(f, "{}x{}x{}x{}", self.tpr, self.nr, self.u, self.wgs)?;
+        if self.ksplit != 1 {
+            write!(f, "x{}", self.ksplit)?;
+        }
+        Ok(())
     }
 }
 
@@ -548,7 +572,7 @@ pub const BLOCKS_WORKGROUPS: u32 = 512;
 pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
     static KNOB: std::sync::OnceLock<Option<BlocksShape>> = std::sync::OnceLock::new();
     let knob = *KNOB.get_or_init(|| std::env::var("ESA_WGPU_BLOCKS").ok().and_then(|s| BlocksShape::parse(&s).ok()));
-    if let Some(k) = knob.filter(|k| k.tpr >= sg && k.tpr.is_power_of_two() && k.tpr <= 256 && matches!(k.nr, 1 | 2 | 4) && (1..=4).contains(&k.u) && k.wgs > 0) {
+    if let Some(k) = knob.filter(|k| k.tpr >= sg && k.tpr.is_power_of_two() && k.tpr <= 256 && matches!(k.nr, 1 | 2 | 4) && (1..=4).contains(&k.u) && k.wgs > 0 && k.ksplit > 0) {
         return BlocksShape { nr: if swiglu { k.nr.max(2) } else { k.nr }, ..k };
     }
     let tpr = sg.max(16);
@@ -557,7 +581,7 @@ pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 128 {
         nr /= 2;
     }
-    BlocksShape { tpr, nr, u: 1, wgs: BLOCKS_WORKGROUPS }
+    BlocksShape { tpr, nr, u: 1, wgs: BLOCKS_WORKGROUPS, ksplit: 1 }
 }
 
 /// `matvec_wide`'s shape: `t` threads per row group (a power of two, at least one subgroup and at
@@ -665,13 +689,13 @@ pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 /// `matvec_blocks` with its shape (TPR, NR, U) forced (the bench sweeps them); products it does not
 /// take are refused.
 pub fn matvec_blocks(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: BlocksShape) -> Result<()> {
-    let BlocksShape { tpr, nr, u, wgs } = shape;
+    let BlocksShape { tpr, nr, u, wgs, ksplit } = shape;
     let sg = fixed_subgroup(rec.ctx()).unwrap_or(32);
     if !blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) {
         return Err(crate::Error::arg("matvec_blocks", format!("{:?} x {} columns, {} tokens: not a product matvec_blocks takes", w.format, w.cols, io.n_tok)));
     }
-    if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 {
-        return Err(crate::Error::arg("matvec_blocks shape", format!("{shape}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup")));
+    if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 || ksplit == 0 {
+        return Err(crate::Error::arg("matvec_blocks shape", format!("{shape}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup and one split")));
     }
     matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Blocks, None, Some(shape))
 }
@@ -713,7 +737,9 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             }
             MatvecVariant::Blocks => {
                 let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, swiglu));
-                (blocks_kernel(ctx, w.format, sh, w.cols)?, (s.rows as u32).div_ceil(256 / sh.tpr * sh.nr).min(sh.wgs))
+                let ks = sh.splits(w.cols, epi, norm.is_some());
+                let wgs = (sh.wgs / ks).max(1) * ks;
+                (blocks_kernel(ctx, w.format, sh, w.cols, ks)?, ((s.rows as u32).div_ceil(256 / sh.tpr * sh.nr) * ks).min(wgs))
             }
         };
         let g = grid(ctx, groups);
@@ -777,9 +803,9 @@ pub fn wide_kernel_source(fmt: TensorFormat, nr: usize, u: usize, v: usize, n_to
 /// `matvec_blocks.wgsl` for `nr` rows per thread, `u` blocks per row and iteration and inputs up to
 /// `max_cols` wide: the `//@CONSTS` block gets them and the `//@` lines expand to one register (a
 /// block's words) and one line per (block, row), so nothing lives in an indexed array.
-pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: usize) -> Result<String> {
-    if !matches!(nr, 1 | 2 | 4) || !(1..=4).contains(&u) || max_cols == 0 || max_cols % 256 != 0 {
-        return Err(crate::Error::arg("matvec_blocks", format!("{nr} rows and {u} blocks per thread, {max_cols} columns: rows 1, 2 or 4, blocks 1..=4, columns a positive multiple of 256")));
+pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: usize, ksplit: usize) -> Result<String> {
+    if !matches!(nr, 1 | 2 | 4) || !(1..=4).contains(&u) || max_cols == 0 || max_cols % 256 != 0 || ksplit == 0 {
+        return Err(crate::Error::arg("matvec_blocks", format!("{nr} rows and {u} blocks per thread, {max_cols} columns, {ksplit} splits: rows 1, 2 or 4, blocks 1..=4, columns a positive multiple of 256, at least one split")));
     }
     let (mut load0, mut next, mut dots, mut rotate, mut acc, mut reduce) = (String::new(), String::new(), String::new(), String::new(), String::new(), String::new());
     next += "let nb0 = ti + TPR * U * nit;\n";
@@ -791,8 +817,8 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
     }
     for k in 0..u {
         for r in 0..nr {
-            load0 += &format!("var c{k}_{r} = fmt_bload(min(first + {r}u, last_row), min(ti + {k}u * TPR, last_blk));\n");
-            next += &format!("let n{k}_{r} = fmt_bload(min(nfirst + {r}u, last_row), min(nb0 + {k}u * TPR, last_blk));\n");
+            load0 += &format!("var c{k}_{r} = fmt_bload(min(first + {r}u, last_row), min(kb0 + ti + {k}u * TPR, last_blk));\n");
+            next += &format!("let n{k}_{r} = fmt_bload(min(nfirst + {r}u, last_row), min(kb0 + nb0 + {k}u * TPR, last_blk));\n");
             rotate += &format!("c{k}_{r} = n{k}_{r};\n");
         }
         dots += &format!("{{\nlet b = ti + TPR * (U * it + {k}u);\nif (b < nb) {{\nlet xv = xqblock(b);\nlet xm = xmeta[b];\nlet xq = i32(xm.y);\nlet st = xm.x;\n");
@@ -801,7 +827,15 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
         }
         dots += "}\n}\n";
     }
-    let consts = format!("const NR: u32 = {nr}u;\nconst U: u32 = {u}u;\nconst MAX_COLS: u32 = {max_cols}u;\n");
+    // y as f32, or with splits as atomic words that each split adds to by compare-and-swap
+    let y = if ksplit == 1 {
+        "@group(0) @binding(3) var<storage, read_write> y: array<f32>;\nfn y_add(o: u32, v: f32) { y[o] = y[o] + v; }\nfn y_store(o: u32, v: f32) { y[o] = v; }\n".to_string()
+    } else {
+        "@group(0) @binding(3) var<storage, read_write> y: array<atomic<u32>>;\n\
+         fn y_add(o: u32, v: f32) {\n    var old = atomicLoad(&y[o]);\n    loop {\n        let r = atomicCompareExchangeWeak(&y[o], old, bitcast<u32>(bitcast<f32>(old) + v));\n        if (r.exchanged) { break; }\n        old = r.old_value;\n    }\n}\n\
+         fn y_store(o: u32, v: f32) { atomicStore(&y[o], bitcast<u32>(v)); }\n".to_string()
+    };
+    let consts = format!("const NR: u32 = {nr}u;\nconst U: u32 = {u}u;\nconst MAX_COLS: u32 = {max_cols}u;\nconst KSPLIT: u32 = {ksplit}u;\n{y}");
     let markers = [("//@LOAD0", &load0), ("//@LOADNEXT", &next), ("//@DOTS", &dots), ("//@ROTATE", &rotate), ("//@ACC", &acc), ("//@REDUCE", &reduce), ("//@RESET", &reset)];
     let out = super::expand_markers(src::MATVEC_BLOCKS, Some(("//@CONSTS", &consts)), &markers.map(|(k, v)| (k, v.as_str())));
     let (_, fsrc, _, _) = format_shader(fmt)?;
@@ -811,12 +845,14 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
 /// The kernel for inputs of `cols` values: its workgroup memory and staging registers sized for
 /// `cols` rounded up to 2048 (one chunk of 8 values per thread), so narrow products keep more
 /// workgroups per compute unit and stage in fewer registers.
-fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape, cols: usize) -> Result<(Arc<Kernel>, usize)> {
+fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape, cols: usize, ksplit: u32) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, mut consts) = format_shader(fmt)?;
-    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", sh.wgs as f64)]);
-    let max_cols = cols.div_ceil(2048).max(1).saturating_mul(2048).min(blocks_max_cols(ctx));
-    let name = format!("matvec_blocks[{}x{}x{max_cols}]+{fname}", sh.nr, sh.u);
-    Ok((ctx.kernel_with(&name, "main", &consts, || blocks_kernel_source(fmt, sh.nr as usize, sh.u as usize, max_cols))?, unit))
+    let wgs = (sh.wgs / ksplit).max(1) * ksplit;
+    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", wgs as f64)]);
+    let split_cols = (cols / 32).div_ceil(ksplit as usize) * 32;
+    let max_cols = split_cols.div_ceil(2048).max(1).saturating_mul(2048).min(blocks_max_cols(ctx));
+    let name = format!("matvec_blocks[{}x{}x{max_cols}x{ksplit}]+{fname}", sh.nr, sh.u);
+    Ok((ctx.kernel_with(&name, "main", &consts, || blocks_kernel_source(fmt, sh.nr as usize, sh.u as usize, max_cols, ksplit as usize))?, unit))
 }
 
 fn wide_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: WideShape, n_tok: usize) -> Result<(Arc<Kernel>, usize)> {
