@@ -1,10 +1,10 @@
-// matvec_blocks: y = W x for one token (decode) over 32-value block formats (Q4_0, Q4_1; Q8_0
-// runs here when forced), each thread taking whole blocks: it loads all of a block's words
-// before decoding any, NR rows' blocks in flight at once, the next iteration's blocks before this
-// iteration's products and the first ones before the input is staged.
+// matvec_blocks: y = W x for one token (decode) over 32-value block formats (Q4_0, Q4_1, Q8_0),
+// each thread taking whole blocks: it loads all of a block's words before using any, NR rows'
+// blocks in flight at once, the next iteration's blocks before this iteration's products and the
+// first ones right after the input's loads, while the input is staged.
 //
-// The products are integer: the input (scaled by the fused RMSNorm) is quantised once per
-// workgroup, block by block, to two levels of signed bytes (`XBlock`: x ~ dx (q1 + q2 / 256) with
+// The products are integer: the input (times the fused RMSNorm's gamma; the norm's scale
+// multiplies the row sums) is quantised once per workgroup, block by block, to two levels of signed bytes (`XBlock`: x ~ dx (q1 + q2 / 256) with
 // dx = max|x| / 127, so each value within dx / 512 of its f32, finer than an f16), and each word of
 // four weight values meets a word of four inputs in one dot4I8Packed: a Q4_0 block costs 16 of
 // them and 12 bit operations, where decoding its nibbles to floats cost ~160 instructions and
@@ -16,14 +16,16 @@
 // Composed after a weight-format file providing `w`, `FMT_BW` (words per block),
 // `fmt_bload(row, blk) -> array<u32, FMT_BW>` (the block's words) and
 // `fmt_bidot(b, x, xq) -> f32` (its dot product with one `XBlock`'s words, in the block's steps).
-// Written out per (NR, U, max columns) by the op (`linear::blocks_kernel_source`): the //@ markers.
+// Written out per (NR, U, max columns, KSPLIT) by the op (`linear::blocks_kernel_source`): the //@
+// markers and the //@CONSTS block.
 //
-// Dispatch: n_wg = min(tiles, N_WG) workgroups of 256 threads (flat wg.x + wg.y * grid_x);
-// workgroup n takes row tiles n, n + n_wg, ... (a tile is RG * NR rows), the loads of a tile's
-// first blocks issued before the previous tile's last products. A workgroup is
+// Dispatch: min(tiles * KSPLIT, N_WG) workgroups of 256 threads (flat wg.x + wg.y * grid_x);
+// workgroup w takes the columns of split w % KSPLIT of row tiles w / KSPLIT, + n_wg, ... (n_wg =
+// the dispatch / KSPLIT; a tile is RG * NR rows), the loads of a tile's first blocks issued before
+// the previous tile's last products. A workgroup is
 // RG = 256 / TPR row groups of TPR threads (TPR a multiple of the subgroup size); group g of tile t
 // owns weight rows (t * RG + g) * NR .. + NR of this shard, and its thread i takes blocks i,
-// i + TPR, ... of each.
+// i + TPR, ... of each (counted from its split's first block).
 // Layout: x [cols] f32 from float x_off (a multiple of 4); y [rows] f32 (its rows row0 + ...);
 // gamma [cols] f32 (RMSNorm weight, read when norm = 1); cols a multiple of 32 and at most
 // MAX_COLS. Modes as in matvec.wgsl: 0 store, 1 accumulate, 2 SwiGLU over (gate, up) row pairs.
