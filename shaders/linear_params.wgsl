@@ -47,21 +47,26 @@ fn u2f(v: u32) -> f32 {
     return bitcast<f32>(v | 0x4b000000u) - 8388608.0;
 }
 
-// matvec_blocks' integer dot product of one 32-value block, both input levels (`XBlock`): the
-// block's four nibble words (b[1..4] as `fmt_bload` returns them, byte j holding value j in its
-// low nibble and value j + 16 in its high one) against the input's quantised words. Nibbles 0..15
-// are valid signed bytes, so each word of four products is one dot4I8Packed (one instruction where
-// the adapter has integer dot products). Returns 256 * (high level's sum) + (low level's sum),
-// exact in i32 (at most 32 * 15 * 127 * 257).
+// matvec_blocks' integer dot product of one 32-value block with both input levels (`XBlock`,
+// vec4 k = high level of values 8k .. 8k + 3, 8k + 4 .. 8k + 7, then their low level): w[i] holds
+// the block's values 4i .. 4i + 3 as signed bytes, so each word of four products is one
+// dot4I8Packed (one instruction where the adapter has integer dot products). Returns
+// 256 * (high level's sum) + (low level's sum), exact in i32 for bytes of at most 127 in size.
+fn xblock_idot(w: array<u32, 8>, x: array<vec4<u32>, 4>) -> i32 {
+    let s_hi = (dot4I8Packed(w[0], x[0].x) + dot4I8Packed(w[1], x[0].y)) + (dot4I8Packed(w[2], x[1].x) + dot4I8Packed(w[3], x[1].y))
+        + (dot4I8Packed(w[4], x[2].x) + dot4I8Packed(w[5], x[2].y)) + (dot4I8Packed(w[6], x[3].x) + dot4I8Packed(w[7], x[3].y));
+    let s_lo = (dot4I8Packed(w[0], x[0].z) + dot4I8Packed(w[1], x[0].w)) + (dot4I8Packed(w[2], x[1].z) + dot4I8Packed(w[3], x[1].w))
+        + (dot4I8Packed(w[4], x[2].z) + dot4I8Packed(w[5], x[2].w)) + (dot4I8Packed(w[6], x[3].z) + dot4I8Packed(w[7], x[3].w));
+    return s_hi * 256 + s_lo;
+}
+
+// The same for a Q4_0 or Q4_1 block as `fmt_bload` returns it (words 1..4 its 16 bytes, byte j
+// holding value j in its low nibble and value j + 16 in its high one): nibbles 0..15 are valid
+// signed bytes, so the low nibbles are values 0..15's words and the high nibbles 16..31's (at most
+// 32 * 15 * 127 * 257).
 fn q4_idot(b: array<u32, 5>, x: array<vec4<u32>, 4>) -> i32 {
     let m = 0x0f0f0f0fu;
-    let l0 = b[1] & m; let l1 = b[2] & m; let l2 = b[3] & m; let l3 = b[4] & m;
-    let h0 = (b[1] >> 4u) & m; let h1 = (b[2] >> 4u) & m; let h2 = (b[3] >> 4u) & m; let h3 = (b[4] >> 4u) & m;
-    let s_hi = (dot4I8Packed(l0, x[0].x) + dot4I8Packed(l1, x[0].y)) + (dot4I8Packed(l2, x[1].x) + dot4I8Packed(l3, x[1].y))
-        + (dot4I8Packed(h0, x[2].x) + dot4I8Packed(h1, x[2].y)) + (dot4I8Packed(h2, x[3].x) + dot4I8Packed(h3, x[3].y));
-    let s_lo = (dot4I8Packed(l0, x[0].z) + dot4I8Packed(l1, x[0].w)) + (dot4I8Packed(l2, x[1].z) + dot4I8Packed(l3, x[1].w))
-        + (dot4I8Packed(h0, x[2].z) + dot4I8Packed(h1, x[2].w)) + (dot4I8Packed(h2, x[3].z) + dot4I8Packed(h3, x[3].w));
-    return s_hi * 256 + s_lo;
+    return xblock_idot(array<u32, 8>(b[1] & m, b[2] & m, b[3] & m, b[4] & m, (b[1] >> 4u) & m, (b[2] >> 4u) & m, (b[3] >> 4u) & m, (b[4] >> 4u) & m), x);
 }
 
 // The dot product of 32 values held as eight vec4 (the float formats' fmt_dot32, for matvec_cpu).

@@ -83,9 +83,8 @@ fn xqblock(b: u32) -> array<vec4<u32>, 4> {
     return array<vec4<u32>, 4>(xs[slot(4u * b)], xs[slot(4u * b + 1u)], xs[slot(4u * b + 2u)], xs[slot(4u * b + 3u)]);
 }
 
-// Four values in steps of dx (|v| <= 127) as two levels of signed bytes: round(v), then the
-// remainder in 256ths of a step.
-// The third element is their sum in 256ths of a step.
+// Four values in steps of dx (|v| <= 127) as two levels of signed bytes (round(v), then the
+// remainder in 256ths of a step), and as third element their sum in 256ths of a step.
 fn quant2(v: vec4<f32>) -> vec3<u32> {
     let q1 = round(v);
     let q2 = clamp(round((v - q1) * 256.0), vec4<f32>(-127.0), vec4<f32>(127.0));
@@ -138,8 +137,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let c = min(li + 256u * j, nch - 1u);
         xv[2u * j] = x[xb + 2u * c];
         xv[2u * j + 1u] = x[xb + 2u * c + 1u];
-        gv[2u * j] = gamma[gb + 2u * c];
-        gv[2u * j + 1u] = gamma[gb + 2u * c + 1u];
+    }
+    if (p.norm == 1u) {
+        for (var j = 0u; j < CPT; j++) {
+            let c = min(li + 256u * j, nch - 1u);
+            gv[2u * j] = gamma[gb + 2u * c];
+            gv[2u * j + 1u] = gamma[gb + 2u * c + 1u];
+        }
     }
     //@LOAD0
     var ss = 0.0;

@@ -59,7 +59,7 @@ fn fmt_dot32(row: u32, col: u32, xs: array<vec4<f32>, 8>, xsum: f32) -> f32 {
 
 // matvec_blocks' interface: a block's words (loaded together, decoded after), and its dot product
 // with a block of the quantised input (`XBlock` in matvec_blocks.wgsl), in the input's steps:
-// d * sum(q x), 8 dot4I8Packed per level (exact in i32: at most 32 * 127 * 127 * 257).
+// d * sum(q x) (`xblock_idot`: exact in i32, at most 32 * 127 * 127 * 257).
 const FMT_BW: u32 = 9u;
 
 fn fmt_bload(row: u32, blk: u32) -> array<u32, 9> {
@@ -68,9 +68,5 @@ fn fmt_bload(row: u32, blk: u32) -> array<u32, 9> {
 }
 
 fn fmt_bidot(b: array<u32, 9>, x: array<vec4<u32>, 4>, xq: i32) -> f32 {
-    let s_hi = (dot4I8Packed(b[1], x[0].x) + dot4I8Packed(b[2], x[0].y)) + (dot4I8Packed(b[3], x[1].x) + dot4I8Packed(b[4], x[1].y))
-        + (dot4I8Packed(b[5], x[2].x) + dot4I8Packed(b[6], x[2].y)) + (dot4I8Packed(b[7], x[3].x) + dot4I8Packed(b[8], x[3].y));
-    let s_lo = (dot4I8Packed(b[1], x[0].z) + dot4I8Packed(b[2], x[0].w)) + (dot4I8Packed(b[3], x[1].z) + dot4I8Packed(b[4], x[1].w))
-        + (dot4I8Packed(b[5], x[2].z) + dot4I8Packed(b[6], x[2].w)) + (dot4I8Packed(b[7], x[3].z) + dot4I8Packed(b[8], x[3].w));
-    return unpack2x16float(b[0]).x * f32(s_hi * 256 + s_lo);
+    return unpack2x16float(b[0]).x * f32(xblock_idot(array<u32, 8>(b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]), x));
 }

@@ -532,6 +532,21 @@ impl BlocksShape {
         }
     }
 
+    /// Whether the kernel can run this shape with subgroups of `sg` (SwiGLU needs row pairs).
+    fn check(&self, sg: u32, swiglu: bool) -> Result<()> {
+        let BlocksShape { tpr, nr, u, wgs, ksplit } = *self;
+        if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (swiglu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 || ksplit == 0 {
+            return Err(crate::Error::arg("matvec_blocks shape", format!("{self}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup and one split")));
+        }
+        Ok(())
+    }
+
+    /// The most workgroups dispatched with `ks` splits: `wgs` rounded down to a multiple of `ks`
+    /// (at least `ks`), so every workgroup keeps one split.
+    fn workgroups(&self, ks: u32) -> u32 {
+        (self.wgs / ks).max(1) * ks
+    }
+
     /// The splits a product of `cols` columns takes: `ksplit` for accumulate-mode products without
     /// the norm, lowered until every split has blocks; 1 otherwise.
     fn splits(&self, cols: usize, epi: Epilogue, norm: bool) -> u32 {
@@ -567,12 +582,12 @@ pub const BLOCKS_WORKGROUPS: u32 = 512;
 /// per iteration on 4096 x 14336 Q4_0, 26.5 against 33.8 us, and 2 rows per thread, 36.3 us); NR
 /// (4, else 2, else 1) is lowered only while the product would have fewer than 128 row tiles
 /// (small models, whose products are too small to keep a large GPU's units busy otherwise).
-/// `ESA_WGPU_BLOCKS=TPRxNRxU[xWGS]` overrides it (for tuning on a device; NR still at least 2 for
-/// SwiGLU).
+/// `ESA_WGPU_BLOCKS=TPRxNRxU[xWGS[xKSPLIT]]` overrides it (for tuning on a device; NR still at
+/// least 2 for SwiGLU).
 pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
     static KNOB: std::sync::OnceLock<Option<BlocksShape>> = std::sync::OnceLock::new();
     let knob = *KNOB.get_or_init(|| std::env::var("ESA_WGPU_BLOCKS").ok().and_then(|s| BlocksShape::parse(&s).ok()));
-    if let Some(k) = knob.filter(|k| k.tpr >= sg && k.tpr.is_power_of_two() && k.tpr <= 256 && matches!(k.nr, 1 | 2 | 4) && (1..=4).contains(&k.u) && k.wgs > 0 && k.ksplit > 0) {
+    if let Some(k) = knob.filter(|k| k.check(sg, false).is_ok()) {
         return BlocksShape { nr: if swiglu { k.nr.max(2) } else { k.nr }, ..k };
     }
     let tpr = sg.max(16);
@@ -689,14 +704,10 @@ pub fn matvec_wide(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
 /// `matvec_blocks` with its shape (TPR, NR, U) forced (the bench sweeps them); products it does not
 /// take are refused.
 pub fn matvec_blocks(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, norm: Option<(&wgpu::Buffer, f32)>, shape: BlocksShape) -> Result<()> {
-    let BlocksShape { tpr, nr, u, wgs, ksplit } = shape;
-    let sg = fixed_subgroup(rec.ctx()).unwrap_or(32);
     if !blocks_supported(rec.ctx(), w.format, w.cols, io.n_tok, io.x_off) {
         return Err(crate::Error::arg("matvec_blocks", format!("{:?} x {} columns, {} tokens: not a product matvec_blocks takes", w.format, w.cols, io.n_tok)));
     }
-    if !tpr.is_power_of_two() || tpr < sg || tpr > 256 || !matches!(nr, 1 | 2 | 4) || (epi == Epilogue::SwiGlu && nr == 1) || !(1..=4).contains(&u) || wgs == 0 || ksplit == 0 {
-        return Err(crate::Error::arg("matvec_blocks shape", format!("{shape}: threads per row group a power of two in {sg}..=256, rows per thread 1, 2 or 4 (2 or 4 for SwiGLU), 1..=4 blocks per iteration, at least one workgroup and one split")));
-    }
+    shape.check(fixed_subgroup(rec.ctx()).unwrap_or(32), epi == Epilogue::SwiGlu)?;
     matvec_dispatch(rec, w, io, epi, norm, MatvecVariant::Blocks, None, Some(shape))
 }
 
@@ -738,8 +749,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
             MatvecVariant::Blocks => {
                 let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, swiglu));
                 let ks = sh.splits(w.cols, epi, norm.is_some());
-                let wgs = (sh.wgs / ks).max(1) * ks;
-                (blocks_kernel(ctx, w.format, sh, w.cols, ks)?, ((s.rows as u32).div_ceil(256 / sh.tpr * sh.nr) * ks).min(wgs))
+                (blocks_kernel(ctx, w.format, sh, w.cols, ks)?, ((s.rows as u32).div_ceil(256 / sh.tpr * sh.nr) * ks).min(sh.workgroups(ks)))
             }
         };
         let g = grid(ctx, groups);
@@ -847,8 +857,7 @@ pub fn blocks_kernel_source(fmt: TensorFormat, nr: usize, u: usize, max_cols: us
 /// workgroups per compute unit and stage in fewer registers.
 fn blocks_kernel(ctx: &GpuContext, fmt: TensorFormat, sh: BlocksShape, cols: usize, ksplit: u32) -> Result<(Arc<Kernel>, usize)> {
     let (fname, _, unit, mut consts) = format_shader(fmt)?;
-    let wgs = (sh.wgs / ksplit).max(1) * ksplit;
-    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", wgs as f64)]);
+    consts.extend([("SG", fixed_subgroup(ctx).unwrap_or(32) as f64), ("TPR", sh.tpr as f64), ("N_WG", sh.workgroups(ksplit) as f64)]);
     let split_cols = (cols / 32).div_ceil(ksplit as usize) * 32;
     let max_cols = split_cols.div_ceil(2048).max(1).saturating_mul(2048).min(blocks_max_cols(ctx));
     let name = format!("matvec_blocks[{}x{}x{max_cols}x{ksplit}]+{fname}", sh.nr, sh.u);
