@@ -330,7 +330,8 @@ fn bench_matvec(ctx: &Arc<GpuContext>, spec: &str, formats: &str, wide_shapes: O
             let shape = match v {
                 linear::MatvecVariant::Wide => format!(" {}", linear::wide_shape(sg, rows, cols, false, fmt)),
                 linear::MatvecVariant::Blocks if linear::blocks_supported(ctx, fmt, cols, 1, 0) => {
-                    format!(" {}", linear::blocks_shape(sg, rows, false))
+                    // (a store with the fused norm: the default's column split does not apply)
+                    format!(" {}", linear::BlocksShape { ksplit: 1, ..linear::blocks_shape(sg, rows, cols, false) })
                 }
                 linear::MatvecVariant::Blocks => " (falls back to Wide)".to_string(),
                 _ => String::new(),

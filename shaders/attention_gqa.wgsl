@@ -360,19 +360,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         slot_l[li] = vec4<f32>(ll);
     }
     workgroupBarrier();
-    // Each output element's sum over the splits, eight partials loaded before any is used: the
-    // atomic loads are not reordered or batched by the compiler, so a loop that used each as it
-    // came made one round trip per split (the H200's 32k decode spent ~100 us a layer here).
+    // Each output element's sum over the splits, a batch of partials loaded before any is used:
+    // the atomic loads are not reordered or batched by the compiler, so a loop that used each as
+    // it came made one round trip per split (the H200's 32k decode spent ~100 us a layer here).
+    // Batches of 32 where there are more than 8 splits (a 32k decode or an ESA step has ~30: one
+    // round trip per element instead of four), else of 8 (no loads wasted on a few splits).
     for (var x = li; x < HG * D; x += 64u) {
         let h = x / D;
         let e = x % D;
         let base = (t * hd + h0 + h) * p.n_split * (D + 2u) + 2u + e;
         var acc = 0.0;
-        for (var s0 = 0u; s0 < p.n_split; s0 += 8u) {
+        if (p.n_split > 8u) {
+            for (var s0 = 0u; s0 < p.n_split; s0 += 32u) {
+                var v: array<f32, 32>;
+                for (var j = 0u; j < 32u; j++) { v[j] = part_get(base + min(s0 + j, p.n_split - 1u) * (D + 2u)); }
+                for (var j = 0u; j < 32u; j++) {
+                    if (s0 + j < p.n_split) { acc += v[j] * og[h * p.n_split + s0 + j].z; }
+                }
+            }
+        } else {
             var v: array<f32, 8>;
-            for (var j = 0u; j < 8u; j++) { v[j] = part_get(base + min(s0 + j, p.n_split - 1u) * (D + 2u)); }
+            for (var j = 0u; j < 8u; j++) { v[j] = part_get(base + min(j, p.n_split - 1u) * (D + 2u)); }
             for (var j = 0u; j < 8u; j++) {
-                if (s0 + j < p.n_split) { acc += v[j] * og[h * p.n_split + s0 + j].z; }
+                if (j < p.n_split) { acc += v[j] * og[h * p.n_split + j].z; }
             }
         }
         out[(t * hd + h0 + h) * D + e] = acc / slot_l[h].x;

@@ -12,7 +12,7 @@
 //                  Dispatch (n_hist_groups) x 256 threads, grid-stride over n.
 //   block_count  : apply histogram 3 to slot 3 (workgroup 0 stores the result as the final
 //                  state): threshold key T = prefix, take_eq = k_rem elements equal to T (lowest
-//                  indices), count = min(k, valid); then per block of 4096 scores, count
+//                  indices), count = min(k, valid); then per block of BLOCK scores, count
 //                  (key > T) and (key == T).                                       Dispatch (n_blocks).
 //   compact      : each workgroup sums the counts of the blocks before its own, then
 //                  out[#selected before i] = i + offset for each selected i.   Dispatch (n_blocks).
@@ -48,8 +48,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> blocks: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<u32>;
 
-const ITEMS: u32 = 16u;          // scores per thread in a block
-const BLOCK: u32 = 4096u;        // 256 * ITEMS
+// Small blocks, so that a decode step's ~30 000 scores make ~30 workgroups, not 7 (H200, 8B at
+// 32k, session 13: 16 items per thread left block_count and compact at 12 and 17 us a layer).
+const ITEMS: u32 = 4u;           // scores per thread in a block
+const BLOCK: u32 = 1024u;        // 256 * ITEMS
 
 var<workgroup> lh: array<atomic<u32>, 256>;
 var<workgroup> ws: array<u32, 8>; // the state this workgroup works with
@@ -173,15 +175,26 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let shift = 24u - 8u * pass_;
     // Bits above the current digit must match the prefix (none in pass 0).
     let high = select(0xffffffffu << (shift + 8u), 0u, pass_ == 0u);
+    // A thread counts a run of equal digits before adding it: in the first passes most keys share
+    // one digit, and every add to the same workgroup bin waits for the one before it.
+    var run_bin = 0u;
+    var run_n = 0u;
     if (running) {
         for (var i = wg.x * 256u + li; i < p.n; i += p.n_threads) {
             let x = score(i);
             let key = key_of(x);
             if (is_valid(x) && (key & high) == (prefix & high)) {
-                atomicAdd(&lh[(key >> shift) & 0xffu], 1u);
+                let b = (key >> shift) & 0xffu;
+                if (b != run_bin && run_n > 0u) {
+                    atomicAdd(&lh[run_bin], run_n);
+                    run_n = 0u;
+                }
+                run_bin = b;
+                run_n += 1u;
             }
         }
     }
+    if (run_n > 0u) { atomicAdd(&lh[run_bin], run_n); }
     workgroupBarrier();
     let c = atomicLoad(&lh[li]);
     if (c != 0u) { atomicAdd(&hist[256u * pass_ + li], c); }

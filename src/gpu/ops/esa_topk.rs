@@ -26,10 +26,12 @@ struct Params {
     _pad: u32,
 }
 
-/// Scores per compaction block (256 threads x 16).
-const BLOCK: usize = 4096;
-/// Most workgroups the histogram passes use (they stride over the scores).
-const MAX_HIST_GROUPS: usize = 256;
+/// Scores per compaction block (256 threads x 4; esa_topk.wgsl's BLOCK).
+const BLOCK: usize = 1024;
+/// Scores per histogram workgroup (two per thread) until `MAX_HIST_GROUPS` (they stride over the
+/// scores beyond): a decode step's ~30 000 middle tokens spread over ~60 workgroups.
+const HIST_SCORES_PER_GROUP: usize = 512;
+const MAX_HIST_GROUPS: usize = 512;
 
 /// u32 words of the `state` buffer: the final state, then the state after each of the 4 passes.
 /// After the op: `state[STATE_COUNT]` is the number of indices written (min(k, non-NaN count)).
@@ -91,7 +93,7 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
     super::esa_common::check_words("esa_topk", "out", a.out, a.k.min(a.n))?;
     let ctx = rec.ctx();
     let kernel = |entry: &str| ctx.kernel("esa_topk", super::src::ESA_TOPK, entry, &[]);
-    let hist_groups = n_blocks.clamp(1, MAX_HIST_GROUPS);
+    let hist_groups = a.n.div_ceil(HIST_SCORES_PER_GROUP).clamp(1, MAX_HIST_GROUPS);
     let p = Params {
         n: a.n as u32,
         k: a.k.min(a.n) as u32,

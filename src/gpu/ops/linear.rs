@@ -507,8 +507,7 @@ pub fn blocks_supported(ctx: &GpuContext, fmt: TensorFormat, cols: usize, n_tok:
 /// `matvec_blocks`' shape: threads per row group, rows per thread, blocks per row and iteration,
 /// the most workgroups dispatched (each then takes every n-th row tile) and the most splits of the
 /// columns (`ksplit`; taken only by accumulate-mode products without the norm, lowered so every
-/// split has columns; 1 = none, the default until measured: session 12 built it, no device time
-/// was left to time it).
+/// split has columns; 1 = none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlocksShape {
     pub tpr: u32,
@@ -548,7 +547,8 @@ impl BlocksShape {
     }
 
     /// The splits a product of `cols` columns takes: `ksplit` for accumulate-mode products without
-    /// the norm, lowered until every split has blocks; 1 otherwise.
+    /// the norm (their sums are added into y, so split sums can be), lowered until every split has
+    /// blocks; 1 otherwise.
     fn splits(&self, cols: usize, epi: Epilogue, norm: bool) -> u32 {
         if epi != Epilogue::Accumulate || norm {
             return 1;
@@ -582,9 +582,13 @@ pub const BLOCKS_WORKGROUPS: u32 = 512;
 /// per iteration on 4096 x 14336 Q4_0, 26.5 against 33.8 us, and 2 rows per thread, 36.3 us); NR
 /// (4, else 2, else 1) is lowered only while the product would have fewer than 128 row tiles
 /// (small models, whose products are too small to keep a large GPU's units busy otherwise).
+/// Products of at least `KSPLIT_MIN_COLS` columns split them in two (taken by the accumulate-mode
+/// ones: O and down): each row tile's long dependent chain of blocks is halved, and twice the
+/// workgroups share the staging (H200, session 13: 8B Q4_0 decode 407.3 -> 430.7 tok/s, 4096 x
+/// 14336 Q4_0 cold 29.5 -> 22.8 us; SmolLM2's 576- and 1536-column products lost, 1 133 -> 1 068).
 /// `ESA_WGPU_BLOCKS=TPRxNRxU[xWGS[xKSPLIT]]` overrides it (for tuning on a device; NR still at
 /// least 2 for SwiGLU).
-pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
+pub fn blocks_shape(sg: u32, rows: usize, cols: usize, swiglu: bool) -> BlocksShape {
     static KNOB: std::sync::OnceLock<Option<BlocksShape>> = std::sync::OnceLock::new();
     let knob = *KNOB.get_or_init(|| std::env::var("ESA_WGPU_BLOCKS").ok().and_then(|s| BlocksShape::parse(&s).ok()));
     if let Some(k) = knob.filter(|k| k.check(sg, false).is_ok()) {
@@ -596,8 +600,12 @@ pub fn blocks_shape(sg: u32, rows: usize, swiglu: bool) -> BlocksShape {
     while nr > if swiglu { 2 } else { 1 } && (rows as u32).div_ceil(groups * nr) < 128 {
         nr /= 2;
     }
-    BlocksShape { tpr, nr, u: 1, wgs: BLOCKS_WORKGROUPS, ksplit: 1 }
+    let ksplit = if cols >= KSPLIT_MIN_COLS { 2 } else { 1 };
+    BlocksShape { tpr, nr, u: 1, wgs: BLOCKS_WORKGROUPS, ksplit }
 }
+
+/// Columns from which `blocks_shape` splits accumulate-mode products in two (see there).
+pub const KSPLIT_MIN_COLS: usize = 4096;
 
 /// `matvec_wide`'s shape: `t` threads per row group (a power of two, at least one subgroup and at
 /// least 16 so the reduction's 16 (token, row) slots per group fit in 256 threads, at most 256),
@@ -747,7 +755,7 @@ fn matvec_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
                 (wide_kernel(ctx, w.format, sh, io.n_tok)?, (s.rows as u32).div_ceil(256 / sh.t * sh.nr))
             }
             MatvecVariant::Blocks => {
-                let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, swiglu));
+                let sh = bshape.unwrap_or_else(|| blocks_shape(sg.unwrap_or(32), s.rows, w.cols, swiglu));
                 let ks = sh.splits(w.cols, epi, norm.is_some());
                 (blocks_kernel(ctx, w.format, sh, w.cols, ks)?, ((s.rows as u32).div_ceil(256 / sh.tpr * sh.nr) * ks).min(sh.workgroups(ks)))
             }
