@@ -71,7 +71,7 @@ fn bench_score(c: &mut Criterion) {
             let (cqr, ckr, rmr, outr) = (BufRef::from(&cq), BufRef::from(&ck), BufRef::from(&rowmax), BufRef::from(&out));
             g.throughput(Throughput::Elements((n_q * n_m) as u64));
             g.bench_function(format!("l_C={n_q} |M|={n_m} d'={D_COMPRESSED}"), |b| {
-                b.iter(|| run(&ctx, |rec| esa_score::score(rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d: D_COMPRESSED, m0: 0, q8: None }).unwrap()))
+                b.iter(|| run(&ctx, |rec| esa_score::score(rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d: D_COMPRESSED, m0: 0, q8: None, rank_only: false }).unwrap()))
             });
         }
     }

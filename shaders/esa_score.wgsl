@@ -9,7 +9,8 @@
 //                  tiles [y * split_tiles, (y+1) * split_tiles).
 //   chunk_tiled  : pass 2, out[m] = max over queries of s - rowmax. Dispatch flat (grid_x, gy) over
 //                  ceil(n_m/64) key tiles; each workgroup loops over every query tile.
-//   decode_dot   : n_q = 1, pass 1: out[m] = s(m, 0), atomicMax into rowmax[0].
+//   decode_dot   : n_q = 1, pass 1: out[m] = s(m, 0), atomicMax into rowmax[0] (not with
+//                  rank_only: a decode step that only ranks its scores skips clear and decode_sub).
 //                  Dispatch flat over ceil(n_m/32) groups of 32 keys (8 threads per key).
 //   decode_sub   : n_q = 1, pass 2: out[m] -= rowmax[0] (esa_score_common.wgsl).
 // Tiles: 64 keys x 64 queries x 16 dims in workgroup memory; 256 threads, each a 4 x 4 micro-tile
@@ -187,6 +188,7 @@ fn decode_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         v = red[li];
         out[m] = v;
     }
+    if (p.rank_only == 1u) { return; }
     workgroupBarrier();
     red[li] = v;
     workgroupBarrier();

@@ -10,7 +10,8 @@ struct Params {
     m0: u32,
     split_tiles: u32,
     grid_x: u32,
-    _pad0: u32,
+    // 1: a decode step's scores for ranking only, the max not taken or subtracted (decode_dot*)
+    rank_only: u32,
     _pad1: u32,
 }
 

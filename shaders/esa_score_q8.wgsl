@@ -1,7 +1,9 @@
 // esa_score_q8: decode-step (n_q = 1) scores of the middle tokens from the 8-bit copy of the
 // compressed-key cache (written by esa_pack.wgsl's main_q8):
 //   out[m] = scale[m0 + m] * sum_i q[m0 + m][i] * cq[i],  atomicMax of out into rowmax[0];
-// then `decode_sub` (esa_score_common.wgsl) subtracts the max, as for the f16 cache.
+// then `decode_sub` (esa_score_common.wgsl) subtracts the max, as for the f16 cache. With rank_only
+// (a decode step's scores only ranked by the top-k, which one subtracted constant does not reorder)
+// neither the max nor `clear` and `decode_sub` run: the raw sums are the scores.
 // Why 8 bits: a decode step reads every middle token's compressed key; int8 rows with one f16 scale
 // are d' + 2 bytes instead of 2 d' (esa_pack.wgsl). Prefill chunks score the f16 cache.
 //
@@ -74,6 +76,7 @@ fn decode_dot_q8(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         best = red[li] * unpack2x16float(scales[r / 2u])[r % 2u];
         out[m] = best;
     }
+    if (p.rank_only == 1u) { return; }
     workgroupBarrier();
     red[li] = best;
     workgroupBarrier();

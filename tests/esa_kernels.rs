@@ -71,6 +71,22 @@ fn pack_q8(rows: &[f32], d: usize) -> Q8Host {
     h
 }
 
+/// A decode step's scores with `rank_only` (no `clear`, no max, no `decode_sub`): the raw sums,
+/// which minus their max are `want` (the shifted scores' reference) within `atol`; the rowmax
+/// scratch stays untouched (poisoned).
+fn check_rank_only(ctx: &GpuContext, what: &str, cq: &BufRef, ck: &BufRef, q8: Option<&esa_wgpu::gpu::ops::esa_pack::Q8Cache>, n_m: usize, d: usize, m0: usize, want: &[f32], atol: f32) {
+    let (rowmax, out) = (poisoned_u32(ctx, 1), poisoned_f32(ctx, n_m));
+    let (rmr, outr) = (BufRef::from(&rowmax), BufRef::from(&out));
+    let mut rec = Recorder::new(ctx);
+    esa_score::score(&mut rec, &esa_score::Score { cq, ck_cache: ck, rowmax: &rmr, out: &outr, n_q: 1, n_m, d, m0, q8, rank_only: true }).unwrap();
+    rec.submit().unwrap();
+    let raw = ctx.read_f32(&out, 0, n_m).unwrap();
+    let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let shifted: Vec<f32> = raw.iter().map(|&x| x - max).collect();
+    assert_close(&format!("{what} rank_only"), &shifted, want, atol, 0.0);
+    assert_eq!(ctx.read_u32(&rowmax, 0, 1).unwrap(), vec![u32::MAX], "{what} rank_only: rowmax untouched");
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -92,14 +108,23 @@ fn score_chunk_and_decode() {
         let out = poisoned_f32(&ctx, n_m);
         let mut rec = Recorder::new(&ctx);
         let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None }).unwrap();
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None, rank_only: false }).unwrap();
         rec.submit().unwrap();
         let got = ctx.read_f32(&out, 0, n_m).unwrap();
         let want = r::chunk_scores(&cq, &ck_h[m0 * d..], d).unwrap();
         // Scores are O(sqrt(d)); f32 accumulation order differs from the reference's f64.
         assert_close(&format!("score n_q={n_q} n_m={n_m} d={d}"), &got, &want, 1e-4 * d as f32, 0.0);
         assert!(got.iter().any(|&x| x == 0.0), "some token is the best of some query");
+        if n_q == 1 {
+            check_rank_only(&ctx, &format!("score n_m={n_m} d={d}"), &cqr, &ckr, None, n_m, d, m0, &want, 1e-4 * d as f32);
+        }
     }
+    // rank_only is for one query
+    let b = poisoned_u32(&ctx, 64);
+    let br = BufRef::from(&b);
+    let mut rec = Recorder::new(&ctx);
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &br, ck_cache: &br, rowmax: &br, out: &br, n_q: 2, n_m: 4, d: 4, m0: 0, q8: None, rank_only: true }).unwrap_err().to_string();
+    assert!(err.contains("rank_only"), "{err}");
 }
 
 /// The cooperative-matrix scoring passes parse, validate and translate to SPIR-V for every d' they
@@ -146,7 +171,7 @@ fn score_chunk_coop() {
         let out = poisoned_f32(ctx, n_m);
         let mut rec = Recorder::new(ctx);
         let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None }).unwrap();
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None, rank_only: false }).unwrap();
         rec.submit().unwrap();
         let got = ctx.read_f32(&out, 0, n_m).unwrap();
         let want = r::chunk_scores(&cq_h, &ck_h[m0 * d..], d).unwrap();
@@ -573,7 +598,7 @@ fn layer_step_case(decode_key_bits: u32) {
         let (cqr, ckr, rmr, scr, plr, selr, str_) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&sel), BufRef::from(&scratch.state));
         let mut rec = Recorder::new(&ctx);
         if !layout.is_dense() {
-            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start, q8 }).unwrap();
+            esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q, n_m, d: dc, m0: layout.middle.start, q8, rank_only: false }).unwrap();
             esa_pool::pool(&mut rec, &scr, &plr, n_m, cfg.eps).unwrap();
             esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &selr, scratch: &scratch, n: n_m, k: cfg.top_k, offset: layout.middle.start as u32, pool: 0 }).unwrap();
         }
@@ -627,7 +652,7 @@ fn undersized_buffers_are_errors() {
     let mut rec = Recorder::new(&ctx);
     let err = esa_pool::pool(&mut rec, &s, &b, 100, 1).unwrap_err().to_string();
     assert!(err.contains("esa_pool.x"), "{err}");
-    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0, q8: None }).unwrap_err().to_string();
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 2, n_m: 10, d: 8, m0: 0, q8: None, rank_only: false }).unwrap_err().to_string();
     assert!(err.contains("ck_cache"), "{err}");
     let scratch = esa_topk::TopkScratch::new(&ctx, 64).unwrap();
     assert!(esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &b, out: &s, scratch: &scratch, n: 65, k: 1, offset: 0, pool: 0 }).is_err());
@@ -712,12 +737,13 @@ fn score_decode_int8() {
         let q8 = Q8Cache { words: &wr, scales: &sr };
         let mut rec = Recorder::new(&ctx);
         let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&f16_unused), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q: 1, n_m, d, m0, q8: Some(&q8) }).unwrap();
+        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q: 1, n_m, d, m0, q8: Some(&q8), rank_only: false }).unwrap();
         rec.submit().unwrap();
         let got = ctx.read_f32(&out, 0, n_m).unwrap();
         let want = r::decode_scores_i8(&cq, &h.q[m0 * d..], &h.scales[m0..], d).unwrap();
         assert_close(&format!("int8 decode n_m={n_m} d={d} m0={m0}"), &got, &want, 1e-4 * d as f32, 0.0);
         assert!(got.contains(&0.0), "the best token scores 0");
+        check_rank_only(&ctx, &format!("int8 decode n_m={n_m} d={d} m0={m0}"), &cqr, &ckr, Some(&q8), n_m, d, m0, &want, 1e-4 * d as f32);
     }
 }
 
@@ -748,7 +774,7 @@ fn int8_selection_recovers_f16_selection() {
                 let (rowmax, scores, pooled, out) = (poisoned_u32(&ctx, 1), poisoned_f32(&ctx, n_m), poisoned_f32(&ctx, n_m), poisoned_u32(&ctx, k));
                 let (cqr, ckr, rmr, scr, plr, outr) = (BufRef::from(&cqb), BufRef::from(&c16), BufRef::from(&rowmax), BufRef::from(&scores), BufRef::from(&pooled), BufRef::from(&out));
                 let mut rec = Recorder::new(&ctx);
-                esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q: 1, n_m, d, m0: 0, q8 }).unwrap();
+                esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &scr, n_q: 1, n_m, d, m0: 0, q8, rank_only: false }).unwrap();
                 esa_pool::pool(&mut rec, &scr, &plr, n_m, eps).unwrap();
                 esa_topk::top_k(&mut rec, &esa_topk::TopK { scores: &plr, out: &outr, scratch: &scratch, n: n_m, k, offset: 0, pool: 0 }).unwrap();
                 rec.submit().unwrap();
@@ -773,9 +799,9 @@ fn undersized_int8_buffers_are_errors() {
     let big = poisoned_u32(&ctx, 4096);
     let (s, b) = (BufRef::from(&small), BufRef::from(&big));
     let mut rec = Recorder::new(&ctx);
-    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &s, scales: &b }) }).unwrap_err().to_string();
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &s, scales: &b }), rank_only: false }).unwrap_err().to_string();
     assert!(err.contains("esa_score.ck8"), "{err}");
-    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &b, scales: &s }) }).unwrap_err().to_string();
+    let err = esa_score::score(&mut rec, &esa_score::Score { cq: &b, ck_cache: &s, rowmax: &b, out: &b, n_q: 1, n_m: 10, d: 16, m0: 0, q8: Some(&Q8Cache { words: &b, scales: &s }), rank_only: false }).unwrap_err().to_string();
     assert!(err.contains("esa_score.ck8_scales"), "{err}");
     let err = esa_pack::append(&mut rec, &b, 16, &b, Some(&Q8Cache { words: &s, scales: &b }), 16, 3, 0).unwrap_err().to_string();
     assert!(err.contains("esa_pack.ck8"), "{err}");

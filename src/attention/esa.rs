@@ -261,7 +261,9 @@ impl EsaState {
             }
             let (scores, pooled) = (BufRef::from(&self.scores), BufRef::from(&self.pooled));
             let n_m = layout.middle.len();
-            esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref() })?;
+            // a decode step's scores are only ranked (pooled, top-k, block maxima, a probe's
+            // ranks), so its max is not subtracted (`Score::rank_only`: two dispatches fewer)
+            esa_score::score(rec, &esa_score::Score { cq: &cq, ck_cache: &ck, rowmax: &BufRef::from(&self.rowmax), out: &scores, n_q: n, n_m, d, m0: layout.middle.start, q8: q8.as_ref(), rank_only: n == 1 })?;
             // the top-k pools the scores itself as it ranks them, unless the pooled scores are
             // wanted on their own (block selection, a probe that records them)
             let pool_in_topk = self.blocks.is_none() && self.probe.as_ref().is_none_or(|p| p.scores.is_none());

@@ -20,7 +20,8 @@ struct Params {
     m0: u32,
     split_tiles: u32,
     grid_x: u32,
-    _pad: [u32; 2],
+    rank_only: u32,
+    _pad: u32,
 }
 
 /// Keys and queries per tile in the kernel.
@@ -49,6 +50,11 @@ pub struct Score<'a> {
     /// The 8-bit copy of the cache: decode steps (n_q = 1) score it instead of `ck_cache`, which
     /// they then do not read. Chunks ignore it.
     pub q8: Option<&'a super::esa_pack::Q8Cache<'a>>,
+    /// A decode step's scores for ranking only (n_q = 1): `out[m]` is the raw s(m), the max not
+    /// subtracted. One query's scores keep their order under that subtraction (and so do their
+    /// pooled maxima), so the top-k selects the same tokens, and the step saves the `clear` and
+    /// `decode_sub` dispatches (two dependent launches a layer). Chunks (n_q > 1) refuse it.
+    pub rank_only: bool,
 }
 
 /// Bytes of workgroup memory `esa_score_q8.wgsl` needs for width `d` (the staged query, d
@@ -153,6 +159,9 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     if a.n_q == 0 || a.d == 0 || a.d % 2 != 0 {
         return Err(Error::arg("esa_score", format!("n_q {} must be >= 1 and d' {} even and >= 2", a.n_q, a.d)));
     }
+    if a.rank_only && a.n_q != 1 {
+        return Err(Error::arg("esa_score", format!("rank_only scores one query (a decode step), got n_q {}", a.n_q)));
+    }
     if a.n_m == 0 {
         return Ok(());
     }
@@ -170,12 +179,17 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     let name = if coop { format!("esa_score_coop_d{}", a.d) } else { "esa_score".to_string() };
     let kernel = |entry: &str| ctx.kernel_with(&name, entry, &[], || Ok(if coop { coop_source(a.d) } else { fma_source() }));
     let bufs = [a.rowmax.clone(), a.cq.clone(), a.ck_cache.clone(), a.out.clone()];
-    let mut p = Params { n_q: a.n_q as u32, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, _pad: [0; 2] };
-    rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
+    let mut p = Params { n_q: a.n_q as u32, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, rank_only: a.rank_only as u32, _pad: 0 };
+    if !a.rank_only {
+        rec.dispatch(&kernel("clear")?, &p, &bufs, [a.n_q.div_ceil(256) as u32, 1, 1]);
+    }
     if a.n_q == 1 {
         let g = grid(ctx, a.n_m.div_ceil(32) as u32);
         p.grid_x = g[0];
         rec.dispatch(&kernel("decode_dot")?, &p, &bufs, g);
+        if a.rank_only {
+            return Ok(());
+        }
         let g = grid(ctx, a.n_m.div_ceil(256) as u32);
         p.grid_x = g[0];
         rec.dispatch(&kernel("decode_sub")?, &p, &bufs, g);
@@ -197,7 +211,8 @@ pub fn score(rec: &mut Recorder, a: &Score) -> Result<()> {
     Ok(())
 }
 
-/// A decode step's scores from the 8-bit copy: `clear`, `decode_dot_q8`, `decode_sub`.
+/// A decode step's scores from the 8-bit copy: `clear`, `decode_dot_q8`, `decode_sub` (only
+/// `decode_dot_q8` with `rank_only`).
 fn score_q8(rec: &mut Recorder, a: &Score, q8: &super::esa_pack::Q8Cache) -> Result<()> {
     use super::esa_common::check_words;
     use super::esa_pack::q8_row_words;
@@ -213,11 +228,16 @@ fn score_q8(rec: &mut Recorder, a: &Score, q8: &super::esa_pack::Q8Cache) -> Res
     let kernel = |entry: &str| ctx.kernel_with(&format!("esa_score_q8_d{}", a.d), entry, &[], || Ok(q8_source(a.d)));
     // `clear` and `decode_sub` use bindings 1-4 only; `decode_dot_q8` also the scales.
     let bufs = [a.rowmax.clone(), a.cq.clone(), q8.words.clone(), a.out.clone(), q8.scales.clone()];
-    let mut p = Params { n_q: 1, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, _pad: [0; 2] };
-    rec.dispatch(&kernel("clear")?, &p, &bufs[..4], [1, 1, 1]);
+    let mut p = Params { n_q: 1, n_m: a.n_m as u32, d: a.d as u32, m0: a.m0 as u32, split_tiles: 0, grid_x: 0, rank_only: a.rank_only as u32, _pad: 0 };
+    if !a.rank_only {
+        rec.dispatch(&kernel("clear")?, &p, &bufs[..4], [1, 1, 1]);
+    }
     let g = grid(ctx, a.n_m.div_ceil(keys) as u32);
     p.grid_x = g[0];
     rec.dispatch(&kernel("decode_dot_q8")?, &p, &bufs, g);
+    if a.rank_only {
+        return Ok(());
+    }
     let g = grid(ctx, a.n_m.div_ceil(256) as u32);
     p.grid_x = g[0];
     rec.dispatch(&kernel("decode_sub")?, &p, &bufs[..4], g);
