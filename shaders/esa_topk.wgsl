@@ -3,31 +3,33 @@
 // eps > 0 of its max-pool over |i' - i| <= eps (ESA's proximity pooling, done here); NaN never selected;
 // ties at the threshold go to the lower index; k >= (non-NaN count) selects every non-NaN score.
 //
-// Radix select, 8 bits per pass from the top (4 passes), then a stable compaction:
+// Radix select, 11, 11 and 10 bits per pass from the top (3 passes), then a stable compaction:
 //   hist_pass    : pass j = p.pass_: first every workgroup applies histogram j - 1 to slot j - 1
-//                  (the digit that holds the k_rem-th largest: a suffix scan over the 256 bins),
+//                  (the digit that holds the k_rem-th largest: a suffix scan over the 2048 bins),
 //                  giving slot j, which workgroup 0 also stores (slot 0, (prefix 0, k_rem k, ...),
 //                  comes from the parameters); then the histogram of digit j of the keys whose
 //                  higher digits equal slot j's prefix.
 //                  Dispatch (n_hist_groups) x 256 threads, grid-stride over n.
-//   block_count  : apply histogram 3 to slot 3 (workgroup 0 stores the result as the final
+//   block_count  : apply histogram 2 to slot 2 (workgroup 0 stores the result as the final
 //                  state): threshold key T = prefix, take_eq = k_rem elements equal to T (lowest
 //                  indices), count = min(k, valid); then per block of BLOCK scores, count
 //                  (key > T) and (key == T).                                       Dispatch (n_blocks).
 //   compact      : each workgroup sums the counts of the blocks before its own, then
 //                  out[#selected before i] = i + offset for each selected i.   Dispatch (n_blocks).
 //   init         : only for n = 0 (nothing to select): the final state (count 0), histograms 0.
-// The four histograms are zero when a selection starts: each is cleared by workgroup 0 of the
-// second dispatch after the last one that reads it (hist_pass 2 clears histogram 0, hist_pass 3
-// histogram 1, block_count 2, compact 3), and a new scratch buffer is zero.
+// The three histograms are zero when a selection starts: each is cleared by workgroup 0 of the
+// second dispatch after the last one that reads it (hist_pass 2 clears histogram 0, block_count
+// histogram 1, compact 2), and a new scratch buffer is zero.
 // (Before session 7 a one-workgroup `select_digit` dispatch followed each histogram: the selection
 // is now redone by the workgroups that need it; since session 9 neither an `init` nor a
-// one-workgroup `block_scan` dispatch runs: 6 dispatches, 11 at first.)
+// one-workgroup `block_scan` dispatch runs; since session 14 three passes of 11 bits instead of
+// four of 8 (2048-bin histograms: a dependent dispatch fewer per selection): 5 dispatches, 11 at
+// first.)
 // Selected i: key > T, or key == T and fewer than take_eq keys equal to T precede it. Position =
 // gt_before(i) + min(eq_before(i), take_eq), so the output is already sorted by index.
-// Layout: scores [n] f32; state [8 + 8 * 4] u32: the final state, then slots 0-3 (the state after
+// Layout: scores [n] f32; state [8 + 8 * 3] u32: the final state, then slots 0-2 (the state after
 //         j passes), each (prefix/T, k_rem/take_eq, pass, done, count, valid, k, _);
-//         hist [4][256] u32; blocks [2 * n_blocks] u32 (gt, eq); out [>= min(k, n)] u32.
+//         hist [3][2048] u32; blocks [2 * n_blocks] u32 (gt, eq); out [>= min(k, n)] u32.
 // Every entry point uses all five bindings (so they share one binding order).
 
 struct Params {
@@ -53,7 +55,15 @@ struct Params {
 const ITEMS: u32 = 4u;           // scores per thread in a block
 const BLOCK: u32 = 1024u;        // 256 * ITEMS
 
-var<workgroup> lh: array<atomic<u32>, 256>;
+const PASSES: u32 = 3u;
+const BINS: u32 = 2048u;          // bins of a histogram (the 10-bit last pass uses 1024)
+const BPT: u32 = BINS / 256u;     // bins per thread
+
+// Pass j's digit: bits shift(j) .. shift(j) + width(j) - 1 of the key.
+fn digit_shift(j: u32) -> u32 { return select(select(0u, 10u, j == 1u), 21u, j == 0u); }
+fn digit_width(j: u32) -> u32 { return select(11u, 10u, j == 2u); }
+
+var<workgroup> lh: array<atomic<u32>, BINS>;
 var<workgroup> ws: array<u32, 8>; // the state this workgroup works with
 var<workgroup> cnt: array<u32, 256>;
 var<workgroup> scan: array<vec2<u32>, 256>;
@@ -88,9 +98,9 @@ fn is_valid(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) <= 0x7f800000u; // not NaN
 }
 
-// Word `w` of state slot `j` (0-3: after j passes; 4: the final state at the front).
+// Word `w` of state slot `j` (0-2: after j passes; PASSES: the final state at the front).
 fn slot_at(j: u32, w: u32) -> u32 {
-    return select(8u + 8u * j + w, w, j == 4u);
+    return select(8u + 8u * j + w, w, j == PASSES);
 }
 
 // Word w of slot 0, the state before any pass: (prefix, k_rem, pass, done, count, valid, k, _);
@@ -104,18 +114,20 @@ fn slot0(w: u32) -> u32 {
     return v[w];
 }
 
-// Workgroup 0 of a dispatch clears histogram j (every thread one bin).
+// Workgroup 0 of a dispatch clears histogram j (every thread BPT bins).
 fn clear_hist(j: u32, li: u32, wg0: bool) {
-    if (wg0) { atomicStore(&hist[256u * j + li], 0u); }
+    if (wg0) {
+        for (var r = 0u; r < BPT; r++) { atomicStore(&hist[BINS * j + BPT * li + r], 0u); }
+    }
 }
 
 @compute @workgroup_size(256)
 fn init(@builtin(local_invocation_index) li: u32) {
     touch();
-    for (var j = 0u; j < 4u; j++) { atomicStore(&hist[256u * j + li], 0u); }
+    for (var j = 0u; j < PASSES; j++) { clear_hist(j, li, true); }
     if (li < 8u) {
         state[slot_at(0u, li)] = slot0(li);
-        state[slot_at(4u, li)] = slot0(li);
+        state[slot_at(PASSES, li)] = slot0(li);
     }
 }
 
@@ -130,10 +142,16 @@ fn advance(j: u32, dst: u32, li: u32, wg0: bool) {
         let running = ws[3] == 0u;
         let k_rem = ws[1];
         let pass_ = j - 1u;
-        // Thread li takes bin b = 255 - li: its inclusive sum is the count of bins >= b.
-        let b = 255u - li;
-        let c = atomicLoad(&hist[256u * pass_ + b]);
-        let incl = scan_inclusive(li, vec2<u32>(c, 0u)).x;
+        // Thread li takes the BPT bins top - BPT li - r, r = 0 .. BPT - 1 (descending): its
+        // inclusive sum is the count of bins >= its last one.
+        let top = BINS - 1u;
+        var cs: array<u32, BPT>;
+        var own = 0u;
+        for (var r = 0u; r < BPT; r++) {
+            cs[r] = atomicLoad(&hist[BINS * pass_ + top - BPT * li - r]);
+            own += cs[r];
+        }
+        let incl = scan_inclusive(li, vec2<u32>(own, 0u)).x;
         let total = scan[255].x;
         workgroupBarrier(); // every thread has read ws
         if (running) {
@@ -149,13 +167,17 @@ fn advance(j: u32, dst: u32, li: u32, wg0: bool) {
                 } else {
                     if (pass_ == 0u) { ws[4] = k_rem; }
                     ws[2] = pass_ + 1u;
-                    if (pass_ == 3u) { ws[3] = 1u; }
+                    if (pass_ == PASSES - 1u) { ws[3] = 1u; }
                 }
             }
             // The digit: the one bin with (count of higher bins) < k_rem <= (that + its own).
-            if (!all && incl - c < k_rem && incl >= k_rem) {
-                ws[0] = ws[0] | (b << (24u - 8u * pass_));
-                ws[1] = k_rem - (incl - c);
+            var above = incl - own;
+            for (var r = 0u; r < BPT; r++) {
+                if (!all && above < k_rem && above + cs[r] >= k_rem) {
+                    ws[0] = ws[0] | ((top - BPT * li - r) << digit_shift(pass_));
+                    ws[1] = k_rem - above;
+                }
+                above += cs[r];
             }
         }
         workgroupBarrier();
@@ -167,14 +189,15 @@ fn advance(j: u32, dst: u32, li: u32, wg0: bool) {
 fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
     let pass_ = p.pass_;
-    atomicStore(&lh[li], 0u);
+    for (var r = 0u; r < BPT; r++) { atomicStore(&lh[BPT * li + r], 0u); }
     advance(pass_, pass_, li, wg.x == 0u);
     if (pass_ >= 2u) { clear_hist(pass_ - 2u, li, wg.x == 0u); }
     let running = ws[3] == 0u;
     let prefix = ws[0];
-    let shift = 24u - 8u * pass_;
+    let shift = digit_shift(pass_);
+    let mask = (1u << digit_width(pass_)) - 1u;
     // Bits above the current digit must match the prefix (none in pass 0).
-    let high = select(0xffffffffu << (shift + 8u), 0u, pass_ == 0u);
+    let high = select(0xffffffffu << (shift + digit_width(pass_)), 0u, pass_ == 0u);
     // A thread counts a run of equal digits before adding it: in the first passes most keys share
     // one digit, and every add to the same workgroup bin waits for the one before it.
     var run_bin = 0u;
@@ -184,7 +207,7 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             let x = score(i);
             let key = key_of(x);
             if (is_valid(x) && (key & high) == (prefix & high)) {
-                let b = (key >> shift) & 0xffu;
+                let b = (key >> shift) & mask;
                 if (b != run_bin && run_n > 0u) {
                     atomicAdd(&lh[run_bin], run_n);
                     run_n = 0u;
@@ -196,8 +219,10 @@ fn hist_pass(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     if (run_n > 0u) { atomicAdd(&lh[run_bin], run_n); }
     workgroupBarrier();
-    let c = atomicLoad(&lh[li]);
-    if (c != 0u) { atomicAdd(&hist[256u * pass_ + li], c); }
+    for (var r = 0u; r < BPT; r++) {
+        let c = atomicLoad(&lh[BPT * li + r]);
+        if (c != 0u) { atomicAdd(&hist[BINS * pass_ + BPT * li + r], c); }
+    }
 }
 
 // Counts (key > T, key == T) among the ITEMS scores of thread li in block b.
@@ -234,8 +259,8 @@ fn scan_inclusive(li: u32, v: vec2<u32>) -> vec2<u32> {
 @compute @workgroup_size(256)
 fn block_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
-    advance(4u, 4u, li, wg.x == 0u);
-    clear_hist(2u, li, wg.x == 0u);
+    advance(PASSES, PASSES, li, wg.x == 0u);
+    clear_hist(PASSES - 2u, li, wg.x == 0u);
     let c = thread_counts(wg.x, li, ws[0]);
     let total = scan_inclusive(li, c);
     if (li == 255u) {
@@ -247,7 +272,7 @@ fn block_count(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
 @compute @workgroup_size(256)
 fn compact(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     touch();
-    clear_hist(3u, li, wg.x == 0u);
+    clear_hist(PASSES - 1u, li, wg.x == 0u);
     let t = state[0];
     let take = state[1];
     // the counts of the blocks before this one (block_count's totals)

@@ -5,10 +5,12 @@
 //! (-0.0 below +0.0), ties to the lower index, NaN never selected, k >= (non-NaN count) selects
 //! every non-NaN score. Each written index is `i + offset` (e.g. the cache row of middle token i).
 //!
-//! Cost: 4 histogram passes + 2 compaction passes over the scores, 6 dispatches in all (each
-//! histogram pass first redoes the previous pass's digit selection, a 256-bin scan per workgroup,
-//! instead of a dispatch of its own; the compaction sums the block counts before its block itself;
-//! the histograms are cleared along the way instead of by an `init` dispatch).
+//! Cost: 3 histogram passes (digits of 11, 11 and 10 bits) + 2 compaction passes over the scores,
+//! 5 dispatches in all (each histogram pass first redoes the previous pass's digit selection, a
+//! 2048-bin scan per workgroup, instead of a dispatch of its own; the compaction sums the block
+//! counts before its block itself; the histograms are cleared along the way instead of by an
+//! `init` dispatch). Each dispatch is a dependent launch (~4 us on an H200 whatever its work), and
+//! a decode step selects once per layer: 8-bit digits took one more.
 
 use crate::gpu::{BufRef, GpuContext, Recorder};
 use crate::{Error, Result};
@@ -33,13 +35,16 @@ const BLOCK: usize = 1024;
 const HIST_SCORES_PER_GROUP: usize = 512;
 const MAX_HIST_GROUPS: usize = 512;
 
-/// u32 words of the `state` buffer: the final state, then the state after each of the 4 passes.
+/// Radix passes (esa_topk.wgsl's PASSES) and bins per histogram (BINS).
+const PASSES: usize = 3;
+const BINS: usize = 2048;
+/// u32 words of the `state` buffer: the final state, then the state after each pass.
 /// After the op: `state[STATE_COUNT]` is the number of indices written (min(k, non-NaN count)).
-pub const STATE_WORDS: usize = 8 + 8 * 4;
+pub const STATE_WORDS: usize = 8 + 8 * PASSES;
 pub const STATE_COUNT: usize = 4;
-/// u32 words of the histogram scratch: one histogram of 256 bins per pass.
+/// u32 words of the histogram scratch: one histogram of 2048 bins per pass.
 /// Zero when a selection starts: a new buffer is, and every `top_k` leaves it so.
-pub const HIST_WORDS: usize = 256 * 4;
+pub const HIST_WORDS: usize = BINS * PASSES;
 
 /// u32 words of the `blocks` scratch for `n` scores.
 pub fn block_words(n: usize) -> usize {
@@ -113,7 +118,7 @@ pub fn top_k(rec: &mut Recorder, a: &TopK) -> Result<()> {
     }
     // (the histograms are zero here: each dispatch chain leaves them so, see esa_topk.wgsl)
     let hist = kernel("hist_pass")?;
-    for pass in 0..4 {
+    for pass in 0..PASSES as u32 {
         rec.dispatch(&hist, &Params { pass_: pass, ..p }, &bufs, [hist_groups as u32, 1, 1]);
     }
     rec.dispatch(&kernel("block_count")?, &p, &bufs, [n_blocks as u32, 1, 1]);
