@@ -38,7 +38,8 @@
 // n_split == 1: out [n_q][n_heads][D] f32, normalised. Else part [n_q * n_heads][n_split][D + 2]
 // f32 = (m, l, o[D]) per split; counters [n_q * n_kv * n_hg] u32, zero between dispatches: each
 // workgroup counts itself in after writing its partial, and the one that counts last merges the
-// column's partials into out and sets the counter back to zero.
+// column's partials into out and sets the counter back to zero; or (merge_apart, many splits) the
+// partials are left for attention_merge.wgsl, dispatched next by the op.
 
 struct Params {
     n_q: u32,
@@ -60,7 +61,9 @@ struct Params {
     w: u32,
     count_index: u32,
     max_sel: u32,
-    _pad0: u32,
+    // 1: the partials are left for an attention_merge dispatch (many splits: one workgroup merging
+    // a column's partials of up to 4 heads took longer than that launch); no counter is touched
+    merge_apart: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -327,6 +330,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         part_put(pb, gm[li]);
         part_put(pb + 1u, gl[li]);
     }
+    if (p.merge_apart == 1u) { return; }
     // count this partial in (device-scope release of its stores first); the last one merges
     storageBarrier();
     if (li == 0u) {

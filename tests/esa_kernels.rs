@@ -304,7 +304,10 @@ fn top_k_cases() {
     specials[11] = -0.0;
     specials[12] = 0.0;
     let mostly_nan: Vec<f32> = (0..n).map(|i| if i % 100 == 5 { i as f32 } else { f32::NAN }).collect();
-    for (what, s) in [("random", &random), ("sorted", &sorted), ("reversed", &reversed), ("all-equal", &equal), ("ties", &coarse), ("-inf/NaN", &specials), ("mostly NaN", &mostly_nan)] {
+    // neighbouring floats (a permutation of 1.0 + j ulp, some twice): the first radix passes see
+    // runs of 1 024 equal digits, the last pass decides
+    let close: Vec<f32> = (0..n).map(|i| f32::from_bits(0x3f80_0000 + ((i * 37) % (n - 500)) as u32)).collect();
+    for (what, s) in [("random", &random), ("sorted", &sorted), ("reversed", &reversed), ("all-equal", &equal), ("ties", &coarse), ("-inf/NaN", &specials), ("mostly NaN", &mostly_nan), ("close", &close)] {
         for k in [1, 2, 100, 2048, n - 1, n, n + 10] {
             check_top_k(&ctx, what, s, k);
         }
@@ -411,7 +414,8 @@ fn gpu_attend_gqa(ctx: &GpuContext, shape: r::HeadShape, cache: &Cache, qp: &[f3
     let selection = refs.as_ref().map(|(i, s, ci, m)| esa_wgpu::gpu::ops::esa_attention::Selection { indices: i, state: s, count_index: *ci, max_sel: *m });
     let a = at::Attend { q: &qr, k_cache: &kr, v_cache: &vr, inv_freq: invb, part: &pr, out: &or, counters: &cr, n_q: 1, n_heads: shape.num_heads, n_kv: shape.num_kv_heads, head_dim: shape.head_dim, pos0: layout.chunk.start, scale: 1.0 / (shape.head_dim as f32).sqrt() };
     let long = at::LongPart { selection, n_init: layout.initial.len(), local_start: layout.local.start, w };
-    let sp = at::GqaSplit { prefetch, ..at::GqaSplit::DEFAULT };
+    // the forced small splits merged in the kernel with prefetch, else by attention_merge
+    let sp = at::GqaSplit { prefetch, merge_apart_above: if prefetch { usize::MAX } else { 0 }, ..at::GqaSplit::DEFAULT };
     at::attend_gqa_esa(&mut rec, &a, &long, Some(sp), split_len).unwrap();
     rec.submit().unwrap();
     assert!(ctx.read_u32(&counters, 0, at::counter_words(1, shape.num_heads)).unwrap().iter().all(|&c| c == 0), "split counters left at zero");
@@ -516,7 +520,8 @@ fn attention_gathered_and_dense() {
             let tol = tolerance(&ctx, n_q, shape.head_dim);
             assert_close(&format!("esa attention {shape:?} n_prev={n_prev} n_q={n_q} sel={}", sel.len()), &got, &want, tol, tol);
             // GPUs' decode kernel: its own split, splits of 8 keys (several long-distance and local
-            // ones), and the same with the next iteration's keys loaded ahead
+            // ones; merged by attention_merge), and the same with the next iteration's keys loaded
+            // ahead (merged in the kernel)
             if n_q == 1 && gqa_capable(&ctx, shape) {
                 let row = qkv_row_with_cached_kv(&qp, &cache, n_prev, shape);
                 for (split, pf) in [(None, false), (Some(8), false), (Some(8), true)] {

@@ -241,13 +241,18 @@ fn rope_kv_and_attention_prefill_then_decode() {
         let gqa = attention::gqa_capable(&ctx, &a(&os));
         let out_gqa = poisoned(&ctx, n * nh * d);
         let out_gqa_split = poisoned(&ctx, n * nh * d);
-        let (og, ogs) = (BufRef::from(&out_gqa), BufRef::from(&out_gqa_split));
+        let out_gqa_apart = poisoned(&ctx, n * nh * d);
+        let (og, ogs, oga) = (BufRef::from(&out_gqa), BufRef::from(&out_gqa_split), BufRef::from(&out_gqa_apart));
         if gqa {
             attention::attend_gqa(&mut rec, &a(&og), false).unwrap();
             let cap = attention::scratch_floats(n, nh, d) / (n * nh * (d + 2));
-            // with the next iteration's keys loaded ahead, one key per slot and iteration, two heads a workgroup
-            let sp = attention::GqaSplit { u: 1, max_heads: 2, prefetch: true, ..attention::GqaSplit::DEFAULT };
-            attention::attend_gqa_with(&mut rec, &a(&ogs), false, sp, Some(7.max((pos0 + n).div_ceil(cap)))).unwrap();
+            // with the next iteration's keys loaded ahead, one key per slot and iteration, two heads
+            // a workgroup, the splits merged in the kernel however many; then the same merged by
+            // attention_merge
+            let sp = attention::GqaSplit { u: 1, max_heads: 2, prefetch: true, merge_apart_above: usize::MAX, ..attention::GqaSplit::DEFAULT };
+            let len = Some(7.max((pos0 + n).div_ceil(cap)));
+            attention::attend_gqa_with(&mut rec, &a(&ogs), false, sp, len).unwrap();
+            attention::attend_gqa_with(&mut rec, &a(&oga), false, attention::GqaSplit { merge_apart_above: 0, ..sp }, len).unwrap();
         }
         if attention::prefill_supports(d) {
             attention::attend_prefill(&mut rec, &a(&ot)).unwrap();
@@ -275,6 +280,8 @@ fn rope_kv_and_attention_prefill_then_decode() {
             assert_close(&format!("GQA attention {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
             let got = ctx.read_f32(&out_gqa_split, 0, n * nh * d).unwrap();
             assert_close(&format!("GQA attention, small splits, prefetch, U 1, 2 heads a group, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
+            let got = ctx.read_f32(&out_gqa_apart, 0, n * nh * d).unwrap();
+            assert_close(&format!("GQA attention, small splits merged apart, {nh}/{nkv} heads d={d} chunk of {n} at {pos0}"), &got, &want, 2e-3, 2e-3);
             assert!(ctx.read_u32(&counters, 0, attention::counter_words(n, nh)).unwrap().iter().all(|&c| c == 0), "split counters left at zero");
         }
         if attention::prefill_supports(d) {

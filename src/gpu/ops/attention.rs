@@ -183,13 +183,14 @@ struct GqaParams {
     w: u32,
     count_index: u32,
     max_sel: u32,
-    _pad: u32,
+    /// 1: the splits' partials are merged by an `attention_merge` dispatch after this one
+    merge_apart: u32,
 }
 
 /// How `attention_gqa` splits the work: workgroups aimed at, fewest keys per split, keys per slot
-/// loaded at once, most query heads per workgroup, and whether each iteration loads the next one's
-/// keys before its own products. `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU[xHG[xPF]]` overrides the default
-/// (for tuning on a device).
+/// loaded at once, most query heads per workgroup, whether each iteration loads the next one's
+/// keys before its own products, and above how many splits the merge is a dispatch of its own.
+/// `ESA_WGPU_GQA_SPLIT=WGSxKEYSxU[xHG[xPF[xMA]]]` overrides the default (for tuning on a device).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GqaSplit {
     pub target_groups: usize,
@@ -197,23 +198,33 @@ pub struct GqaSplit {
     pub u: usize,
     pub max_heads: usize,
     pub prefetch: bool,
+    /// More key splits than this: `attention_merge` merges them in a dispatch of its own (one
+    /// workgroup per query head) instead of the last workgroup of each column. That workgroup's
+    /// 64 threads load every split's partial of up to 4 heads (15 000 loads at 8B, 32k): on the
+    /// H200 the 32k decode attention cost ~47 us a layer beyond its keys, against ~4 us for
+    /// one more launch.
+    pub merge_apart_above: usize,
 }
 
 impl GqaSplit {
     /// 256 workgroups aimed at (H200, session 11: 8B f16 at 32k 120.6 tok/s against 107.6 at 512,
     /// 98.3 at 128; fewer, longer splits leave less for the merge), at least 64 keys a split.
-    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 256, min_keys: 64, u: 4, max_heads: 4, prefetch: false };
+    /// The merge apart above 8 splits: a short context (SmolLM2 after 512 tokens: 8 splits) keeps
+    /// its one dispatch.
+    pub const DEFAULT: GqaSplit = GqaSplit { target_groups: 256, min_keys: 64, u: 4, max_heads: 4, prefetch: false, merge_apart_above: 8 };
 
     pub fn parse(s: &str) -> Option<GqaSplit> {
         let v: Vec<usize> = s.split('x').map(|x| x.trim().parse().ok()).collect::<Option<_>>()?;
-        let (g, k, u, h, pf) = match v[..] {
-            [g, k, u] => (g, k, u, 4, 0),
-            [g, k, u, h] => (g, k, u, h, 0),
-            [g, k, u, h, pf] => (g, k, u, h, pf),
+        let ma = GqaSplit::DEFAULT.merge_apart_above;
+        let (g, k, u, h, pf, ma) = match v[..] {
+            [g, k, u] => (g, k, u, 4, 0, ma),
+            [g, k, u, h] => (g, k, u, h, 0, ma),
+            [g, k, u, h, pf] => (g, k, u, h, pf, ma),
+            [g, k, u, h, pf, ma] => (g, k, u, h, pf, ma),
             _ => return None,
         };
         let ok = g > 0 && k > 0 && (1..=4).contains(&u) && (1..=4).contains(&h) && pf <= 1;
-        ok.then_some(GqaSplit { target_groups: g, min_keys: k, u, max_heads: h, prefetch: pf == 1 })
+        ok.then_some(GqaSplit { target_groups: g, min_keys: k, u, max_heads: h, prefetch: pf == 1, merge_apart_above: ma })
     }
 
     fn current() -> GqaSplit {
@@ -344,6 +355,7 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         return Err(crate::Error::arg("n_q", format!("attention grid of {cols} columns exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
     }
     let (u, pf) = (sp.u, sp.prefetch as u32);
+    let merge_apart = n_split > 1 && n_split > sp.merge_apart_above;
     // the long-row table only in kernels that gather a long-distance part (see LONG_MAX)
     let lm = if long.is_some() { GQA_LONG_MAX } else { 1 };
     let k = ctx.kernel_with(&format!("attention_gqa[D{d},HG{hg},U{u},PF{pf},L{lm}]"), "main", &[], || {
@@ -365,7 +377,7 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
         w: long.map_or(0, |l| l.w) as u32,
         count_index: selection.map_or(0, |s| s.count_index) as u32,
         max_sel: max_sel as u32,
-        _pad: 0,
+        merge_apart: merge_apart as u32,
     };
     // without a selection any read-only buffer stands in for `sel` and `state` (max_sel 0: the
     // count is 0 and no index is used)
@@ -375,6 +387,13 @@ fn gqa_dispatch(rec: &mut Recorder, a: &Attend, fused: bool, sp: GqaSplit, force
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), a.part.clone(), a.out.clone(), a.counters.clone(), sel, state];
     rec.dispatch(&k, &p, &bufs, [cols as u32, n_split as u32, 1]);
+    if merge_apart {
+        let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
+        let qh = a.n_q * a.n_heads;
+        let g = grid(ctx, qh as u32);
+        let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: d as u32, grid_x: g[0] };
+        rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
+    }
     Ok(())
 }
 
@@ -613,11 +632,12 @@ mod tests {
     use super::GqaSplit;
 
     #[test]
-    fn gqa_split_parses_three_to_five_fields() {
+    fn gqa_split_parses_three_to_six_fields() {
         assert_eq!(GqaSplit::parse("256x64x4"), Some(GqaSplit::DEFAULT));
-        assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2, prefetch: false }));
+        assert_eq!(GqaSplit::parse("1024x32x4x2"), Some(GqaSplit { target_groups: 1024, min_keys: 32, u: 4, max_heads: 2, ..GqaSplit::DEFAULT }));
         assert_eq!(GqaSplit::parse("512x64x2x4x1"), Some(GqaSplit { target_groups: 512, u: 2, prefetch: true, ..GqaSplit::DEFAULT }));
-        for bad in ["", "512x64", "0x64x2", "512x64x5", "512x64x2x0", "512x64x2x1x2", "512x64x2x1x1x1", "ax64x2"] {
+        assert_eq!(GqaSplit::parse("256x64x4x4x0x1000"), Some(GqaSplit { merge_apart_above: 1000, ..GqaSplit::DEFAULT }));
+        for bad in ["", "512x64", "0x64x2", "512x64x5", "512x64x2x0", "512x64x2x1x2", "512x64x2x1x1x1x1", "ax64x2"] {
             assert_eq!(GqaSplit::parse(bad), None, "{bad}");
         }
     }
