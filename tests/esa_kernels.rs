@@ -74,6 +74,7 @@ fn pack_q8(rows: &[f32], d: usize) -> Q8Host {
 /// A decode step's scores with `rank_only` (no `clear`, no max, no `decode_sub`): the raw sums,
 /// which minus their max are `want` (the shifted scores' reference) within `atol`; the rowmax
 /// scratch stays untouched (poisoned).
+#[allow(clippy::too_many_arguments)]
 fn check_rank_only(ctx: &GpuContext, what: &str, cq: &BufRef, ck: &BufRef, q8: Option<&esa_wgpu::gpu::ops::esa_pack::Q8Cache>, n_m: usize, d: usize, m0: usize, want: &[f32], atol: f32) {
     let (rowmax, out) = (poisoned_u32(ctx, 1), poisoned_f32(ctx, n_m));
     let (rmr, outr) = (BufRef::from(&rowmax), BufRef::from(&out));

@@ -144,36 +144,102 @@ impl WeightSource for SyntheticModel {
     }
 }
 
+/// Values per independently seeded piece of a tensor (a multiple of 32: whole quantised blocks).
+/// The pieces are made on all cores: one thread took ~50 s for a Llama-3-8B shape's 16 GB, most of
+/// a device bench line's time (docs/perf.md, session 14).
+const PIECE: usize = 1 << 20;
+
+/// Bytes a piece of `values` values takes in `format` (F16/BF16: 2 a value; blocks of 32 as stored).
+fn stored_bytes(format: TensorFormat, values: usize) -> usize {
+    match format {
+        TensorFormat::F16 | TensorFormat::BF16 => 2 * values,
+        TensorFormat::Q8_0 => values / 32 * 34,
+        TensorFormat::Q4_0 => values / 32 * 18,
+        TensorFormat::Q4_1 => values / 32 * 20,
+        _ => unreachable!("SyntheticModel::new accepts f16, bf16, q8_0, q4_0, q4_1"),
+    }
+}
+
+/// Fills `out` (one piece, stored as `format`) from `rng`: values uniform in [-scale, scale), or
+/// quantised blocks of random codes whose scale gives the same range.
+fn fill_piece(format: TensorFormat, scale: f32, rng: &mut Rng, out: &mut [u8]) {
+    let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+    let mut codes = |dst: &mut [u8]| dst.chunks_mut(8).for_each(|c| c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]));
+    match format {
+        TensorFormat::F16 => out.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f16(rng.unit() * scale))),
+        TensorFormat::BF16 => out.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&half::bf16::from_f32(rng.unit() * scale).to_le_bytes())),
+        TensorFormat::Q8_0 => out.chunks_exact_mut(34).for_each(|b| {
+            b[..2].copy_from_slice(&f16(scale / 127.0));
+            codes(&mut b[2..]);
+        }),
+        TensorFormat::Q4_0 => out.chunks_exact_mut(18).for_each(|b| {
+            b[..2].copy_from_slice(&f16(scale / 8.0));
+            codes(&mut b[2..]);
+        }),
+        TensorFormat::Q4_1 => out.chunks_exact_mut(20).for_each(|b| {
+            b[..2].copy_from_slice(&f16(scale / 8.0));
+            b[2..4].copy_from_slice(&f16(-scale));
+            codes(&mut b[4..]);
+        }),
+        _ => unreachable!("SyntheticModel::new accepts f16, bf16, q8_0, q4_0, q4_1"),
+    }
+}
+
 impl SyntheticModel {
     fn make(&self, name: &str) -> Result<HostTensor<'static>> {
         let shape = self.shape(name).ok_or_else(|| Error::tensor(name, "not in the synthetic model"))?;
-        let mut rng = Rng(name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1);
+        let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         let n: usize = shape.iter().product();
         if shape.len() == 1 {
+            let mut rng = Rng(seed | 1);
             let v: Vec<f32> = (0..n).map(|_| 1.0 + 0.1 * rng.unit()).collect();
             return Ok(HostTensor { name: name.into(), shape, format: TensorFormat::F32, data: bytemuck::cast_slice(&v).to_vec().into() });
         }
         let scale = 1.0 / (shape[1] as f32).sqrt();
-        let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
-        let mut data = Vec::with_capacity(n * 2);
-        match self.format {
-            TensorFormat::F16 => (0..n).for_each(|_| data.extend(f16(rng.unit() * scale))),
-            TensorFormat::BF16 => (0..n).for_each(|_| data.extend(half::bf16::from_f32(rng.unit() * scale).to_le_bytes())),
-            TensorFormat::Q8_0 => (0..n / 32).for_each(|_| {
-                data.extend(f16(scale / 127.0));
-                (0..32).for_each(|_| data.push(rng.next() as u8));
-            }),
-            TensorFormat::Q4_0 => (0..n / 32).for_each(|_| {
-                data.extend(f16(scale / 8.0));
-                (0..16).for_each(|_| data.push(rng.next() as u8));
-            }),
-            TensorFormat::Q4_1 => (0..n / 32).for_each(|_| {
-                data.extend(f16(scale / 8.0));
-                data.extend(f16(-scale));
-                (0..16).for_each(|_| data.push(rng.next() as u8));
-            }),
-            _ => unreachable!(),
+        let format = self.format;
+        let mut data = vec![0u8; stored_bytes(format, n)];
+        // piece i: its own generator, so the bytes do not depend on how the pieces are shared out
+        let mut pieces: Vec<(usize, &mut [u8])> = data.chunks_mut(stored_bytes(format, PIECE)).enumerate().collect();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(pieces.len()).max(1);
+        let per = pieces.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for group in pieces.chunks_mut(per) {
+                s.spawn(move || {
+                    for (i, out) in group.iter_mut() {
+                        let mut rng = Rng((seed ^ (*i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1);
+                        fill_piece(format, scale, &mut rng, out);
+                    }
+                });
+            }
+        });
+        Ok(HostTensor { name: name.into(), shape, format, data: data.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format's tensors have their stored size, are the same bytes each time (the pieces made
+    /// in parallel), and differ between tensors; f16 values stay within the scale.
+    #[test]
+    fn tensors_are_deterministic_and_sized() {
+        for format in [TensorFormat::F16, TensorFormat::BF16, TensorFormat::Q8_0, TensorFormat::Q4_0, TensorFormat::Q4_1] {
+            let m = SyntheticModel::new("llama3-1b", format).unwrap();
+            let c = m.config().clone();
+            let name = "model.layers.0.mlp.gate_proj.weight"; // 8192 x 2048: 16 pieces
+            let a = m.tensor(name).unwrap();
+            assert_eq!(a.shape, vec![c.intermediate_size, c.hidden_size]);
+            assert_eq!(a.data.len(), stored_bytes(format, c.intermediate_size * c.hidden_size), "{format:?}");
+            assert_eq!(a.data, m.tensor(name).unwrap().data, "{format:?}: not deterministic");
+            assert_ne!(a.data[..64], m.tensor("model.layers.1.mlp.gate_proj.weight").unwrap().data[..64], "{format:?}");
+            if format == TensorFormat::F16 {
+                let bound = 1.0 / (c.hidden_size as f32).sqrt();
+                let vals: Vec<f32> = a.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                assert!(vals.iter().all(|v| v.abs() <= bound * 1.001), "f16 values within the scale");
+                let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+                assert!(mean.abs() < 0.01 * bound, "uniform around zero: mean {mean}");
+            }
         }
-        Ok(HostTensor { name: name.into(), shape, format: self.format, data: data.into() })
     }
 }
