@@ -61,8 +61,8 @@ struct Params {
     w: u32,
     count_index: u32,
     max_sel: u32,
-    // 1: the partials are left for an attention_merge dispatch (many splits: one workgroup merging
-    // a column's partials of up to 4 heads took longer than that launch); no counter is touched
+    // 1: the partials are left for an attention_merge dispatch (many splits: one workgroup per
+    // column merging them all took longer than that launch for small models); no counter is touched
     merge_apart: u32,
 }
 

@@ -10,7 +10,7 @@
 //! on the GPU: the count is read from `state[count_index]` (e.g. `esa_topk::STATE_COUNT` of the
 //! top-k state buffer), at most `max_sel` entries.
 
-use crate::gpu::{grid, BufRef, Recorder};
+use crate::gpu::{BufRef, Recorder};
 use crate::{Error, Result};
 
 
@@ -122,15 +122,6 @@ pub(crate) fn coop_subgroups(ctx: &crate::gpu::GpuContext) -> usize {
     if ctx.caps.coop_emulated { 4 } else { 8 }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct MergeParams {
-    n_qh: u32,
-    n_split: u32,
-    head_dim: u32,
-    grid_x: u32,
-}
-
 /// Target number of workgroups when choosing the key split (as `ops::attention`).
 const TARGET_GROUPS: usize = 1024;
 /// Query heads sharing one KV head that one workgroup serves (`HG` in the kernel).
@@ -207,7 +198,6 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     let per_part = a.n_q * a.n_heads * (a.head_dim + 2);
     super::esa_common::check_words("esa_attention_coop", "part", a.part, 2 * per_part)?;
     let cap = ((super::esa_common::binding_bytes(a.part) / 4) as usize / per_part).min(COOP_MAX_PARTS);
-    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
     let nsg = coop_subgroups(ctx);
     let name = format!("esa_attention_coop_d{}_sg{nsg}", a.head_dim);
     let k = ctx.kernel_with(&name, "main", &[], || Ok(coop_source(a.head_dim, nsg)))?;
@@ -237,11 +227,7 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     let p = CoopParams { n_part: (splits0 + splits1) as u32, splits0: splits0 as u32, split_len: split_len as u32, ..p };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
     rec.dispatch(&k, &p, &bufs, [rows.div_ceil(16 * nsg) as u32, a.n_kv as u32, p.n_part]);
-    let qh = a.n_q * a.n_heads;
-    let g = grid(ctx, qh as u32);
-    let mp = MergeParams { n_qh: qh as u32, n_split: p.n_part, head_dim: a.head_dim as u32, grid_x: g[0] };
-    rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
-    Ok(())
+    super::attention::merge_splits(rec, a.part, a.out, a.n_q * a.n_heads, p.n_part as usize, a.head_dim)
 }
 
 /// Records the attention into `out`. Use `reference::esa::select_tokens` for n_init/local_start:
@@ -274,9 +260,6 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         return attend_coop(rec, a, (sel, state, count_index, max_sel), true);
     }
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
-    let km = ctx.kernel("attention_merge", super::src::ATTENTION_MERGE, "main", &[])?;
-    let qh = a.n_q * a.n_heads;
-    let g = grid(ctx, qh as u32);
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
     // Workgroups per split: one per (query, KV head, chunk of up to HEADS_PER_GROUP query heads).
     let rows = rows_per_split(a.n_q, a.n_heads, a.n_kv);
@@ -302,9 +285,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
     };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
     rec.dispatch(&k, &p, &bufs, [rows as u32, n_split as u32, 1]);
-    let mp = MergeParams { n_qh: qh as u32, n_split: n_split as u32, head_dim: a.head_dim as u32, grid_x: g[0] };
-    rec.dispatch(&km, &mp, &[a.part.clone(), a.out.clone()], g);
-    Ok(())
+    super::attention::merge_splits(rec, a.part, a.out, a.n_q * a.n_heads, n_split, a.head_dim)
 }
 
 #[cfg(test)]
