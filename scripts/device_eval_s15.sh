@@ -3,7 +3,8 @@
 # The xz'd model travels in two pieces (the 64 MiB carry limit counts the working tree): the
 # first call carries .cache/mx1 with the bench binaries and runs `scripts/device_eval_s15.sh
 # stash` after its benches (the piece waits in /tmp, which lives as long as the warm machine);
-# the second carries .cache/mx2 and .evalbin/eval.xz and runs this script with no argument.
+# the second carries .cache/mx2 and .evalbin/eval.xz and runs this script with no argument (grids
+# A-C) or with `cases` (grid D).
 set -uo pipefail
 B=/tmp/evalbin; mkdir -p $B
 if [ "${1:-}" = stash ]; then cp .cache/mx1 $B/mx1 && ls -la $B; exit 0; fi
@@ -17,6 +18,13 @@ cat $B/mx1 .cache/mx2 | xz -dc > $B/model.gguf || exit 1
 xz -dc .evalbin/eval.xz > $B/eval && chmod +x $B/eval
 sha256sum $B/model.gguf
 E="$B/eval --model $B/model.gguf"
+if [ "${1:-}" = cases ]; then
+    # D: passkey at 16k and 32k, ten depths x three cases (seeds), ESA against YaRN — ~200 s
+    timeout 500 $E --tasks passkey --lengths 16k,32k --depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95 \
+        --cases 3 --methods esa,yarn --out "$OUT/eval_d" 2>"$OUT/eval_d.log" | tee "$OUT/eval_d.txt"
+    (cd "$OUT" && tar czf eval_d.tgz eval_d && rm -rf eval_d)
+    exit 0
+fi
 # A: passkey at 16k-128k, ten depths, ESA (the issue's >= 95% target) — ~150 s
 timeout 230 $E --tasks passkey --lengths 16k,32k,64k,128k --depths 0.05,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95 \
     --methods esa --out "$OUT/eval_a" 2>"$OUT/eval_a.log" | tee "$OUT/eval_a.txt"

@@ -10,6 +10,7 @@ use esa_wgpu::reference::esa as r;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 mod common;
+use common::gpu::pack_f16_words as pack_f16;
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
@@ -37,12 +38,6 @@ fn poisoned_u32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     ctx.upload("out", bytemuck::cast_slice(&vec![u32::MAX; n.max(1)])).unwrap()
 }
 
-/// Rounds to f16 and packs pairs into u32 words (even element low), the compressed-key cache layout.
-fn pack_f16(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
-    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-    let words = h.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0, |x| x.to_bits()) as u32) << 16).collect();
-    (words, h.iter().map(|x| x.to_f32()).collect())
-}
 
 /// The 8-bit copy of f16-rounded rows `[n][d]` as the engine lays it out (`esa_pack`'s module doc):
 /// int8 words `[n][q8_row_words(d)]`, f16 scale pairs `[ceil(n/2)]`; plus the values and scales
@@ -138,46 +133,23 @@ fn coop_score_validates() {
 }
 
 /// The cooperative-matrix scoring passes against the reference on odd sizes (tiles part-filled,
-/// several pass-1 splits, a last streamed tile of one query, a middle that starts past row 0): on an
-/// adapter with cooperative matrices the real kernel, on CPU adapters through the plain-WGSL
-/// emulation, with one case there at d' = 16: the kernel keeps its resident rows as d'/16 x 2
-/// fragments, which the emulation holds as 256-float arrays per invocation, and lavapipe's compile
-/// time grows with their square (68 s at d' = 16, 336 s at 48); every d' runs on the H200
-/// (docs/perf.md). The kernel multiplies f16 queries, so the reference
-/// scores f16-rounded queries; tolerance 1e-4 d' as the FMA kernel's.
+/// several pass-1 splits, a last streamed tile of one query, a middle that starts past row 0), for
+/// every d' on an adapter with cooperative matrices (the H200: docs/perf.md). CPU adapters run it
+/// through the plain-WGSL emulation in `kernels::score_chunk_coop_emulated` instead (beside the
+/// other emulated kernel, so that CI's two cores compile both at once).
 #[test]
 fn score_chunk_coop() {
-    let real = ctx();
-    let emulated;
-    // (d', n_q, n_m, m0)
-    let (ctx, cases): (&GpuContext, Vec<(usize, usize, usize, usize)>) = if esa_score::coop_supports(&real, 64) {
-        let shapes = [(70, 333, 5), (129, 1100, 3), (33, 64, 0), (2, 97, 11), (129, 333, 3), (97, 200, 0)];
-        (&real, [16usize, 48, 64, 96, 128, 192].iter().flat_map(|&d| shapes.iter().map(move |&(q, m, m0)| (d, q, m, m0))).collect())
-    } else if real.info.device_type == wgpu::DeviceType::Cpu {
-        emulated = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
-        (&emulated, vec![(16, 70, 333, 5)])
-    } else {
-        eprintln!("skipped: no cooperative matrices, and the emulation is for CPU adapters");
+    let ctx = ctx();
+    if !esa_score::coop_supports(&ctx, 64) {
+        eprintln!("skipped: no cooperative matrices (CPU adapters: kernels::score_chunk_coop_emulated)");
         return;
-    };
-    assert!(esa_score::coop_supports(ctx, 16));
+    }
+    let shapes = [(70, 333, 5), (129, 1100, 3), (33, 64, 0), (2, 97, 11), (129, 333, 3), (97, 200, 0)];
     let mut rng = StdRng::seed_from_u64(21);
-    for (d, n_q, n_m, m0) in cases {
-        let cq = rand_vec(&mut rng, n_q * d, 1.0);
-        let ck = rand_vec(&mut rng, (m0 + n_m) * d, 1.0);
-        let (ck_words, ck_h) = pack_f16(&ck);
-        let (_, cq_h) = pack_f16(&cq);
-        let (cqb, ckb) = (upload_f32(ctx, &cq), ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap());
-        let rowmax = poisoned_u32(ctx, n_q);
-        let out = poisoned_f32(ctx, n_m);
-        let mut rec = Recorder::new(ctx);
-        let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
-        esa_score::score(&mut rec, &esa_score::Score { cq: &cqr, ck_cache: &ckr, rowmax: &rmr, out: &outr, n_q, n_m, d, m0, q8: None, rank_only: false }).unwrap();
-        rec.submit().unwrap();
-        let got = ctx.read_f32(&out, 0, n_m).unwrap();
-        let want = r::chunk_scores(&cq_h, &ck_h[m0 * d..], d).unwrap();
-        assert_close(&format!("coop score n_q={n_q} n_m={n_m} d={d} m0={m0}"), &got, &want, 1e-4 * d as f32, 0.0);
-        assert!(got.iter().any(|&x| x == 0.0), "some token is the best of some query");
+    for d in [16usize, 48, 64, 96, 128, 192] {
+        for &(n_q, n_m, m0) in &shapes {
+            common::gpu::check_coop_score(&ctx, &mut rng, (d, n_q, n_m, m0));
+        }
     }
 }
 

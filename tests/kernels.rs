@@ -563,6 +563,24 @@ fn coop_attention_emulated() {
     }
 }
 
+/// ESA's cooperative-matrix chunk scoring through the plain-WGSL emulation on CPU adapters (GPUs
+/// with cooperative matrices run the real kernel on every d' in `esa_kernels::score_chunk_coop`).
+/// One case, at d' = 16: the kernel keeps its resident rows as d'/16 x 2 fragments, which the
+/// emulation holds as 256-float arrays per invocation, and lavapipe's compile time grows with their
+/// square (~70 s at d' = 16, 336 s at 48). It sits in this binary beside
+/// `coop_attention_emulated` so that the two slow compiles run on CI's two cores at once.
+#[test]
+fn score_chunk_coop_emulated() {
+    let real = ctx();
+    if real.info.device_type != wgpu::DeviceType::Cpu {
+        eprintln!("skipped: the emulation is for CPU adapters (esa_kernels::score_chunk_coop tests GPUs)");
+        return;
+    }
+    let ctx = GpuContext::new(&GpuOptions { emulate_coop: true, ..Default::default() }).expect("GPU context");
+    assert!(esa_wgpu::gpu::ops::esa_score::coop_supports(&ctx, 16));
+    common::gpu::check_coop_score(&ctx, &mut StdRng::seed_from_u64(21), (16, 70, 333, 5));
+}
+
 /// The bench's bandwidth probe reads every word exactly once: each workgroup's XOR matches the
 /// XOR of the vec4s it owns (index i belongs to workgroup (i mod stride) / 256), for a size that
 /// leaves a ragged tail and a size smaller than one pass.
