@@ -35,3 +35,5 @@ timeout 120 $E --tasks all --lengths 4k,8k --depths 0.1,0.5,0.9 --methods dense,
 timeout 230 $E --tasks passkey,multi_needle,kv_retrieval --lengths 32k,64k --depths 0.25,0.75 \
     --methods esa,esa-plain,streaming,infllm,yarn --out "$OUT/eval_c" 2>"$OUT/eval_c.log" | tee "$OUT/eval_c.txt"
 tail -n 2 "$OUT"/eval_*.log
+# one archive: the device returns a limited number of files a call (session 15 lost grid A's report)
+(cd "$OUT" && tar czf eval_abc.tgz eval_a eval_b eval_c && rm -rf eval_a eval_b eval_c)
