@@ -10,7 +10,7 @@ use esa_wgpu::reference::esa as r;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 mod common;
-use common::gpu::pack_f16_words as pack_f16;
+use common::gpu::{pack_f16_words as pack_f16, poisoned_u32};
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
@@ -33,11 +33,6 @@ fn upload_f32(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
 fn poisoned_f32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     upload_f32(ctx, &vec![f32::NAN; n.max(1)])
 }
-
-fn poisoned_u32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
-    ctx.upload("out", bytemuck::cast_slice(&vec![u32::MAX; n.max(1)])).unwrap()
-}
-
 
 /// The 8-bit copy of f16-rounded rows `[n][d]` as the engine lays it out (`esa_pack`'s module doc):
 /// int8 words `[n][q8_row_words(d)]`, f16 scale pairs `[ceil(n/2)]`; plus the values and scales
@@ -144,6 +139,7 @@ fn score_chunk_coop() {
         eprintln!("skipped: no cooperative matrices (CPU adapters: kernels::score_chunk_coop_emulated)");
         return;
     }
+    assert!(esa_score::coop_supports(&ctx, 16));
     let shapes = [(70, 333, 5), (129, 1100, 3), (33, 64, 0), (2, 97, 11), (129, 333, 3), (97, 200, 0)];
     let mut rng = StdRng::seed_from_u64(21);
     for d in [16usize, 48, 64, 96, 128, 192] {

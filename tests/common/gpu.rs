@@ -19,6 +19,11 @@ pub fn poisoned(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
     upload(ctx, &vec![f32::NAN; n])
 }
 
+/// A u32 output buffer full of u32::MAX (at least one word), for outputs that are not floats.
+pub fn poisoned_u32(ctx: &GpuContext, n: usize) -> wgpu::Buffer {
+    ctx.upload("out", bytemuck::cast_slice(&vec![u32::MAX; n.max(1)])).unwrap()
+}
+
 /// Parse, validate (all capabilities) and translate to SPIR-V a kernel that the adapter at hand
 /// may not run (cooperative matrices), every entry point, with its override constants at their defaults; panics
 /// naming `what` on the first failure.
@@ -64,7 +69,7 @@ pub fn check_coop_score(ctx: &GpuContext, rng: &mut StdRng, (d, n_q, n_m, m0): (
     let (ck_words, ck_h) = pack_f16_words(&ck);
     let (_, cq_h) = pack_f16_words(&cq);
     let (cqb, ckb) = (upload(ctx, &cq), ctx.upload("ck", bytemuck::cast_slice(&ck_words)).unwrap());
-    let rowmax = ctx.upload("rowmax", bytemuck::cast_slice(&vec![u32::MAX; n_q.max(1)])).unwrap();
+    let rowmax = poisoned_u32(ctx, n_q);
     let out = poisoned(ctx, n_m.max(1));
     let mut rec = Recorder::new(ctx);
     let (cqr, ckr, rmr, outr) = (BufRef::from(&cqb), BufRef::from(&ckb), BufRef::from(&rowmax), BufRef::from(&out));
