@@ -67,8 +67,9 @@ struct Args {
     #[arg(long, default_value = "f16,q8_0,q4_0,q4_1,q4_k,q5_k,q6_k")]
     formats: String,
     /// With --matmul on an adapter with cooperative matrices: also time these tile shapes,
-    /// comma-separated WMxWNxFMxFNxBK (subgroups along tokens and rows, 16x16 fragments per
-    /// subgroup along tokens and rows, k per step), e.g. 2x4x4x2x32,2x2x4x4x32.
+    /// comma-separated WMxWNxFMxFNxBK[xSTAGES[xDEPTH]][/SPLITS] (subgroups along tokens and rows,
+    /// 16x16 fragments per subgroup along tokens and rows, k per step; SPLITS: K split that many
+    /// ways), e.g. 2x4x4x2x32,2x4x4x4x32x1/4.
     #[arg(long)]
     coop_tiles: Option<String>,
     /// With --matmul on an adapter that can run the CPU kernel (matvec_cpu.wgsl): also time these
@@ -162,7 +163,7 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Op
             r
         };
         // (label, variant, tile, f16 input, CPU shape): tile and shape None = the op's own choice
-        let mut variants: Vec<(String, MatmulVariant, Option<CoopTile>, bool, Option<(u32, u32)>)> = vec![("Tiled".into(), MatmulVariant::Tiled, None, false, None)];
+        let mut variants: Vec<(String, MatmulVariant, Option<(CoopTile, usize)>, bool, Option<(u32, u32)>)> = vec![("Tiled".into(), MatmulVariant::Tiled, None, false, None)];
         if linear::cpu_capable(ctx) {
             let (r, t) = linear::CPU_PREFILL;
             variants.insert(0, (format!("Cpu {r}x{t}"), MatmulVariant::Cpu, None, false, None));
@@ -174,18 +175,22 @@ fn bench_matmul(ctx: &Arc<GpuContext>, spec: &str, formats: &str, coop_tiles: Op
             }
         }
         if linear::matmul_variant(ctx) == MatmulVariant::Coop {
-            let chosen = linear::coop_tile(ctx, rows, tokens);
-            variants.insert(0, (format!("Coop {chosen} f16 in"), MatmulVariant::Coop, None, true, None));
-            variants.insert(1, (format!("Coop {chosen} f32 in"), MatmulVariant::Coop, None, false, None));
+            let (chosen, splits) = linear::coop_plan(ctx, rows, tokens, cols);
+            variants.insert(0, (format!("Coop {chosen}/{splits} f16 in"), MatmulVariant::Coop, None, true, None));
+            variants.insert(1, (format!("Coop {chosen}/{splits} f32 in"), MatmulVariant::Coop, None, false, None));
             for t in coop_tiles.into_iter().flat_map(|s| s.split(',')) {
+                let (t, splits) = match t.split_once('/') {
+                    Some((t, n)) => (t, n.trim().parse::<usize>().map_err(|_| esa_wgpu::Error::arg("coop tiles", format!("`{n}`: splits must be a number")))?),
+                    None => (t, 1),
+                };
                 let tile = CoopTile::parse(t)?;
-                variants.push((format!("Coop {tile} f16 in"), MatmulVariant::Coop, Some(tile), true, None));
+                variants.push((format!("Coop {tile}/{splits} f16 in"), MatmulVariant::Coop, Some((tile, splits)), true, None));
             }
         }
         for (label, v, tile, x16, shape) in variants {
             let io = if x16 { &io16 } else { &io };
             let mut record = |rec: &mut Recorder| match (tile, shape) {
-                (Some(tile), _) => linear::matmul_coop_tile(rec, &m, io, Epilogue::Store, tile),
+                (Some((tile, splits)), _) => linear::matmul_coop_split(rec, &m, io, Epilogue::Store, tile, splits),
                 (None, Some(shape)) => linear::linear_cpu(rec, &m, io, Epilogue::Store, None, shape),
                 (None, None) => linear::matmul_with(rec, &m, io, Epilogue::Store, v),
             };

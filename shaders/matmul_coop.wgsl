@@ -14,8 +14,11 @@ enable wgpu_cooperative_matrix;
 // `CoopTile` in src/gpu/ops/linear.rs): WM x WN subgroups of 32 per workgroup; each subgroup owns
 // FM x FN accumulator fragments of 16 x 16, i.e. 16 FM tokens x 16 FN rows. The workgroup owns
 // BT = 16 WM FM tokens x BR = 16 WN FN rows of Y.
-// Dispatch: (ceil(n_tok / BT), ceil(rows / BR)) workgroups of 32 WM WN threads: token tiles vary
-// fastest, so the workgroups in flight together share weight tiles and read them from memory once.
+// Dispatch: (ceil(n_tok / BT), ceil(rows / BR), splits) workgroups of 32 WM WN threads: token
+// tiles vary fastest, so the workgroups in flight together share weight tiles and read them from
+// memory once. Split along K (splits > 1, for products with fewer tiles than the GPU has compute
+// units), workgroup z takes steps z * per .. of K and stores its partial products (mode 0) in the
+// plane z * n_tok * y_stride of y, for matmul_split_reduce.wgsl to sum.
 // K advances in steps of BK. While the subgroups multiply step k out of workgroup memory, each
 // thread's global loads for steps k + 1 .. k + DEPTH (WOCT weight octets, XOCT activation octets
 // per step, packed halves) are in flight in DEPTH register sets. With STAGES = 2 step k + 1 lands
@@ -58,6 +61,8 @@ const XBUF: u32 = BT * LD;
 var<workgroup> ws: array<vec4<f16>, STAGES * WBUF>; // STAGES x [BR][LD]
 var<workgroup> xs: array<vec4<f16>, STAGES * XBUF>; // STAGES x [BT][LD]
 var<workgroup> cs: array<f32, 256u * SUBGROUPS>; // per subgroup [16][16]
+// This workgroup's output plane (split z's partials; 0 unsplit).
+var<private> yz: u32;
 
 // Staged data travels as octets of packed halves (vec4<u32>, four registers for eight values): a
 // thread's loads for the steps ahead are only consumed when they are written to workgroup memory,
@@ -147,7 +152,7 @@ fn epilogue(sg: u32, lane: u32, t0: u32, r0: u32) {
             if (tok < p.n_tok && row < p.rows) {
                 let g = cs[c + m * 16u + n];
                 let u = cs[c + m * 16u + n + 1u];
-                y[tok * p.y_stride + (p.row0 + row) / 2u] = g / (1.0 + exp(-g)) * u;
+                y[yz + tok * p.y_stride + (p.row0 + row) / 2u] = g / (1.0 + exp(-g)) * u;
             }
         }
         return;
@@ -158,7 +163,7 @@ fn epilogue(sg: u32, lane: u32, t0: u32, r0: u32) {
         let tok = t0 + m;
         let row = r0 + n;
         if (tok < p.n_tok && row < p.rows) {
-            let out = tok * p.y_stride + p.row0 + row;
+            let out = yz + tok * p.y_stride + p.row0 + row;
             let v = cs[c + m * 16u + n];
             if (p.mode == 1u) {
                 y[out] = y[out] + v;
@@ -170,7 +175,7 @@ fn epilogue(sg: u32, lane: u32, t0: u32, r0: u32) {
 }
 
 @compute @workgroup_size(THREADS)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32,
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32,
         @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
     let row_base = wg.y * BR;
     let tok_base = wg.x * BT;
@@ -178,14 +183,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     // load past `cols` is zero), so they add nothing, and no branch skips them (naga requires
     // cooperative-matrix operations in uniform control flow, which it cannot prove for a
     // condition on the loop counter).
-    let nk = ((p.cols + BK - 1u) / BK + DEPTH - 1u) / DEPTH * DEPTH;
+    // Split z takes `per` steps from step z * per (a multiple of DEPTH, so no split's rounded-up
+    // iterations reach into the next split's columns; the last split's run past `cols` as above).
+    let total = (p.cols + BK - 1u) / BK;
+    let per = ((total + nwg.z - 1u) / nwg.z + DEPTH - 1u) / DEPTH * DEPTH;
+    let ks0 = min(wg.z * per, total);
+    let nk = min(per, (total - ks0 + DEPTH - 1u) / DEPTH * DEPTH);
+    let kc0 = ks0 * BK; // this split's first column
+    yz = wg.z * p.n_tok * p.y_stride;
     let sm = sg / WN;
     let sn = sg % WN;
 
     // Step 0 goes straight to buffer 0; steps 1 .. DEPTH - 1 start loading into register sets
     // 1 .. (set j always holds a step = j mod DEPTH).
-    for (var i = 0u; i < WOCT; i++) { put_w(slot(li + i * THREADS), load_w(li + i * THREADS, row_base, 0u)); }
-    for (var i = 0u; i < XOCT; i++) { put_x(slot(li + i * THREADS), load_x(li + i * THREADS, tok_base, 0u)); }
+    for (var i = 0u; i < WOCT; i++) { put_w(slot(li + i * THREADS), load_w(li + i * THREADS, row_base, kc0)); }
+    for (var i = 0u; i < XOCT; i++) { put_x(slot(li + i * THREADS), load_x(li + i * THREADS, tok_base, kc0)); }
     workgroupBarrier();
     //@SETS
 

@@ -190,9 +190,11 @@ fn coop_kernels_validate() {
 }
 
 /// Tile shapes of the cooperative-matrix matmul that the op may choose or the benches sweep.
-const TILES: [&str; 19] = [
+const TILES: [&str; 22] = [
     "2x4x2x2x32", "2x4x4x2x32", "2x2x4x4x32", "2x2x4x4x16", "2x4x4x4x16", "4x2x4x4x16", "2x4x4x2x16", "2x4x4x4x32x1", "4x2x4x4x32x1",
     "2x4x4x4x16x1", "4x4x4x2x32x1", "4x4x2x4x32x1", "2x4x4x2x32x1", "2x4x2x2x32x1", "2x2x1x2x32",
+    // fewer accumulators a subgroup (session 16's sweep)
+    "2x4x2x4x32x1", "4x2x2x4x32x1", "2x2x4x4x32x1",
     // loads two steps ahead
     "4x2x4x4x32x1x2", "2x4x4x2x32x2x2", "4x2x4x4x16x2x2", "2x2x1x2x32x2x2",
 ];
@@ -331,5 +333,102 @@ fn pack_f16_rounds_and_pads() {
             }
         }
         assert!(got[n_tok * ld..].iter().all(|&b| b == 0xffff), "cols {cols}: written past the packed rows");
+    }
+}
+
+/// A matmul split along K (`split_k`): each split's partial products, then the reduction with the
+/// epilogue. The portable kernel on every adapter (two row shards, splits that do not divide the
+/// steps, more splits than steps so that one is empty, an output offset and stride, NaN poison);
+/// on adapters with cooperative matrices also the op's large tiles split as the op splits them.
+#[test]
+fn matmul_split_k() {
+    let mut rng = StdRng::seed_from_u64(25);
+    let check = |what: &str, got: &[f32], y: &[f32], y0: &[f32], init: &[f32], epi: Epilogue, (rows, n_tok, y_stride, col0): (usize, usize, usize, usize)| {
+        let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+        for t in 0..n_tok {
+            for i in 0..y_stride {
+                let g = got[t * y_stride + i];
+                if i < col0 || i >= col0 + out_rows {
+                    assert!(g.to_bits() == init[t * y_stride + i].to_bits(), "{what}: token {t} column {i} outside the output was written");
+                    continue;
+                }
+                let o = i - col0;
+                let want = match epi {
+                    Epilogue::Store => y[t * rows + o],
+                    Epilogue::Accumulate => y[t * rows + o] + y0[t * y_stride + i],
+                    Epilogue::SwiGlu => r::silu(y[t * rows + 2 * o]) * y[t * rows + 2 * o + 1],
+                };
+                assert!((g - want).abs() <= 1e-3 + 1e-3 * want.abs(), "{what}: token {t} row {o}: gpu {g} vs reference {want}");
+            }
+        }
+    };
+    // The portable kernel; the sharded context's 16 KiB binding caps the partials at 16 KiB.
+    let ctx = ctx();
+    for (fi, fmt) in [TensorFormat::F16, TensorFormat::Q8_0, TensorFormat::Q4_K, TensorFormat::F32].into_iter().enumerate() {
+        let rows = 66usize;
+        let cols = cols_for(fmt, 203);
+        let (host, wq) = weights(fmt, rows, cols, 40 + fi as u64);
+        let m = upload_matrix(&ctx, &host);
+        // 12 splits of 7 steps (8 for Q4_K's 256 columns) leave the last ones empty
+        for (splits, n_tok) in [(2usize, 19usize), (3, 19), (12, 5)] {
+            let xs = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let xb = upload(&ctx, &xs);
+            let y = r::matmul(&wq, rows, cols, &xs);
+            for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
+                let (y_row0, y_stride) = (2usize, rows + 5);
+                let col0 = if epi == Epilogue::SwiGlu { y_row0 / 2 } else { y_row0 };
+                let y0 = rand_vec(&mut rng, n_tok * y_stride, 1.0);
+                let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
+                let yb = upload(&ctx, &init);
+                let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
+                let mut rec = Recorder::new(&ctx);
+                linear::matmul_tiled_split(&mut rec, &m, &io, epi, splits).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
+                let what = format!("tiled {fmt:?} {rows}x{cols} n{n_tok} {splits} splits {epi:?} ({} shards)", m.shards.len());
+                check(&what, &got, &y, &y0, &init, epi, (rows, n_tok, y_stride, col0));
+            }
+        }
+    }
+    // Partials that do not fit the scratch are refused, not written past it.
+    let (host, _) = weights(TensorFormat::F16, 66, 64, 3);
+    let m = upload_matrix(&ctx, &host);
+    let xb = upload(&ctx, &vec![0.0; 200 * 64]);
+    let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: 64, x_f16: false, y: BufRef::from(&xb), y_stride: 66, y_row0: 0, n_tok: 200 };
+    let mut rec = Recorder::new(&ctx);
+    let e = linear::matmul_tiled_split(&mut rec, &m, &io, Epilogue::Store, 4).unwrap_err().to_string();
+    assert!(e.contains("splits") && e.contains("scratch"), "{e}");
+
+    // The cooperative-matrix kernel, with the op's largest tiles split as `coop_plan` splits them.
+    let ctx = ctx_unsharded();
+    if linear::matmul_variant(&ctx) != MatmulVariant::Coop || ctx.caps.coop_emulated {
+        eprintln!("cooperative-matrix splits skipped: the adapter offers no cooperative matrices (too large for the emulation)");
+        return;
+    }
+    for tile in CoopTile::BY_SIZE.into_iter().filter(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage).take(3) {
+        for (fi, fmt) in [TensorFormat::F16, TensorFormat::Q4_0, TensorFormat::Q6_K].into_iter().enumerate() {
+            let (rows, n_tok) = (tile.rows() as usize + 34, tile.tokens() as usize + 7);
+            let cols = cols_for(fmt, 1300);
+            let (host, wq) = weights(fmt, rows, cols, 50 + fi as u64);
+            let m = upload_matrix(&ctx, &host);
+            let xs = rand_vec(&mut rng, n_tok * cols, 1.0);
+            let xb = upload(&ctx, &xs);
+            let y = r::matmul(&f16_round(&wq), rows, cols, &f16_round(&xs));
+            let x16 = ctx.storage("x f16", pack_f16::packed_bytes(n_tok, cols)).unwrap();
+            for (splits, epi) in [(2usize, Epilogue::Accumulate), (3, Epilogue::SwiGlu), (4, Epilogue::Store), (7, Epilogue::Store)] {
+                let (y_row0, y_stride) = (4usize, rows + 6);
+                let col0 = if epi == Epilogue::SwiGlu { y_row0 / 2 } else { y_row0 };
+                let y0 = rand_vec(&mut rng, n_tok * y_stride, 1.0);
+                let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
+                let yb = upload(&ctx, &init);
+                let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
+                let mut rec = Recorder::new(&ctx);
+                let io = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&x16)).unwrap();
+                linear::matmul_coop_split(&mut rec, &m, &io, epi, tile, splits).unwrap();
+                rec.submit().unwrap();
+                let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
+                check(&format!("coop {tile} {fmt:?} {rows}x{cols} n{n_tok} {splits} splits {epi:?}"), &got, &y, &y0, &init, epi, (rows, n_tok, y_stride, col0));
+            }
+        }
     }
 }

@@ -67,6 +67,10 @@ pub struct GpuContext {
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) bind_cache: Mutex<super::recorder::BindCache>,
     pub(crate) params_arena: Mutex<Option<wgpu::Buffer>>,
+    /// The partial products of matmuls split along K (`ops::split_k`), made on first use at its
+    /// one fixed size; every split matmul of every session on this context shares it (the queue
+    /// runs their passes in order).
+    pub(crate) split_part: Mutex<Option<wgpu::Buffer>>,
     pub(crate) profile: super::profile::ProfileLock,
 }
 
@@ -234,6 +238,7 @@ impl GpuContext {
             uncaptured,
             bind_cache: Mutex::new(Default::default()),
             params_arena: Mutex::new(None),
+            split_part: Mutex::new(None),
             profile: Mutex::new(super::profile::Profile {
                 on: caps_timestamps && std::env::var("ESA_WGPU_PROFILE").is_ok_and(|v| v == "1"),
                 ..Default::default()

@@ -232,18 +232,14 @@ pub struct CoopTile {
 impl CoopTile {
     /// 64 tokens x 128 rows, 8 subgroups: for products with few tiles.
     pub const SMALL: CoopTile = CoopTile { wm: 2, wn: 4, fm: 2, fn_: 2, bk: 32, stages: 2, depth: 1 };
-    /// The op's choices, largest first (H200 sweeps in docs/perf.md, session 10): 128 tokens x
-    /// 256 rows and 256 x 128 with one staging buffer of k = 32 (152 and 148 TFLOP/s on 4096 x
-    /// 14336 x 4096; 130 and 118 on 512 x 28672 x 4096), 128 x 128 with two buffers of k = 32
-    /// (92-102 on 512 x 4096 x 4096, where k = 16 made 78; 48 KiB of workgroup memory, so
-    /// adapters with less fall through), then `SMALL`, `TINY`.
-    pub const BY_SIZE: [CoopTile; 5] = [
-        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
-        CoopTile { wm: 4, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 },
-        CoopTile { wm: 2, wn: 4, fm: 4, fn_: 2, bk: 32, stages: 2, depth: 1 },
-        CoopTile::SMALL,
-        CoopTile::TINY,
-    ];
+    /// 128 tokens x 128 rows, four subgroups of 64 x 64 (16 accumulators each), one staging
+    /// buffer of k = 32: 128 threads and 24 KiB of workgroup memory, small enough for a compute
+    /// unit to hold several workgroups, whose products can cover each other's loads. H200 (docs/perf.md, session 16): 177.7 TFLOP/s on 4096 x 14336 x 4096 f16 where
+    /// 128 x 256 tiles of eight subgroups (one workgroup a unit) made 154.3, and ahead of them on
+    /// every product and format measured.
+    pub const LARGE: CoopTile = CoopTile { wm: 2, wn: 2, fm: 4, fn_: 4, bk: 32, stages: 1, depth: 1 };
+    /// The op's choices, largest first: `LARGE`, `SMALL`, `TINY`.
+    pub const BY_SIZE: [CoopTile; 3] = [CoopTile::LARGE, CoopTile::SMALL, CoopTile::TINY];
     /// 32 tokens x 64 rows, 4 subgroups: small models' products over ESA's 512-token chunks
     /// (SmolLM2's 576 x 576 projection makes 40 `SMALL` tiles for 132 compute units, 144 of these).
     pub const TINY: CoopTile = CoopTile { wm: 2, wn: 2, fm: 1, fn_: 2, bk: 32, stages: 2, depth: 1 };
@@ -341,8 +337,8 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
     }
     let load = |set: u32, step: &str| {
         format!(
-            "for (var i = 0u; i < WOCT; i++) {{ w{set}[i] = load_w(li + i * THREADS, row_base, ({step}) * BK); }}\n\
-             for (var i = 0u; i < XOCT; i++) {{ x{set}[i] = load_x(li + i * THREADS, tok_base, ({step}) * BK); }}\n"
+            "for (var i = 0u; i < WOCT; i++) {{ w{set}[i] = load_w(li + i * THREADS, row_base, kc0 + ({step}) * BK); }}\n\
+             for (var i = 0u; i < XOCT; i++) {{ x{set}[i] = load_x(li + i * THREADS, tok_base, kc0 + ({step}) * BK); }}\n"
         )
     };
     let put = |set: u32, buf: &str| {
@@ -921,53 +917,125 @@ pub fn matmul(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue) -
 /// which `matmul_variant` chose it).
 pub fn matmul_with(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, variant: MatmulVariant) -> Result<()> {
     match variant {
-        MatmulVariant::Coop => matmul_coop_tile(rec, w, io, epi, coop_tile(rec.ctx(), w.rows, io.n_tok)),
-        MatmulVariant::Cpu => linear_cpu(rec, w, io, epi, None, CPU_PREFILL),
-        MatmulVariant::Tiled => {
-            if io.x_f16 {
-                return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
-            }
-            let k = kernel(rec.ctx(), "matmul", w.format)?;
-            matmul_dispatch(rec, w, io, epi, k, (64, 64), false)
+        MatmulVariant::Coop => {
+            let (tile, splits) = coop_plan(rec.ctx(), w.rows, io.n_tok, w.cols);
+            matmul_coop_split(rec, w, io, epi, tile, splits)
         }
+        MatmulVariant::Cpu => linear_cpu(rec, w, io, epi, None, CPU_PREFILL),
+        MatmulVariant::Tiled => matmul_tiled_split(rec, w, io, epi, 1),
     }
 }
 
-/// The cooperative-matrix tile for a product of `rows` x `n_tok`: the largest of
+/// The portable matmul (`matmul.wgsl`) split `splits` ways along K (1: unsplit), each split's
+/// partials summed by `split_k::reduce`. The op does not split it (its 64 x 64 tiles are many);
+/// tests do, to check the split logic the cooperative-matrix kernel shares on any adapter.
+pub fn matmul_tiled_split(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, splits: usize) -> Result<()> {
+    if io.x_f16 {
+        return Err(crate::Error::arg("x_f16", "f16 inputs are read by the cooperative-matrix matmul only"));
+    }
+    let k = kernel(rec.ctx(), "matmul", w.format)?;
+    matmul_dispatch(rec, w, io, epi, k, (64, 64), false, splits)
+}
+
+/// The cooperative-matrix tile for a product of `rows` x `n_tok`, unsplit: the largest of
 /// `CoopTile::BY_SIZE` that fits the adapter's workgroup memory and still makes `COOP_MIN_TILES`
-/// workgroups (the smallest where none does). Larger tiles feed each staged value to more products; the global loads that stage
-/// them, not the tensor cores, bound this kernel (docs/perf.md).
+/// workgroups (the smallest where none does). Larger tiles feed each staged value to more
+/// products; the global loads that stage them, not the tensor cores, bound this kernel
+/// (docs/perf.md).
 pub fn coop_tile(ctx: &GpuContext, rows: usize, n_tok: usize) -> CoopTile {
-    let tiles = |t: &CoopTile| rows.div_ceil(t.rows() as usize) * n_tok.div_ceil(t.tokens() as usize);
     CoopTile::BY_SIZE
         .into_iter()
         .filter(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage)
-        .find(|t| tiles(t) >= COOP_MIN_TILES)
+        .find(|t| coop_tiles(t, rows, n_tok) >= COOP_MIN_TILES)
         .unwrap_or(CoopTile::TINY)
+}
+
+fn coop_tiles(t: &CoopTile, rows: usize, n_tok: usize) -> usize {
+    rows.div_ceil(t.rows() as usize) * n_tok.div_ceil(t.tokens() as usize)
+}
+
+/// The largest tile goes unsplit from this many workgroups (H200, 8B products at 512 tokens in
+/// 128 x 128 tiles: 192 tiles unsplit 111.7 TFLOP/s, in two splits 100.5; 128 tiles unsplit 90.2,
+/// in two 119.2).
+const UNSPLIT_MIN_TILES: usize = 192;
+/// Workgroups a split product aims at.
+const SPLIT_TARGET: usize = 256;
+/// At most this many splits, each over at least `SPLIT_MIN_COLS` columns (shorter walks spend
+/// their time filling and draining the pipeline, and the partials grow with the splits).
+const MAX_SPLITS: usize = 4;
+const SPLIT_MIN_COLS: usize = 1024;
+
+/// Tile and K splits for a product of `rows` x `n_tok` over `cols`: the largest tile that fits the
+/// adapter, unsplit where it makes `UNSPLIT_MIN_TILES` workgroups, else split along K into enough
+/// parts for `SPLIT_TARGET` workgroups where that takes at most `MAX_SPLITS` of `SPLIT_MIN_COLS`
+/// columns or more and the partials fit `split_k::scratch_bytes`; otherwise `coop_tile`, unsplit
+/// (small models' products: too few columns to split). `ESA_WGPU_MATMUL_SPLIT=N` forces N splits
+/// of `coop_tile`'s tile (1: never split), for comparisons.
+pub fn coop_plan(ctx: &GpuContext, rows: usize, n_tok: usize, cols: usize) -> (CoopTile, usize) {
+    if let Some(n) = std::env::var("ESA_WGPU_MATMUL_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return (coop_tile(ctx, rows, n_tok), n.clamp(1, 64));
+    }
+    if let Some(t) = CoopTile::BY_SIZE.into_iter().find(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage) {
+        let n = coop_tiles(&t, rows, n_tok);
+        if n >= UNSPLIT_MIN_TILES {
+            return (t, 1);
+        }
+        let s = SPLIT_TARGET.div_ceil(n);
+        if s <= MAX_SPLITS && cols / s >= SPLIT_MIN_COLS && super::split_k::partial_bytes(s, n_tok, rows) <= super::split_k::scratch_bytes(ctx) {
+            return (t, s);
+        }
+    }
+    (coop_tile(ctx, rows, n_tok), 1)
 }
 
 /// The cooperative-matrix matmul with a given tile shape (benches sweep shapes; tests cover each).
 pub fn matmul_coop_tile(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, tile: CoopTile) -> Result<()> {
+    matmul_coop_split(rec, w, io, epi, tile, 1)
+}
+
+/// `matmul_coop_tile` split `splits` ways along K (1: unsplit; see `split_k`).
+pub fn matmul_coop_split(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, tile: CoopTile, splits: usize) -> Result<()> {
     let ctx = rec.ctx();
     if tile.workgroup_bytes() > ctx.caps.max_workgroup_storage {
         return Err(crate::Error::arg("coop tile", format!("{tile} needs {} bytes of workgroup memory, the adapter offers {}", tile.workgroup_bytes(), ctx.caps.max_workgroup_storage)));
     }
     let k = coop_kernel(ctx, tile, w.format, io.x_f16)?;
-    matmul_dispatch(rec, w, io, epi, k, (tile.rows(), tile.tokens()), true)
+    matmul_dispatch(rec, w, io, epi, k, (tile.rows(), tile.tokens()), true, splits)
 }
 
 /// `tokens_first`: the grid's x counts token tiles (the cooperative-matrix kernel: the workgroups in
-/// flight together then share weight tiles, which are read from memory about once).
-fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, (k, unit): (Arc<Kernel>, usize), (tile_rows, tile_tok): (u32, u32), tokens_first: bool) -> Result<()> {
+/// flight together then share weight tiles, which are read from memory about once). With `splits`
+/// > 1 the grid's z counts splits of K: each shard's partials go to the `split_k` scratch and
+/// `split_k::reduce` applies the epilogue.
+#[allow(clippy::too_many_arguments)]
+fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, (k, unit): (Arc<Kernel>, usize), (tile_rows, tile_tok): (u32, u32), tokens_first: bool, splits: usize) -> Result<()> {
     let ctx = rec.ctx();
+    if splits == 0 || splits as u32 > ctx.caps.max_workgroups_per_dim {
+        return Err(crate::Error::arg("splits", format!("{splits} splits of K: at least 1, at most {}", ctx.caps.max_workgroups_per_dim)));
+    }
+    let part = if splits > 1 { Some(BufRef::from(&super::split_k::scratch(ctx)?)) } else { None };
     for s in &w.shards {
-        let p = Params::for_shard(w, s, unit, io, epi, None, 0);
+        let mut p = Params::for_shard(w, s, unit, io, epi, None, 0);
         let (gr, gt) = ((s.rows as u32).div_ceil(tile_rows), (io.n_tok as u32).div_ceil(tile_tok));
-        let g = if tokens_first { [gt, gr, 1] } else { [gr, gt, 1] };
+        let g = if tokens_first { [gt, gr, splits as u32] } else { [gr, gt, splits as u32] };
         if g[0] > ctx.caps.max_workgroups_per_dim || g[1] > ctx.caps.max_workgroups_per_dim {
             return Err(crate::Error::arg("n_tok", format!("matmul grid {g:?} exceeds the adapter's {} workgroups per dimension", ctx.caps.max_workgroups_per_dim)));
         }
-        rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone()], g);
+        match &part {
+            None => rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone()], g),
+            Some(part) => {
+                let need = super::split_k::partial_bytes(splits, io.n_tok, s.rows);
+                if need > part.size() {
+                    return Err(crate::Error::arg("splits", format!("{splits} splits of {} tokens x {} rows need {need} bytes of partials, the scratch holds {}", io.n_tok, s.rows, part.size())));
+                }
+                // raw partials, plane z of split z: [z][n_tok][rows]
+                p.mode = Epilogue::Store as u32;
+                p.y_stride = s.rows as u32;
+                p.row0 = 0;
+                rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), part.clone()], g);
+                super::split_k::reduce(rec, part, io, epi, s.rows, io.y_row0 + s.row0, splits)?;
+            }
+        }
     }
     Ok(())
 }

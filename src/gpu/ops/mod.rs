@@ -1,6 +1,7 @@
 //! One op per kernel: knows shapes and formats, picks the kernel variant from the adapter's
 //! capabilities, and records dispatches. The model composes ops and never touches wgpu directly.
 pub mod linear;
+pub mod split_k;
 pub mod embed;
 pub mod pack_f16;
 pub mod read_bandwidth;
@@ -62,6 +63,7 @@ pub mod src {
     pub const MATVEC_CPU: &str = include_str!("../../../shaders/matvec_cpu.wgsl");
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
+    pub const MATMUL_SPLIT_REDUCE: &str = include_str!("../../../shaders/matmul_split_reduce.wgsl");
     pub const EMBED_ROWS: &str = include_str!("../../../shaders/embed_rows.wgsl");
     pub const READ_BANDWIDTH: &str = include_str!("../../../shaders/read_bandwidth.wgsl");
     pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
