@@ -73,13 +73,18 @@ var<private> yz: u32;
 
 // fmt_load8h(row, col): eight decoded weights as packed halves. Weight formats that hold halves
 // (wfmt_f16.wgsl) return them as stored; the op appends a generic one (fmt_load8 + pack) otherwise.
+// fmt_raw8(row, col, ok) -> WRaw and fmt_stage8(WRaw) -> two vec4<f16>: see load_w.
+
+// Weight octets travel from their loads to workgroup memory as `WRaw`: a format with its own
+// staging file (wfmt_coop_*.wgsl) keeps the words as loaded and decodes them in `fmt_stage8` when
+// they are written, after the step's products; the others use the op's generic pair (`WRaw` =
+// the packed halves of `fmt_load8h`, decoded at load time).
 
 // Weight octet o of the tile (row o / OPR, columns 8 (o % OPR) ..) for step k0; zero outside.
-fn load_w(o: u32, row_base: u32, k0: u32) -> vec4<u32> {
+fn load_w(o: u32, row_base: u32, k0: u32) -> WRaw {
     let row = row_base + o / OPR;
     let col = k0 + (o % OPR) * 8u;
-    let v = fmt_load8h(min(row, p.rows - 1u), min(col, (p.cols - 1u) & ~7u));
-    return select(vec4<u32>(0u), v, row < p.rows && col < p.cols);
+    return fmt_raw8(min(row, p.rows - 1u), min(col, (p.cols - 1u) & ~7u), row < p.rows && col < p.cols);
 }
 
 //@X32
@@ -129,9 +134,10 @@ fn slot(o: u32) -> u32 {
 
 // fn halves4: shaders/unpack_f16x8.wgsl (prepended by the op).
 
-fn put_w(at: u32, q: vec4<u32>) {
-    ws[at] = halves4(q, 0u);
-    ws[at + 1u] = halves4(q, 1u);
+fn put_w(at: u32, r: WRaw) {
+    let h = fmt_stage8(r);
+    ws[at] = h[0];
+    ws[at + 1u] = h[1];
 }
 
 fn put_x(at: u32, q: vec4<u32>) {
