@@ -208,6 +208,20 @@ struct Scratch {
     x_f16: Option<wgpu::Buffer>,
 }
 
+/// A prefill matmul's input `io.x` (f32 rows of `io.x_stride`) normalised: into the f16 rows of
+/// `x16` in one pass where the matmul reads f16 (`norm::rmsnorm_packed`), else into `xn` (f32);
+/// returns `io` reading the result.
+fn normed_input(rec: &mut Recorder, io: &LinearIo, xn: &BufRef, x16: Option<&BufRef>, gamma: &wgpu::Buffer, eps: f32) -> Result<LinearIo> {
+    let width = io.x_stride;
+    match x16 {
+        Some(d) => norm::rmsnorm_packed(rec, io, d, gamma, width, eps),
+        None => {
+            norm::rmsnorm(rec, &io.x, xn, gamma, width, width, io.n_tok, eps)?;
+            Ok(LinearIo { x: xn.clone(), ..io.clone() })
+        }
+    }
+}
+
 pub struct Session {
     model: Arc<GpuModel>,
     opts: SessionOptions,
@@ -675,10 +689,7 @@ impl Session {
         let fused = n == 1 && !linear::cpu_variant(&m.ctx) && self.esa.as_ref().is_none_or(|_| EsaState::decode_fused_supported(&m.ctx, c));
         for (l, layer) in m.layers.iter().enumerate() {
             // Attention block: x += O(attn(rope(QKV(norm(x)))))
-            if !small {
-                norm::rmsnorm(rec, &x, &xn, &layer.attn_norm, h, h, n, c.rms_norm_eps)?;
-            }
-            let xn_in = if small { None } else { Some(pack_f16::pack_if(rec, &io(&xn, h, &qkv, qkv_rows, 0), h, x16.as_ref())?) };
+            let xn_in = if small { None } else { Some(normed_input(rec, &io(&x, h, &qkv, qkv_rows, 0), &xn, x16.as_ref(), &layer.attn_norm, c.rms_norm_eps)?) };
             for (w, row0) in &layer.qkv.parts {
                 match &xn_in {
                     None => linear::matvec(rec, w, &io(&x, h, &qkv, qkv_rows, *row0), Epilogue::Store, Some((&layer.attn_norm, c.rms_norm_eps)))?,
@@ -738,8 +749,7 @@ impl Session {
             if small {
                 linear::matvec(rec, &layer.gate_up, &io(&x, h, &mlp, c.intermediate_size, 0), Epilogue::SwiGlu, Some((&layer.mlp_norm, c.rms_norm_eps)))?;
             } else {
-                norm::rmsnorm(rec, &x, &xn, &layer.mlp_norm, h, h, n, c.rms_norm_eps)?;
-                let xi = pack_f16::pack_if(rec, &io(&xn, h, &mlp, c.intermediate_size, 0), h, x16.as_ref())?;
+                let xi = normed_input(rec, &io(&x, h, &mlp, c.intermediate_size, 0), &xn, x16.as_ref(), &layer.mlp_norm, c.rms_norm_eps)?;
                 linear::matmul(rec, &layer.gate_up, &xi, Epilogue::SwiGlu)?;
             }
             if small {

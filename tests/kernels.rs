@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use esa_wgpu::gpu::ops::linear::{self, Epilogue, LinearIo};
-use esa_wgpu::gpu::ops::{attention, norm, rope_kv, sampling};
+use esa_wgpu::gpu::ops::{attention, norm, pack_f16, rope_kv, sampling};
 use esa_wgpu::gpu::tensor::GpuMatrix;
 use esa_wgpu::gpu::{BufRef, GpuContext, GpuOptions, Recorder};
 use esa_wgpu::model::host::{HostTensor, TensorFormat};
@@ -166,6 +166,43 @@ fn rmsnorm_matches() {
     let got = ctx.read_f32(&yb, 0, n_tok * stride).unwrap();
     let want: Vec<f32> = x.chunks(stride).flat_map(|t| r::rmsnorm(t, &g, 1e-6)).collect();
     assert_close("rmsnorm", &got, &want, 1e-5, 1e-4);
+}
+
+/// `rmsnorm_packed`: the norm written straight as the cooperative-matrix matmul's f16 rows (each
+/// value the f16 nearest the f32 norm within 1e-5 relative before rounding, so within an f16 ulp
+/// plus that), zeros from the width up to the packed row's end, nothing written past the rows.
+#[test]
+fn rmsnorm_packed_matches() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(31);
+    for &(n, n_tok) in &[(301usize, 5usize), (8, 1), (576, 3)] {
+        let stride = n;
+        let x = rand_vec(&mut rng, n_tok * stride, 3.0);
+        let g = rand_vec(&mut rng, n, 1.0);
+        let (xb, gb) = (upload(&ctx, &x), upload(&ctx, &g));
+        let ld = pack_f16::packed_halves(n);
+        let bytes = pack_f16::packed_bytes(n_tok, n) as usize + 64;
+        let out = ctx.upload("poisoned", &vec![0xffu8; bytes]).unwrap();
+        let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: stride, x_f16: false, y: BufRef::from(&xb), y_stride: 1, y_row0: 0, n_tok };
+        let mut rec = Recorder::new(&ctx);
+        let packed = norm::rmsnorm_packed(&mut rec, &io, &BufRef::from(&out), &gb, n, 1e-6).unwrap();
+        rec.submit().unwrap();
+        assert!(packed.x_f16 && packed.x_off == 0 && packed.x_stride == ld);
+        let got: Vec<u16> = bytemuck::pod_collect_to_vec(&ctx.read(&out, 0, bytes as u64).unwrap());
+        let want: Vec<f32> = x.chunks(stride).flat_map(|t| r::rmsnorm(t, &g, 1e-6)).collect();
+        for t in 0..n_tok {
+            for c in 0..ld {
+                let v = half::f16::from_bits(got[t * ld + c]).to_f32();
+                if c >= n {
+                    assert!(got[t * ld + c] == 0, "n {n}: token {t} pad column {c} is {v}, want 0");
+                    continue;
+                }
+                let w = want[t * n + c];
+                assert!((v - w).abs() <= 1e-3 * w.abs() + 1e-6, "n {n}: token {t} column {c}: {v} vs {w}");
+            }
+        }
+        assert!(got[n_tok * ld..].iter().all(|&b| b == 0xffff), "n {n}: written past the packed rows");
+    }
 }
 
 /// The host side of a KV cache filled chunk by chunk: keys and values as the GPU stores them

@@ -77,13 +77,20 @@ pub fn coop_scratch_floats(n_q: usize, n_heads: usize, head_dim: usize, parts: u
 const COOP_TILE_KEYS: usize = 32;
 /// Workgroups the key splits aim for: a few per compute unit of a large GPU, so each one's tile
 /// loads overlap the others' products.
-const COOP_TARGET_GROUPS: usize = 512;
+pub(crate) const COOP_TARGET_GROUPS: usize = 512;
+/// The same for dense causal attention over a prefill chunk (`attention::attend_prefill_coop`),
+/// whose keys are the chunk's own: fewer, longer splits, since every split is a partial the merge
+/// reads and the causal mask already leaves the early rows' workgroups short. H200, Llama-3-8B
+/// shape f16, 512-token prefill (docs/perf.md, session 16): 9 053 tok/s aiming at 512 workgroups
+/// (four splits), 9 344 at 256, 9 476 at 128 (one split).
+pub(crate) const DENSE_TARGET_GROUPS: usize = 128;
 
 /// Key splits of the cooperative-matrix attention: (splits of the long-distance segment, of the
 /// local one, keys per split). `keys0`, `keys1`: the most virtual keys of each segment;
 /// `groups`: workgroups per split; `cap`: most partials the scratch holds.
-pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize) -> (usize, usize, usize) {
-    let want = COOP_TARGET_GROUPS.div_ceil(groups.max(1)).clamp(1, cap.max(1));
+/// `target`: workgroups to aim for (`COOP_TARGET_GROUPS`, `DENSE_TARGET_GROUPS`).
+pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize, target: usize) -> (usize, usize, usize) {
+    let want = target.div_ceil(groups.max(1)).clamp(1, cap.max(1));
     let total = (keys0 + keys1).max(1);
     let mut len = total.div_ceil(want).next_multiple_of(COOP_TILE_KEYS);
     loop {
@@ -193,7 +200,9 @@ pub struct EsaAttend<'a> {
 /// cooperative matrices. `selection`: (indices, state, count_index, max_sel), any read-only buffers
 /// with max_sel 0 when nothing is selected. `rotate_q`: false when `a.q` holds queries already
 /// rotated to their positions (dense attention, which has no long-distance part).
-pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool) -> Result<()> {
+/// `target_groups`: what the key splits aim for (`coop_splits`); `ESA_WGPU_ATTN_GROUPS=N` overrides
+/// it, for sweeps on a device.
+pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool, target_groups: usize) -> Result<()> {
     let ctx = rec.ctx();
     let per_part = a.n_q * a.n_heads * (a.head_dim + 2);
     super::esa_common::check_words("esa_attention_coop", "part", a.part, 2 * per_part)?;
@@ -223,7 +232,8 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     let groups = rows.div_ceil(16 * nsg) * a.n_kv;
     let keys0 = a.n_init + max_sel; // the count on the GPU is at most max_sel
     let keys1 = a.pos0 + a.n_q - a.local_start;
-    let (splits0, splits1, split_len) = coop_splits(keys0, keys1, groups, cap);
+    let target = std::env::var("ESA_WGPU_ATTN_GROUPS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(target_groups);
+    let (splits0, splits1, split_len) = coop_splits(keys0, keys1, groups, cap, target);
     let p = CoopParams { n_part: (splits0 + splits1) as u32, splits0: splits0 as u32, split_len: split_len as u32, ..p };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
     rec.dispatch(&k, &p, &bufs, [rows.div_ceil(16 * nsg) as u32, a.n_kv as u32, p.n_part]);
@@ -257,7 +267,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         None => (a.q.clone(), a.q.clone(), 0, 0),
     };
     if a.n_q >= super::attention::PREFILL_MIN_QUERIES && super::attention::prefill_coop_supports(ctx, a.head_dim) {
-        return attend_coop(rec, a, (sel, state, count_index, max_sel), true);
+        return attend_coop(rec, a, (sel, state, count_index, max_sel), true, COOP_TARGET_GROUPS);
     }
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
@@ -302,9 +312,9 @@ mod tests {
         for keys0 in [0usize, 1, 128, 2176, 5000] {
             for keys1 in [1usize, 31, 32, 33, 2048, 6144, 100_000] {
                 for groups in [1usize, 40, 144, 512, 4096] {
-                    for cap in 2..=COOP_MAX_PARTS {
-                        let (s0, s1, len) = coop_splits(keys0, keys1, groups, cap);
-                        assert!(len % COOP_TILE_KEYS == 0 && s0 + s1 <= cap && s1 >= 1, "{keys0} {keys1} {groups} {cap}");
+                    for (cap, target) in (2..=COOP_MAX_PARTS).flat_map(|c| [(c, COOP_TARGET_GROUPS), (c, DENSE_TARGET_GROUPS)]) {
+                        let (s0, s1, len) = coop_splits(keys0, keys1, groups, cap, target);
+                        assert!(len % COOP_TILE_KEYS == 0 && s0 + s1 <= cap && s1 >= 1, "{keys0} {keys1} {groups} {cap} {target}");
                         assert!(s0 * len >= keys0 && s1 * len >= keys1 && (keys0 > 0) == (s0 > 0));
                     }
                 }

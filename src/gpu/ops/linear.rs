@@ -427,6 +427,8 @@ fn coop_staging_source(fmt: TensorFormat) -> Option<&'static str> {
         TensorFormat::Q4_1 => Some(src::WFMT_COOP_Q4_1),
         TensorFormat::Q8_0 => Some(src::WFMT_COOP_Q8_0),
         TensorFormat::Q4_K => Some(src::WFMT_COOP_Q4_K),
+        TensorFormat::Q5_K => Some(src::WFMT_COOP_Q5_K),
+        TensorFormat::Q6_K => Some(src::WFMT_COOP_Q6_K),
         _ => None,
     }
 }

@@ -68,6 +68,8 @@ pub mod src {
     pub const WFMT_COOP_Q4_1: &str = include_str!("../../../shaders/wfmt_coop_q4_1.wgsl");
     pub const WFMT_COOP_Q8_0: &str = include_str!("../../../shaders/wfmt_coop_q8_0.wgsl");
     pub const WFMT_COOP_Q4_K: &str = include_str!("../../../shaders/wfmt_coop_q4_k.wgsl");
+    pub const WFMT_COOP_Q5_K: &str = include_str!("../../../shaders/wfmt_coop_q5_k.wgsl");
+    pub const WFMT_COOP_Q6_K: &str = include_str!("../../../shaders/wfmt_coop_q6_k.wgsl");
     pub const EMBED_ROWS: &str = include_str!("../../../shaders/embed_rows.wgsl");
     pub const READ_BANDWIDTH: &str = include_str!("../../../shaders/read_bandwidth.wgsl");
     pub const PACK_F16: &str = include_str!("../../../shaders/pack_f16.wgsl");
