@@ -553,7 +553,7 @@ pub fn attend_prefill_coop(rec: &mut Recorder, a: &Attend) -> Result<()> {
         scale: a.scale,
     };
     // No selection: any read-only buffer fills its bindings (a count bound of 0: never read).
-    super::esa_attention::attend_coop(rec, &dense, (a.q.clone(), a.q.clone(), 0, 0), false, super::esa_attention::DENSE_TARGET_GROUPS)
+    super::esa_attention::attend_coop(rec, &dense, (a.q.clone(), a.q.clone(), 0, 0), false, super::esa_attention::DENSE_SPLITS)
 }
 
 /// `attention_prefill.wgsl`: one workgroup per 32 (token, head) rows of a KV group; no partials.

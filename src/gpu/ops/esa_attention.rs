@@ -77,21 +77,37 @@ pub fn coop_scratch_floats(n_q: usize, n_heads: usize, head_dim: usize, parts: u
 const COOP_TILE_KEYS: usize = 32;
 /// Workgroups the key splits aim for: a few per compute unit of a large GPU, so each one's tile
 /// loads overlap the others' products.
-pub(crate) const COOP_TARGET_GROUPS: usize = 512;
-/// The same for dense causal attention over a prefill chunk (`attention::attend_prefill_coop`),
-/// whose keys are the chunk's own: fewer, longer splits, since every split is a partial the merge
-/// reads and the causal mask already leaves the early rows' workgroups short. H200, Llama-3-8B
-/// shape f16, 512-token prefill (docs/perf.md, session 16): 9 053 tok/s aiming at 512 workgroups
-/// (four splits), 9 344 at 256, 9 476 at 128 (one split).
-pub(crate) const DENSE_TARGET_GROUPS: usize = 128;
+const COOP_TARGET_GROUPS: usize = 512;
+/// The split aim of dense causal attention over a prefill chunk (`attention::attend_prefill_coop`),
+/// whose keys are the chunk's own (and the cache's before it): as many splits as reach
+/// `COOP_TARGET_GROUPS` workgroups while each split keeps 1 024 keys, but at least enough for 128
+/// workgroups. Every split is a partial the merge reads, and short walks spend their time on fixed
+/// costs. H200 (docs/perf.md, session 16), tok/s by splits: Llama-3-8B shape f16 at 512 tokens
+/// (128 workgroups a split) 9 476 with one, 9 344 with two, 9 053 with four; at 4 096 (1 024
+/// workgroups) 9 755 with one, 9 294 with two; SmolLM2 Q4_1 at 4 096 (288) 85 400 with one,
+/// 97 900 with two; at 512 (36) 77 400-77 900 with four.
+pub(crate) const DENSE_SPLITS: SplitAim = SplitAim { min_groups: 128, target_groups: COOP_TARGET_GROUPS, min_keys: 1024 };
+/// ESA's chunk attention: `COOP_TARGET_GROUPS` workgroups, however short the splits.
+pub(crate) const ESA_SPLITS: SplitAim = SplitAim { min_groups: COOP_TARGET_GROUPS, target_groups: COOP_TARGET_GROUPS, min_keys: 1 };
+
+/// How `coop_splits` chooses the number of key splits: enough for `target_groups` workgroups as
+/// long as each split keeps `min_keys` keys, and in any case enough for `min_groups`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SplitAim {
+    pub min_groups: usize,
+    pub target_groups: usize,
+    pub min_keys: usize,
+}
 
 /// Key splits of the cooperative-matrix attention: (splits of the long-distance segment, of the
 /// local one, keys per split). `keys0`, `keys1`: the most virtual keys of each segment;
 /// `groups`: workgroups per split; `cap`: most partials the scratch holds.
-/// `target`: workgroups to aim for (`COOP_TARGET_GROUPS`, `DENSE_TARGET_GROUPS`).
-pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize, target: usize) -> (usize, usize, usize) {
-    let want = target.div_ceil(groups.max(1)).clamp(1, cap.max(1));
+/// `aim`: `ESA_SPLITS` or `DENSE_SPLITS`.
+pub(crate) fn coop_splits(keys0: usize, keys1: usize, groups: usize, cap: usize, aim: SplitAim) -> (usize, usize, usize) {
     let total = (keys0 + keys1).max(1);
+    let g = groups.max(1);
+    let long = aim.target_groups.div_ceil(g).min(total.div_ceil(aim.min_keys.max(1)));
+    let want = aim.min_groups.div_ceil(g).max(long).clamp(1, cap.max(1));
     let mut len = total.div_ceil(want).next_multiple_of(COOP_TILE_KEYS);
     loop {
         let (s0, s1) = (keys0.div_ceil(len), keys1.div_ceil(len).max(1));
@@ -200,9 +216,9 @@ pub struct EsaAttend<'a> {
 /// cooperative matrices. `selection`: (indices, state, count_index, max_sel), any read-only buffers
 /// with max_sel 0 when nothing is selected. `rotate_q`: false when `a.q` holds queries already
 /// rotated to their positions (dense attention, which has no long-distance part).
-/// `target_groups`: what the key splits aim for (`coop_splits`); `ESA_WGPU_ATTN_GROUPS=N` overrides
-/// it, for sweeps on a device.
-pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool, target_groups: usize) -> Result<()> {
+/// `aim`: how many key splits (`coop_splits`); `ESA_WGPU_ATTN_GROUPS=N` aims at N workgroups
+/// instead (however short the splits), for sweeps on a device.
+pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_index, max_sel): (BufRef, BufRef, usize, usize), rotate_q: bool, aim: SplitAim) -> Result<()> {
     let ctx = rec.ctx();
     let per_part = a.n_q * a.n_heads * (a.head_dim + 2);
     super::esa_common::check_words("esa_attention_coop", "part", a.part, 2 * per_part)?;
@@ -232,8 +248,11 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     let groups = rows.div_ceil(16 * nsg) * a.n_kv;
     let keys0 = a.n_init + max_sel; // the count on the GPU is at most max_sel
     let keys1 = a.pos0 + a.n_q - a.local_start;
-    let target = std::env::var("ESA_WGPU_ATTN_GROUPS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(target_groups);
-    let (splits0, splits1, split_len) = coop_splits(keys0, keys1, groups, cap, target);
+    let aim = match std::env::var("ESA_WGPU_ATTN_GROUPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => SplitAim { min_groups: n, target_groups: n, min_keys: 1 },
+        None => aim,
+    };
+    let (splits0, splits1, split_len) = coop_splits(keys0, keys1, groups, cap, aim);
     let p = CoopParams { n_part: (splits0 + splits1) as u32, splits0: splits0 as u32, split_len: split_len as u32, ..p };
     let bufs = [a.q.clone(), a.k_cache.clone(), a.v_cache.clone(), BufRef::from(a.inv_freq), sel, state, a.part.clone()];
     rec.dispatch(&k, &p, &bufs, [rows.div_ceil(16 * nsg) as u32, a.n_kv as u32, p.n_part]);
@@ -267,7 +286,7 @@ pub fn attend(rec: &mut Recorder, a: &EsaAttend) -> Result<()> {
         None => (a.q.clone(), a.q.clone(), 0, 0),
     };
     if a.n_q >= super::attention::PREFILL_MIN_QUERIES && super::attention::prefill_coop_supports(ctx, a.head_dim) {
-        return attend_coop(rec, a, (sel, state, count_index, max_sel), true, COOP_TARGET_GROUPS);
+        return attend_coop(rec, a, (sel, state, count_index, max_sel), true, ESA_SPLITS);
     }
     let k = ctx.kernel("esa_attention", super::src::ESA_ATTENTION, "main", &[])?;
     let n_keys = a.n_init + max_sel + a.pos0 + a.n_q - a.local_start;
@@ -307,14 +326,24 @@ mod tests {
     /// cooperative-matrix kernel (two per query and head).
     /// Splits cover each segment's keys in ranges of whole tiles, at most `cap` of them, one at
     /// least for the local segment, none for an empty long-distance one.
+    /// The dense aim gives the split counts measured best (`DENSE_SPLITS`): (keys, workgroups a
+    /// split) -> splits, with the session scratch's cap of four.
+    #[test]
+    fn dense_splits_as_measured() {
+        for (keys, groups, want) in [(512usize, 128usize, 1usize), (4096, 1024, 1), (4096, 288, 2), (512, 36, 4)] {
+            let (s0, s1, _) = coop_splits(0, keys, groups, SCRATCH_PARTS, DENSE_SPLITS);
+            assert_eq!((s0, s1), (0, want), "{keys} keys, {groups} workgroups a split");
+        }
+    }
+
     #[test]
     fn coop_splits_cover_the_keys() {
         for keys0 in [0usize, 1, 128, 2176, 5000] {
             for keys1 in [1usize, 31, 32, 33, 2048, 6144, 100_000] {
                 for groups in [1usize, 40, 144, 512, 4096] {
-                    for (cap, target) in (2..=COOP_MAX_PARTS).flat_map(|c| [(c, COOP_TARGET_GROUPS), (c, DENSE_TARGET_GROUPS)]) {
+                    for (cap, target) in (2..=COOP_MAX_PARTS).flat_map(|c| [(c, ESA_SPLITS), (c, DENSE_SPLITS)]) {
                         let (s0, s1, len) = coop_splits(keys0, keys1, groups, cap, target);
-                        assert!(len % COOP_TILE_KEYS == 0 && s0 + s1 <= cap && s1 >= 1, "{keys0} {keys1} {groups} {cap} {target}");
+                        assert!(len % COOP_TILE_KEYS == 0 && s0 + s1 <= cap && s1 >= 1, "{keys0} {keys1} {groups} {cap} {target:?}");
                         assert!(s0 * len >= keys0 && s1 * len >= keys1 && (keys0 > 0) == (s0 > 0));
                     }
                 }
