@@ -1,6 +1,7 @@
 // matmul_coop's staging of Q5_K weights (composed after wfmt_q5_k.wgsl, into the
 // cooperative-matrix matmul only): raw words at load time, decoded when written to workgroup
-// memory (as wfmt_coop_q4_0.wgsl). `ok` false zeroes d and dmin, so the octet stages as zeros.
+// memory (as wfmt_coop_q4_raw.wgsl explains; the scales through wfmt_coop_kscale.wgsl, composed before this).
+// `ok` false zeroes d and dmin, so the octet stages as zeros.
 struct WRaw {
     s: vec4<u32>, // the super-block's (d, dmin) word and its three words of packed scales
     q: vec4<u32>, // two nibble words, two words of fifth bits
@@ -16,24 +17,11 @@ fn fmt_raw8(row: u32, col: u32, ok: bool) -> WRaw {
     return WRaw(vec4<u32>(select(0u, w[base], ok), w[base + 1u], w[base + 2u], w[base + 3u]), vec4<u32>(w[wi], w[wi + 1u], w[hi], w[hi + 1u]), j);
 }
 
-// Byte i of the 12 scale bytes held in s.y .. s.w.
-fn raw_scale_byte(s: vec4<u32>, i: u32) -> u32 {
-    return (s[1u + i / 4u] >> (8u * (i % 4u))) & 0xffu;
-}
-
 fn fmt_stage8(r: WRaw) -> array<vec4<f16>, 2> {
-    let dm = unpack2x16float(r.s.x);
     let j = r.j;
-    // (scale, min) of sub-block j, as k_scale_min decodes them from memory
-    var sc = raw_scale_byte(r.s, j) & 63u;
-    var mn = raw_scale_byte(r.s, j + 4u) & 63u;
-    if (j >= 4u) {
-        let b = raw_scale_byte(r.s, j + 4u);
-        sc = (b & 15u) | ((raw_scale_byte(r.s, j - 4u) >> 6u) << 4u);
-        mn = (b >> 4u) | ((raw_scale_byte(r.s, j) >> 6u) << 4u);
-    }
-    let a = dm.x * u2f(sc);
-    let b = dm.y * u2f(mn);
+    let ab = raw_scale_min(r.s, j);
+    let a = ab.x;
+    let b = ab.y;
     let sh = 4u * (j & 1u);
     let q0 = bytes4f(((r.q.x >> sh) & 0x0f0f0f0fu) | (((r.q.z >> j) & 0x01010101u) << 4u), 0x1fu, 8388608.0);
     let q1 = bytes4f(((r.q.y >> sh) & 0x0f0f0f0fu) | (((r.q.w >> j) & 0x01010101u) << 4u), 0x1fu, 8388608.0);

@@ -1,6 +1,6 @@
 // matmul_coop's staging of Q6_K weights (composed after wfmt_q6_k.wgsl, into the
 // cooperative-matrix matmul only): raw words at load time, decoded when written to workgroup
-// memory (as wfmt_coop_q4_0.wgsl). `ok` false zeroes d, so the octet stages as zeros.
+// memory (as wfmt_coop_q4_raw.wgsl explains). `ok` false zeroes d, so the octet stages as zeros.
 struct WRaw {
     a: vec4<u32>, // d word, the word holding this octet's scale byte, two words of low bits
     b: vec3<u32>, // two words of top bits; shifts and the scale's byte: lsh | hsh << 4 | byte << 8

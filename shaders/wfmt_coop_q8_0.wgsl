@@ -1,6 +1,6 @@
 // matmul_coop's staging of Q8_0 weights (composed after wfmt_q8_0.wgsl, into the
 // cooperative-matrix matmul only): raw words at load time, decoded when written to workgroup
-// memory (as wfmt_coop_q4_0.wgsl). `ok` false zeroes d, so the octet stages as zeros.
+// memory (as wfmt_coop_q4_raw.wgsl explains). `ok` false zeroes d, so the octet stages as zeros.
 alias WRaw = vec4<u32>; // (d word, four signed bytes, four signed bytes, unused)
 
 fn fmt_raw8(row: u32, col: u32, ok: bool) -> WRaw {

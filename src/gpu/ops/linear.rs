@@ -408,29 +408,32 @@ pub fn coop_kernel_source(tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Res
     };
     // The weights' staging: the format's own raw words where it has a staging file, else the
     // packed halves of fmt_load8h.
-    let stage = coop_staging_source(fmt).unwrap_or(
+    let stage = coop_staging_source(fmt).unwrap_or_else(|| {
         "\nalias WRaw = vec4<u32>;\n\
          fn fmt_raw8(row: u32, col: u32, ok: bool) -> WRaw {\n    return select(vec4<u32>(0u), fmt_load8h(row, col), ok);\n}\n\
-         fn fmt_stage8(r: WRaw) -> array<vec4<f16>, 2> {\n    return array<vec4<f16>, 2>(halves4(r, 0u), halves4(r, 1u));\n}\n",
-    );
+         fn fmt_stage8(r: WRaw) -> array<vec4<f16>, 2> {\n    return array<vec4<f16>, 2>(halves4(r, 0u), halves4(r, 1u));\n}\n"
+            .to_string()
+    });
     Ok(super::with_prelude(&out, &format!("{}\n{}\n{fsrc}{load8h}\n{stage}", src::LINEAR_PARAMS, src::UNPACK_F16X8)))
 }
 
 /// `matmul_coop.wgsl`'s weight staging for formats that keep their loaded words raw until they
 /// are written to workgroup memory (`wfmt_coop_*.wgsl`: `WRaw`, `fmt_raw8`, `fmt_stage8`).
-fn coop_staging_source(fmt: TensorFormat) -> Option<&'static str> {
+/// `ESA_WGPU_COOP_RAW=0` decodes every format at load time instead (for comparisons).
+fn coop_staging_source(fmt: TensorFormat) -> Option<String> {
     if std::env::var("ESA_WGPU_COOP_RAW").is_ok_and(|v| v == "0") {
         return None;
     }
-    match fmt {
-        TensorFormat::Q4_0 => Some(src::WFMT_COOP_Q4_0),
-        TensorFormat::Q4_1 => Some(src::WFMT_COOP_Q4_1),
-        TensorFormat::Q8_0 => Some(src::WFMT_COOP_Q8_0),
-        TensorFormat::Q4_K => Some(src::WFMT_COOP_Q4_K),
-        TensorFormat::Q5_K => Some(src::WFMT_COOP_Q5_K),
-        TensorFormat::Q6_K => Some(src::WFMT_COOP_Q6_K),
-        _ => None,
-    }
+    let parts: &[&str] = match fmt {
+        TensorFormat::Q4_0 => &[src::WFMT_COOP_Q4_RAW, src::WFMT_COOP_Q4_0],
+        TensorFormat::Q4_1 => &[src::WFMT_COOP_Q4_RAW, src::WFMT_COOP_Q4_1],
+        TensorFormat::Q8_0 => &[src::WFMT_COOP_Q8_0],
+        TensorFormat::Q4_K => &[src::WFMT_COOP_KSCALE, src::WFMT_COOP_Q4_K],
+        TensorFormat::Q5_K => &[src::WFMT_COOP_KSCALE, src::WFMT_COOP_Q5_K],
+        TensorFormat::Q6_K => &[src::WFMT_COOP_Q6_K],
+        _ => return None,
+    };
+    Some(parts.join("\n"))
 }
 
 fn coop_kernel(ctx: &GpuContext, tile: CoopTile, fmt: TensorFormat, x_f16: bool) -> Result<(Arc<Kernel>, usize)> {

@@ -64,6 +64,8 @@ pub mod src {
     pub const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
     pub const MATMUL_COOP: &str = include_str!("../../../shaders/matmul_coop.wgsl");
     pub const MATMUL_SPLIT_REDUCE: &str = include_str!("../../../shaders/matmul_split_reduce.wgsl");
+    pub const WFMT_COOP_Q4_RAW: &str = include_str!("../../../shaders/wfmt_coop_q4_raw.wgsl");
+    pub const WFMT_COOP_KSCALE: &str = include_str!("../../../shaders/wfmt_coop_kscale.wgsl");
     pub const WFMT_COOP_Q4_0: &str = include_str!("../../../shaders/wfmt_coop_q4_0.wgsl");
     pub const WFMT_COOP_Q4_1: &str = include_str!("../../../shaders/wfmt_coop_q4_1.wgsl");
     pub const WFMT_COOP_Q8_0: &str = include_str!("../../../shaders/wfmt_coop_q8_0.wgsl");
