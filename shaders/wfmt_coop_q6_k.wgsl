@@ -1,22 +1,16 @@
 // matmul_coop's staging of Q6_K weights (composed after wfmt_q6_k.wgsl, into the
 // cooperative-matrix matmul only): raw words at load time, decoded when written to workgroup
-// memory (as wfmt_coop_q4_raw.wgsl explains). `ok` false zeroes d, so the octet stages as zeros.
+// memory (as wfmt_coop_q4_raw.wgsl explains; the octet located by wfmt_q6_k.wgsl's q6_octet).
+// `ok` false zeroes d, so the octet stages as zeros.
 struct WRaw {
     a: vec4<u32>, // d word, the word holding this octet's scale byte, two words of low bits
     b: vec3<u32>, // two words of top bits; shifts and the scale's byte: lsh | hsh << 4 | byte << 8
 }
 
 fn fmt_raw8(row: u32, col: u32, ok: bool) -> WRaw {
-    let base = row * p.w_stride + (col / 256u) * 53u;
-    let v = col % 256u;
-    let n = v / 128u;
-    let k = (v % 128u) / 32u;
-    let l = v % 32u;
-    let lw = base + (64u * n + 32u * (k & 1u) + l) / 4u;
-    let hw = base + 32u + (32u * n + l) / 4u;
-    let si = 8u * n + 2u * k + l / 16u;
-    let info = 4u * (k / 2u) | ((2u * k) << 4u) | ((si % 4u) << 8u);
-    return WRaw(vec4<u32>(select(0u, w[base + 52u], ok), w[base + 48u + si / 4u], w[lw], w[lw + 1u]), vec3<u32>(w[hw], w[hw + 1u], info));
+    let o = q6_octet(row, col);
+    let info = o.lsh | (o.hsh << 4u) | ((o.si % 4u) << 8u);
+    return WRaw(vec4<u32>(select(0u, w[o.base + 52u], ok), w[o.base + 48u + o.si / 4u], w[o.lw], w[o.lw + 1u]), vec3<u32>(w[o.hw], w[o.hw + 1u], info));
 }
 
 fn fmt_stage8(r: WRaw) -> array<vec4<f16>, 2> {

@@ -43,20 +43,33 @@ fn fmt_block_dot(row: u32, blk: u32) -> f32 {
     return d * (q6_scale(base, sc) * acc0 + q6_scale(base, sc + 1u) * acc1);
 }
 
-// Values col .. col + 7 (col a multiple of 8): all in one 16-value half of a quarter, so one scale.
-fn fmt_load8(row: u32, col: u32) -> Oct {
+// Where values col .. col + 7 (col a multiple of 8) of a row live: all in one 16-value half of a
+// quarter, so one scale. Their super-block's first word, the first of their two words of low bits
+// and of top bits, the shifts to their bits, and their scale's index.
+struct Q6Octet {
+    base: u32,
+    lw: u32,
+    hw: u32,
+    lsh: u32,
+    hsh: u32,
+    si: u32,
+}
+
+fn q6_octet(row: u32, col: u32) -> Q6Octet {
     let base = row * p.w_stride + (col / 256u) * 53u;
     let v = col % 256u;
     let n = v / 128u;
     let k = (v % 128u) / 32u;
     let l = v % 32u;
-    let lw = base + (64u * n + 32u * (k & 1u) + l) / 4u;
-    let lsh = 4u * (k / 2u);
-    let hw = base + 32u + (32u * n + l) / 4u;
-    let hsh = 2u * k;
-    let s = unpack2x16float(w[base + 52u]).x * q6_scale(base, 8u * n + 2u * k + l / 16u);
-    let q0 = ((w[lw] >> lsh) & 0x0f0f0f0fu) | (((w[hw] >> hsh) & 0x03030303u) << 4u);
-    let q1 = ((w[lw + 1u] >> lsh) & 0x0f0f0f0fu) | (((w[hw + 1u] >> hsh) & 0x03030303u) << 4u);
+    return Q6Octet(base, base + (64u * n + 32u * (k & 1u) + l) / 4u, base + 32u + (32u * n + l) / 4u, 4u * (k / 2u), 2u * k, 8u * n + 2u * k + l / 16u);
+}
+
+// Values col .. col + 7 (col a multiple of 8).
+fn fmt_load8(row: u32, col: u32) -> Oct {
+    let o = q6_octet(row, col);
+    let s = unpack2x16float(w[o.base + 52u]).x * q6_scale(o.base, o.si);
+    let q0 = ((w[o.lw] >> o.lsh) & 0x0f0f0f0fu) | (((w[o.hw] >> o.hsh) & 0x03030303u) << 4u);
+    let q1 = ((w[o.lw + 1u] >> o.lsh) & 0x0f0f0f0fu) | (((w[o.hw + 1u] >> o.hsh) & 0x03030303u) << 4u);
     return Oct(s * bytes4f(q0, 0x3fu, 8388640.0), s * bytes4f(q1, 0x3fu, 8388640.0));
 }
 

@@ -336,6 +336,41 @@ fn pack_f16_rounds_and_pads() {
     }
 }
 
+/// One split-K case of `matmul_split_k`: outputs at column `y_row0` of rows `pad` wider than the
+/// product (NaN, or random values to accumulate into), `run` records the matmul over `io`; every
+/// output is checked against the reference products `y` (1e-3 absolute + 1e-3 relative) and every
+/// other column for being untouched.
+#[allow(clippy::too_many_arguments)]
+fn split_case(ctx: &GpuContext, rng: &mut StdRng, what: &str, xb: &wgpu::Buffer, y: &[f32], epi: Epilogue, (rows, cols, n_tok): (usize, usize, usize), (y_row0, pad): (usize, usize), run: impl FnOnce(&mut Recorder, &LinearIo) -> esa_wgpu::Result<()>) {
+    let y_stride = rows + pad;
+    let col0 = if epi == Epilogue::SwiGlu { y_row0 / 2 } else { y_row0 };
+    let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
+    let y0 = rand_vec(rng, n_tok * y_stride, 1.0);
+    let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
+    let yb = upload(ctx, &init);
+    let io = LinearIo { x: BufRef::from(xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
+    let mut rec = Recorder::new(ctx);
+    run(&mut rec, &io).unwrap();
+    rec.submit().unwrap();
+    let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
+    for t in 0..n_tok {
+        for i in 0..y_stride {
+            let g = got[t * y_stride + i];
+            if i < col0 || i >= col0 + out_rows {
+                assert!(g.to_bits() == init[t * y_stride + i].to_bits(), "{what}: token {t} column {i} outside the output was written");
+                continue;
+            }
+            let o = i - col0;
+            let want = match epi {
+                Epilogue::Store => y[t * rows + o],
+                Epilogue::Accumulate => y[t * rows + o] + y0[t * y_stride + i],
+                Epilogue::SwiGlu => r::silu(y[t * rows + 2 * o]) * y[t * rows + 2 * o + 1],
+            };
+            assert!((g - want).abs() <= 1e-3 + 1e-3 * want.abs(), "{what}: token {t} row {o}: gpu {g} vs reference {want}");
+        }
+    }
+}
+
 /// A matmul split along K (`split_k`): each split's partial products, then the reduction with the
 /// epilogue. The portable kernel on every adapter (two row shards, splits that do not divide the
 /// steps, more splits than steps so that one is empty, an output offset and stride, NaN poison);
@@ -343,25 +378,6 @@ fn pack_f16_rounds_and_pads() {
 #[test]
 fn matmul_split_k() {
     let mut rng = StdRng::seed_from_u64(25);
-    let check = |what: &str, got: &[f32], y: &[f32], y0: &[f32], init: &[f32], epi: Epilogue, (rows, n_tok, y_stride, col0): (usize, usize, usize, usize)| {
-        let out_rows = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
-        for t in 0..n_tok {
-            for i in 0..y_stride {
-                let g = got[t * y_stride + i];
-                if i < col0 || i >= col0 + out_rows {
-                    assert!(g.to_bits() == init[t * y_stride + i].to_bits(), "{what}: token {t} column {i} outside the output was written");
-                    continue;
-                }
-                let o = i - col0;
-                let want = match epi {
-                    Epilogue::Store => y[t * rows + o],
-                    Epilogue::Accumulate => y[t * rows + o] + y0[t * y_stride + i],
-                    Epilogue::SwiGlu => r::silu(y[t * rows + 2 * o]) * y[t * rows + 2 * o + 1],
-                };
-                assert!((g - want).abs() <= 1e-3 + 1e-3 * want.abs(), "{what}: token {t} row {o}: gpu {g} vs reference {want}");
-            }
-        }
-    };
     // The portable kernel; the sharded context's 16 KiB binding caps the partials at 16 KiB.
     let ctx = ctx();
     for (fi, fmt) in [TensorFormat::F16, TensorFormat::Q8_0, TensorFormat::Q4_K, TensorFormat::F32].into_iter().enumerate() {
@@ -375,18 +391,8 @@ fn matmul_split_k() {
             let xb = upload(&ctx, &xs);
             let y = r::matmul(&wq, rows, cols, &xs);
             for epi in [Epilogue::Store, Epilogue::Accumulate, Epilogue::SwiGlu] {
-                let (y_row0, y_stride) = (2usize, rows + 5);
-                let col0 = if epi == Epilogue::SwiGlu { y_row0 / 2 } else { y_row0 };
-                let y0 = rand_vec(&mut rng, n_tok * y_stride, 1.0);
-                let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
-                let yb = upload(&ctx, &init);
-                let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
-                let mut rec = Recorder::new(&ctx);
-                linear::matmul_tiled_split(&mut rec, &m, &io, epi, splits).unwrap();
-                rec.submit().unwrap();
-                let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
                 let what = format!("tiled {fmt:?} {rows}x{cols} n{n_tok} {splits} splits {epi:?} ({} shards)", m.shards.len());
-                check(&what, &got, &y, &y0, &init, epi, (rows, n_tok, y_stride, col0));
+                split_case(&ctx, &mut rng, &what, &xb, &y, epi, (rows, cols, n_tok), (2, 5), |rec, io| linear::matmul_tiled_split(rec, &m, io, epi, splits));
             }
         }
     }
@@ -416,18 +422,11 @@ fn matmul_split_k() {
             let y = r::matmul(&f16_round(&wq), rows, cols, &f16_round(&xs));
             let x16 = ctx.storage("x f16", pack_f16::packed_bytes(n_tok, cols)).unwrap();
             for (splits, epi) in [(2usize, Epilogue::Accumulate), (3, Epilogue::SwiGlu), (4, Epilogue::Store), (7, Epilogue::Store)] {
-                let (y_row0, y_stride) = (4usize, rows + 6);
-                let col0 = if epi == Epilogue::SwiGlu { y_row0 / 2 } else { y_row0 };
-                let y0 = rand_vec(&mut rng, n_tok * y_stride, 1.0);
-                let init = if epi == Epilogue::Accumulate { y0.clone() } else { vec![f32::NAN; n_tok * y_stride] };
-                let yb = upload(&ctx, &init);
-                let io = LinearIo { x: BufRef::from(&xb), x_off: 0, x_stride: cols, x_f16: false, y: BufRef::from(&yb), y_stride, y_row0, n_tok };
-                let mut rec = Recorder::new(&ctx);
-                let io = pack_f16::pack_f16(&mut rec, &io, cols, &BufRef::from(&x16)).unwrap();
-                linear::matmul_coop_split(&mut rec, &m, &io, epi, tile, splits).unwrap();
-                rec.submit().unwrap();
-                let got = ctx.read_f32(&yb, 0, n_tok * y_stride).unwrap();
-                check(&format!("coop {tile} {fmt:?} {rows}x{cols} n{n_tok} {splits} splits {epi:?}"), &got, &y, &y0, &init, epi, (rows, n_tok, y_stride, col0));
+                let what = format!("coop {tile} {fmt:?} {rows}x{cols} n{n_tok} {splits} splits {epi:?}");
+                split_case(&ctx, &mut rng, &what, &xb, &y, epi, (rows, cols, n_tok), (4, 6), |rec, io| {
+                    let io = pack_f16::pack_f16(rec, io, cols, &BufRef::from(&x16))?;
+                    linear::matmul_coop_split(rec, &m, &io, epi, tile, splits)
+                });
             }
         }
     }

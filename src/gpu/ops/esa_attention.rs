@@ -248,7 +248,8 @@ pub(crate) fn attend_coop(rec: &mut Recorder, a: &EsaAttend, (sel, state, count_
     let groups = rows.div_ceil(16 * nsg) * a.n_kv;
     let keys0 = a.n_init + max_sel; // the count on the GPU is at most max_sel
     let keys1 = a.pos0 + a.n_q - a.local_start;
-    let aim = match std::env::var("ESA_WGPU_ATTN_GROUPS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    static KNOB: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let aim = match *KNOB.get_or_init(|| std::env::var("ESA_WGPU_ATTN_GROUPS").ok().and_then(|v| v.parse::<usize>().ok())) {
         Some(n) => SplitAim { min_groups: n, target_groups: n, min_keys: 1 },
         None => aim,
     };

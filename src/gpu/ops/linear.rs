@@ -999,7 +999,8 @@ const SPLIT_MIN_COLS: usize = 1024;
 /// (small models' products: too few columns to split). `ESA_WGPU_MATMUL_SPLIT=N` forces N splits
 /// of `coop_tile`'s tile (1: never split), for comparisons.
 pub fn coop_plan(ctx: &GpuContext, rows: usize, n_tok: usize, cols: usize) -> (CoopTile, usize) {
-    if let Some(n) = std::env::var("ESA_WGPU_MATMUL_SPLIT").ok().and_then(|v| v.parse::<usize>().ok()) {
+    static KNOB: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    if let Some(n) = *KNOB.get_or_init(|| std::env::var("ESA_WGPU_MATMUL_SPLIT").ok().and_then(|v| v.parse::<usize>().ok())) {
         return (coop_tile(ctx, rows, n_tok), n.clamp(1, 64));
     }
     if let Some(t) = CoopTile::BY_SIZE.into_iter().find(|t| t.workgroup_bytes() <= ctx.caps.max_workgroup_storage) {
@@ -1051,10 +1052,7 @@ fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilog
         match &part {
             None => rec.dispatch(&k, &p, &[BufRef::from(&s.buf), io.x.clone(), io.y.clone()], g),
             Some(part) => {
-                let need = super::split_k::partial_bytes(splits, io.n_tok, s.rows);
-                if need > part.size() {
-                    return Err(crate::Error::arg("splits", format!("{splits} splits of {} tokens x {} rows need {need} bytes of partials, the scratch holds {}", io.n_tok, s.rows, part.size())));
-                }
+                super::split_k::check_partials(part, splits, io.n_tok, s.rows)?;
                 // raw partials, plane z of split z: [z][n_tok][rows]
                 p.mode = Epilogue::Store as u32;
                 p.y_stride = s.rows as u32;

@@ -50,13 +50,20 @@ struct Params {
     _pad: u32,
 }
 
-/// Sums `splits` planes of `n_tok` x `rows` partials in `part` and applies `epi` into `io.y` at
-/// weight row `row0` (the shard's first row plus `io.y_row0`).
-pub fn reduce(rec: &mut Recorder, part: &BufRef, io: &LinearIo, epi: Epilogue, rows: usize, row0: usize, splits: usize) -> Result<()> {
-    let need = partial_bytes(splits, io.n_tok, rows);
-    if part.size() < need {
-        return Err(crate::Error::arg("split-K partials", format!("buffer of {} bytes, needs {need} ({splits} splits x {} tokens x {rows} rows)", part.size(), io.n_tok)));
+/// An error unless `part` holds the partials of `splits` x `n_tok` x `rows`: checked before the
+/// split matmul writes them.
+pub fn check_partials(part: &BufRef, splits: usize, n_tok: usize, rows: usize) -> Result<()> {
+    let need = partial_bytes(splits, n_tok, rows);
+    if need > part.size() {
+        return Err(crate::Error::arg("splits", format!("{splits} splits of {n_tok} tokens x {rows} rows need {need} bytes of partials, the scratch holds {}", part.size())));
     }
+    Ok(())
+}
+
+/// Sums `splits` planes of `n_tok` x `rows` partials in `part` and applies `epi` into `io.y` at
+/// weight row `row0` (the shard's first row plus `io.y_row0`). The split matmul before it checked
+/// that `part` holds them (`check_partials`).
+pub(crate) fn reduce(rec: &mut Recorder, part: &BufRef, io: &LinearIo, epi: Epilogue, rows: usize, row0: usize, splits: usize) -> Result<()> {
     let ctx = rec.ctx();
     let k = ctx.kernel("matmul_split_reduce", super::src::MATMUL_SPLIT_REDUCE, "main", &[])?;
     let outputs = if epi == Epilogue::SwiGlu { rows / 2 } else { rows };
