@@ -1032,8 +1032,8 @@ pub fn matmul_coop_split(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: 
 }
 
 /// `tokens_first`: the grid's x counts token tiles (the cooperative-matrix kernel: the workgroups in
-/// flight together then share weight tiles, which are read from memory about once). With `splits`
-/// > 1 the grid's z counts splits of K: each shard's partials go to the `split_k` scratch and
+/// flight together then share weight tiles, which are read from memory about once). With more
+/// than one of `splits` the grid's z counts splits of K: each shard's partials go to the `split_k` scratch and
 /// `split_k::reduce` applies the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn matmul_dispatch(rec: &mut Recorder, w: &GpuMatrix, io: &LinearIo, epi: Epilogue, (k, unit): (Arc<Kernel>, usize), (tile_rows, tile_tok): (u32, u32), tokens_first: bool, splits: usize) -> Result<()> {
